@@ -1,0 +1,29 @@
+"""Shared output helpers of the CLI: JSON, tables, plain lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as indented JSON with a trailing newline to stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=_default))
+    sys.stdout.write("\n")
+
+
+def _default(obj: Any) -> Any:
+    to_json = getattr(obj, "to_json", None)
+    if callable(to_json):
+        return to_json()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if hasattr(obj, "value") and hasattr(obj, "name"):  # enums
+        return obj.value
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def error_line(subject: str, problem: str) -> None:
+    """Report one failed batch item on stderr, as ``error: SUBJECT: PROBLEM``."""
+    sys.stderr.write(f"error: {subject}: {problem}\n")

@@ -1,0 +1,83 @@
+"""The one exception family of kmodkit.
+
+Every error names the thing it is about (a file, a value, a kernel) and, where
+it is known, the fix.  The CLI prints ``error: <subject>: <problem>; <fix>``
+and exits with the class's :attr:`KmodkitError.exit_status`.
+
+* :class:`UserError`: you asked for something wrong (a bad argument, a
+  corrupt module file, a broken manifest).  Exit status 2.
+* :class:`EnvironmentNotReady`: the machine is not ready (a tool, a kernel or
+  its headers missing, a syscall refused).  Exit status 3.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class KmodkitError(Exception):
+    """Root of every error kmodkit raises on purpose."""
+
+    exit_status = 1
+
+    def __init__(self, subject: str, problem: str, fix: str | None = None) -> None:
+        super().__init__(subject, problem, fix)
+        #: what the error is about: a path, a module name, a value
+        self.subject = subject
+        #: what is wrong with it
+        self.problem = problem
+        #: how to fix it, as an imperative sentence, or None when unknown
+        self.fix = fix
+
+    def __str__(self) -> str:
+        text = f"{self.subject}: {self.problem}" if self.subject else self.problem
+        return f"{text}; {self.fix}" if self.fix else text
+
+
+class UserError(KmodkitError):
+    """You asked for something wrong: a bad value, path or file."""
+
+    exit_status = 2
+
+
+class ModuleFormatError(UserError):
+    """A module file is not a well-formed kernel module (ELF, compression, trailer)."""
+
+
+class NotFoundError(UserError):
+    """A module, kernel or file that was named does not exist."""
+
+
+class ConfigError(UserError):
+    """A configuration file (manifest, modprobe.d) is malformed; the subject is FILE:LINE."""
+
+
+class EnvironmentNotReady(KmodkitError):
+    """The machine is not ready: a tool, a kernel, headers or a permission is missing."""
+
+    exit_status = 3
+
+
+class SyscallError(EnvironmentNotReady):
+    """A system call failed; :attr:`errno` keeps the kernel's error number."""
+
+    def __init__(self, subject: str, err: int, problem: str | None = None, fix: str | None = None) -> None:
+        #: the errno the kernel returned
+        self.errno = err
+        name = _errno.errorcode.get(err, str(err))
+        text = problem or os.strerror(err)
+        super().__init__(subject, f"{text} ({name})", fix)
+
+
+def from_oserror(exc: OSError, subject: str | None = None) -> KmodkitError:
+    """Turn an :class:`OSError` about a named file into the matching kmodkit error."""
+    what = subject or str(exc.filename or "")
+    reason = exc.strerror or str(exc)
+    if exc.errno in (_errno.ENOENT, _errno.ENOTDIR):
+        return NotFoundError(what, reason.lower())
+    if exc.errno == _errno.EISDIR:
+        return UserError(what, "is a directory, expected a file")
+    if exc.errno in (_errno.EACCES, _errno.EPERM):
+        return EnvironmentNotReady(what, reason.lower(), "run as a user that may read it (root?)")
+    return UserError(what, reason.lower())
