@@ -50,7 +50,7 @@ MACHINES: dict[int, str] = {
 class Section(NamedTuple):
     """One entry of the section table."""
 
-    index: int  #: position in the section table
+    number: int  #: position in the section table (its index)
     name: str  #: from the section-name string table ("" when it has none)
     type: int  #: sh_type (SHT_*)
     flags: int  #: sh_flags

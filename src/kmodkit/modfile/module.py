@@ -269,7 +269,7 @@ class ModuleFile:
     def exported_symbols(self) -> list[ExportedSymbol]:
         """Symbols exported with EXPORT_SYMBOL*, with GPL-only flag and namespace, sorted by name."""
         elf = self.elf
-        secs = {s.index: s.name for s in elf.sections if s.name in ("__ksymtab", "__ksymtab_gpl")}
+        secs = {s.number: s.name for s in elf.sections if s.name in ("__ksymtab", "__ksymtab_gpl")}
         if not secs:
             return []
         namespaces = self._export_namespaces()
@@ -304,7 +304,7 @@ class ModuleFile:
                 if symidx == 0 or symidx > len(symbols):
                     continue
                 target = symbols[symidx - 1]
-                if target.shndx != strings_sec.index:
+                if target.shndx != strings_sec.number:
                     continue
                 off = target.value + addend
                 entry, field = divmod(r_offset, 12)
