@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         modname_only=args.modname,
         cwd=_cwd(),
     )
-    failed = False
+    status = 0
     docs: list[dict[str, object]] = []
     out = sys.stdout.buffer
     sep = b"\0" if args.null else b"\n"
@@ -50,12 +50,12 @@ def run(args: argparse.Namespace) -> int:
                     out.write(info.modinfo_text(field=args.field, separator=sep))
                 info.close()
         except KmodkitError as exc:
-            failed = True
+            status = max(status, exc.exit_status)
             out.flush()
             error_line(exc.subject or target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
     if args.json:
         print_json(docs)
-    return 1 if failed else 0
+    return status
 
 
 def _cwd() -> str:

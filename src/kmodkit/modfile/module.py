@@ -107,7 +107,8 @@ class ModuleFile:
         if kind is Compression.NONE:
             return cls(mm, spath, kind, st.st_size)
         try:
-            data = _compress.decompress(memoryview(mm), kind, spath, limit)
+            with memoryview(mm) as view:
+                data = _compress.decompress(view, kind, spath, limit)
         finally:
             mm.close()
         return cls(data, spath, kind, st.st_size)
