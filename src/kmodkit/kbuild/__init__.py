@@ -1,0 +1,9 @@
+"""Kbuild for out-of-tree modules: the doctor, project templates, the manifest, the builder.
+
+* :mod:`.platform`: distro family (os-release) and cloud (DMI), from tables in data.
+* :mod:`.kernels`: installed kernels, their headers, config and compiler.
+* :mod:`.doctor`: is this machine ready to build for these kernels, and how to fix it.
+* :mod:`.project`: ``kmodkit new``, a project that builds as it is.
+* :mod:`.manifest`: ``kmodkit.toml``.
+* :mod:`.builder`: ``kmodkit build``, parallel over kernels, cached.
+"""

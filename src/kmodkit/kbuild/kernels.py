@@ -1,0 +1,271 @@
+"""Installed kernels, their headers (the Kbuild tree), their configuration and the compiler they were built with."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from kmodkit.kbuild.platform import under
+
+log = logging.getLogger(__name__)
+
+#: files a Kbuild tree needs to build an out-of-tree module
+HEADER_FILES = ("Makefile", "Module.symvers", ".config")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel installed below a root: its module directory and its headers."""
+
+    release: str  #: e.g. 6.1.0-56-cloud-amd64
+    moddir: Path  #: ROOT/lib/modules/RELEASE (may not exist for a kernel that was only named)
+    build_link: Path  #: ROOT/lib/modules/RELEASE/build
+    headers: Path | None  #: the Kbuild tree the build link points to (within the root), None when absent
+    missing: tuple[str, ...]  #: what the headers lack: "build link", "Makefile", "Module.symvers", ".config"
+
+    @property
+    def installed(self) -> bool:
+        """Whether the kernel's module directory exists."""
+        return self.moddir.is_dir()
+
+    @property
+    def headers_complete(self) -> bool:
+        """Whether the headers can build a module (build link and every file of HEADER_FILES)."""
+        return self.headers is not None and not self.missing
+
+    @property
+    def flavour(self) -> str:
+        """The flavour suffix of the release (``cloud-amd64``, ``amd64``, ``default``), or "" when none."""
+        m = re.search(r"-((?:cloud-|rt-)?[a-z][a-z0-9_]*)$", self.release)
+        return m.group(1) if m else ""
+
+
+def _resolve_in_root(root: Path, link: Path) -> Path | None:
+    # an absolute link target means a path on the machine below root, not on this one
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return link if link.is_dir() else None
+    p = under(root, target) if os.path.isabs(target) else (link.parent / target)
+    return p if p.is_dir() else None
+
+
+def kernel(release: str, root: Path = Path("/")) -> Kernel:
+    """The kernel ``release`` below ``root``; a kernel that is not installed comes back with everything missing."""
+    moddir = root / "lib/modules" / release
+    link = moddir / "build"
+    headers = _resolve_in_root(root, link)
+    if headers is None:
+        return Kernel(release, moddir, link, None, ("build link",) + HEADER_FILES)
+    missing = tuple(f for f in HEADER_FILES if not (headers / f).exists())
+    return Kernel(release, moddir, link, headers, missing)
+
+
+def installed_kernels(root: Path = Path("/")) -> list[Kernel]:
+    """Kernels with a module directory below ``root``, newest first; empty when there are none."""
+    base = root / "lib/modules"
+    try:
+        names = [p.name for p in base.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return [kernel(n, root) for n in sorted(names, key=_version_key, reverse=True)]
+
+
+def _version_key(release: str) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", release)]
+
+
+def running_release(root: Path = Path("/")) -> str | None:
+    """The running kernel's release (ROOT/proc/sys/kernel/osrelease); None when unknown."""
+    try:
+        return (root / "proc/sys/kernel/osrelease").read_text().strip() or None
+    except OSError:
+        return os.uname().release if root == Path("/") else None
+
+
+def module_support(root: Path = Path("/")) -> bool:
+    """Whether the running kernel can load modules (it has /proc/modules)."""
+    return (root / "proc/modules").exists()
+
+
+# --- kernel configuration -------------------------------------------------------------------
+
+_CONF_LINE = re.compile(r'^(CONFIG_\w+)=(.*)$')
+_NOT_SET = re.compile(r'^# (CONFIG_\w+) is not set$')
+_DEFINE = re.compile(r'^#define (CONFIG_\w+) (.*)$')
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """CONFIG_X -> value ('y', 'm', 'n' for "is not set", strings unquoted) of a .config or auto.conf."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _CONF_LINE.match(line)
+        if m:
+            out[m.group(1)] = _unquote(m.group(2))
+            continue
+        m = _NOT_SET.match(line)
+        if m:
+            out[m.group(1)] = "n"
+    return out
+
+
+def parse_autoconf(text: str) -> dict[str, str]:
+    """CONFIG_X -> value of include/generated/autoconf.h (``1`` becomes 'y', ``CONFIG_X_MODULE`` 'm')."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _DEFINE.match(line)
+        if not m:
+            continue
+        name, value = m.group(1), m.group(2).strip()
+        if name.endswith("_MODULE") and value == "1":
+            out[name[: -len("_MODULE")]] = "m"
+        elif value == "1":
+            out.setdefault(name, "y")
+        else:
+            out[name] = _unquote(value)
+    return out
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return value
+
+
+def kernel_config(headers: Path) -> dict[str, str]:
+    """The configuration of a Kbuild tree: .config, else include/config/auto.conf, else autoconf.h; empty if none."""
+    for name, parse in ((".config", parse_config), ("include/config/auto.conf", parse_config),
+                        ("include/generated/autoconf.h", parse_autoconf)):
+        try:
+            return parse((headers / name).read_text(errors="replace"))
+        except OSError:
+            continue
+    return {}
+
+
+# --- compilers ------------------------------------------------------------------------------
+
+
+class CompilerKind(Enum):
+    """Which compiler family built a kernel."""
+
+    GCC = "gcc"
+    CLANG = "clang"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class CompilerId:
+    """A compiler named by its version text (CONFIG_CC_VERSION_TEXT or the first line of ``--version``)."""
+
+    text: str  #: the whole text, e.g. "x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"
+    program: str  #: the program name it starts with ("x86_64-linux-gnu-gcc-12"); "" for clang's text
+    kind: CompilerKind  #: gcc or clang
+    version: str  #: "12.2.0"; "" when the text holds no version
+    major: int | None  #: 12; None when the text holds no version
+
+    @classmethod
+    def parse(cls, text: str) -> CompilerId:
+        """Parse a version text; unknown texts give kind UNKNOWN and no version."""
+        text = text.strip()
+        vm = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\s|$)", text)
+        version = vm.group(0).strip() if vm else ""
+        major = int(vm.group(1)) if vm else None
+        if "clang" in text.split("(", 1)[0]:
+            return cls(text, "", CompilerKind.CLANG, version, major)
+        first = text.split(" ", 1)[0] if text else ""
+        kind = CompilerKind.GCC if re.search(r"(^|-)(gcc|cc)(-\d+)?$", first) else CompilerKind.UNKNOWN
+        return cls(text, first if kind is CompilerKind.GCC else "", kind, version, major)
+
+
+def kernel_compiler(config: dict[str, str]) -> CompilerId | None:
+    """The compiler a kernel was built with (CONFIG_CC_VERSION_TEXT); None when the config does not say."""
+    text = config.get("CONFIG_CC_VERSION_TEXT")
+    return CompilerId.parse(text) if text else None
+
+
+class CompilerMatch(Enum):
+    """How the compiler chosen for a kernel relates to the one that built it."""
+
+    EXACT = "exact"  #: the very program named in CONFIG_CC_VERSION_TEXT
+    SAME_MAJOR = "same-major"  #: another program of the same major version (gcc-N, or gcc itself)
+    MISSING = "missing"  #: no compiler of that major version on PATH
+    UNKNOWN = "unknown"  #: the kernel's config does not name its compiler; gcc on PATH is used
+
+
+@dataclass(frozen=True)
+class CompilerChoice:
+    """The compiler to build a kernel's modules with."""
+
+    wanted: CompilerId | None  #: what built the kernel, None when unknown
+    program: str | None  #: program to pass as CC=..., None when MISSING
+    path: Path | None  #: where it was found, None when MISSING
+    found: CompilerId | None  #: its own ``--version`` first line, None when MISSING or not runnable
+    match: CompilerMatch  #: how it relates to ``wanted``
+
+
+def which(name: str, root: Path = Path("/"), path: str | None = None) -> Path | None:
+    """``name`` on PATH (entries re-rooted below ``root``) as an executable file; None when absent."""
+    search = path if path is not None else os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    dirs = search.split(os.pathsep)
+    if root != Path("/"):
+        dirs = [str(under(root, d)) for d in dirs if d.startswith("/")]
+        dirs += [str(under(root, d)) for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")]
+    else:
+        dirs += ["/usr/sbin", "/sbin"]
+    for d in dirs:
+        candidate = Path(d) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def version_of(program: Path) -> CompilerId | None:
+    """The first line of ``program --version`` parsed; None when it cannot run."""
+    try:
+        out = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return CompilerId.parse(first) if first else None
+
+
+def choose_compiler(wanted: CompilerId | None, root: Path = Path("/")) -> CompilerChoice:
+    """The compiler for a kernel built by ``wanted``: the same program, else ``gcc-N``, else ``gcc`` of major N.
+
+    Comes back with match MISSING (and no program) when nothing of that major version is on PATH.
+    """
+    if wanted is None or wanted.kind is CompilerKind.UNKNOWN or wanted.major is None:
+        path = which("gcc", root)
+        found = version_of(path) if path else None
+        return CompilerChoice(wanted, "gcc" if path else None, path, found,
+                              CompilerMatch.UNKNOWN if path else CompilerMatch.MISSING)
+    base = "clang" if wanted.kind is CompilerKind.CLANG else "gcc"
+    candidates = ([wanted.program] if wanted.program else []) + [f"{base}-{wanted.major}", base]
+    for i, name in enumerate(dict.fromkeys(candidates)):
+        path = which(name, root)
+        if path is None:
+            continue
+        found = version_of(path)
+        if found is None or found.major != wanted.major:
+            continue
+        match = CompilerMatch.EXACT if i == 0 and name == wanted.program else CompilerMatch.SAME_MAJOR
+        return CompilerChoice(wanted, name, path, found, match)
+    return CompilerChoice(wanted, None, None, None, CompilerMatch.MISSING)
+
+
+def headers_identity(headers: Path) -> str:
+    """A string that changes when a Kbuild tree changes: its real path and the size/mtime of its key files."""
+    parts = [str(headers.resolve())]
+    for name in HEADER_FILES + ("include/generated/utsrelease.h", "include/config/auto.conf"):
+        try:
+            st = (headers / name).stat()
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{name}:-")
+    return "|".join(parts)
