@@ -1,0 +1,85 @@
+"""The CLI seam: global flags, dispatch, exit codes, the error boundary, typing of the package."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmodkit import __version__
+from kmodkit.cli.main import COMMANDS, main
+
+KMODKIT = [sys.executable, "-m", "kmodkit"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_prints_and_exits_zero() -> None:
+    r = subprocess.run([*KMODKIT, "--version"], capture_output=True, text=True, check=True)
+    assert r.stdout == f"kmodkit {__version__}\n"
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "kmodkit"
+    assert exe.exists(), "pip install -e . should install the kmodkit console script"
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert r.stdout.startswith("kmodkit ")
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    code = (
+        "import sys, io; from kmodkit.cli.main import main\n"
+        "sys.stdout = io.StringIO()\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "loaded = [m for m in sys.modules if m.startswith('kmodkit.') and m not in "
+        "('kmodkit.cli', 'kmodkit.cli.main')]\n"
+        "sys.__stdout__.write(repr(loaded) + '\\n' + sys.stdout.getvalue())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, _, text = r.stdout.partition("\n")
+    assert loaded == "[]", f"--help imported {loaded}"
+    for name in COMMANDS:
+        assert f"    {name}" in text
+
+
+def test_no_command_prints_help() -> None:
+    r = subprocess.run(KMODKIT, capture_output=True, text=True)
+    assert r.returncode == 0 and "COMMAND" in r.stdout
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    r = subprocess.run([*KMODKIT, "info", "--no-such-flag", "x.ko"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_error_boundary_maps_library_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """main() returns the error's exit status and prints one line; the library raised, it did not exit."""
+    status = main(["info", str(tmp_path / "missing.ko")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == f"error: {tmp_path / 'missing.ko'}: no such file or directory\n"
+
+
+@pytest.mark.kernel
+def test_closed_pipe_is_quiet(sample_module: Path) -> None:
+    """`kmodkit info many | head -1` ends quietly, without a BrokenPipe traceback."""
+    args = [*KMODKIT, "info"] + [str(sample_module)] * 2000
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    status = p.wait()
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert status in (0, 141)
+
+
+def test_mypy_strict_on_the_package() -> None:
+    """The package is typed: mypy --strict (configured in pyproject.toml) finds nothing."""
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent))
+    if mypy is None:
+        pytest.fail("mypy is not installed in the test environment (pip install -e .[dev])")
+    r = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
