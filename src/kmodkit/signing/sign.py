@@ -1,0 +1,235 @@
+"""Signing module files, byte-identical to the kernel's scripts/sign-file for RSA keys.
+
+A signed module is ``content + PKCS#7 + struct module_signature + magic``
+(include/linux/module_signature.h); see :mod:`kmodkit.modfile.signature`.
+:class:`ModuleSigner` checks its key and certificate when it is built, so a
+mismatch is reported before any file is touched; then every file is signed
+in memory and replaced atomically (temp file, fsync, rename, mode and owner
+kept), in parallel worker processes for large batches.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kmodkit.errors import KmodkitError, ModuleFormatError, UserError, from_oserror
+from kmodkit.modfile import compress as _compress
+from kmodkit.modfile.compress import Compression
+from kmodkit.modfile.module import MODULE_SUFFIXES
+from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
+from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
+from kmodkit.signing.fileio import fsync_dir, write_atomic
+from kmodkit.signing.keys import public_keys_match
+from kmodkit.signing.pkcs7 import build_signed_data
+from kmodkit.signing.source import KeySource
+
+log = logging.getLogger(__name__)
+
+#: struct module_signature for a PKCS#7 signature: algo, hash, id_type=PKEY_ID_PKCS7, signer_len,
+#: key_id_len (all 0 but id_type), 3 pad bytes, sig_len (big-endian)
+_MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
+_PKEY_ID_PKCS7 = 2
+#: below this many files, signing in worker processes costs more than it saves
+_PARALLEL_THRESHOLD = 8
+
+
+class SignStatus(enum.Enum):
+    """What happened to one file."""
+
+    SIGNED = "signed"  #: it was unsigned and is now signed
+    REPLACED = "replaced"  #: its old signature was stripped and a new one appended (--replace)
+    FAILED = "failed"  #: it was left as it was; see the error
+
+
+@dataclass(frozen=True)
+class SignResult:
+    """The outcome for one module file."""
+
+    path: str  #: the file, as named
+    status: SignStatus  #: signed, replaced or failed
+    compression: Compression  #: the file's compression (kept as it was)
+    error: str | None = None  #: ``subject: problem; fix`` when it failed, else None
+
+    def to_json(self) -> dict[str, object]:
+        """The result as JSON-ready data."""
+        return {"path": self.path, "status": self.status.value, "compression": self.compression.value,
+                "error": self.error}
+
+
+def module_signature_trailer(sig_len: int) -> bytes:
+    """``struct module_signature`` for a PKCS#7 signature of ``sig_len`` bytes, followed by the magic."""
+    return _MODULE_SIGNATURE.pack(0, 0, _PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
+
+
+def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, int]:
+    """``data`` without any appended signatures, and how many there were (0 when unsigned)."""
+    view = memoryview(data)
+    count = 0
+    while (t := find_trailer(view, name)) is not None:
+        view = view[:t.content_len]
+        count += 1
+    return view, count
+
+
+def find_modules(targets: Iterable[str]) -> list[str]:
+    """The module files named by ``targets``: files as given, directories searched recursively (sorted).
+
+    Raises :class:`NotFoundError` for a path that does not exist and
+    :class:`UserError` for a directory with no module in it.
+    """
+    out: list[str] = []
+    for target in targets:
+        if os.path.isdir(target):
+            found = []
+            for root, dirs, files in os.walk(target):
+                dirs.sort()
+                found.extend(os.path.join(root, f) for f in files if f.endswith(MODULE_SUFFIXES))
+            if not found:
+                raise UserError(target, "directory holds no module files (.ko, .ko.xz, .ko.zst, .ko.gz)")
+            out.extend(sorted(found))
+        elif os.path.lexists(target):
+            out.append(target)
+        else:
+            raise from_oserror(FileNotFoundError(2, "No such file or directory", target), target)
+    return out
+
+
+class ModuleSigner:
+    """Signs modules with one key and certificate, as ``sign-file [-k] HASH KEY CERT MODULE`` does.
+
+    Raises :class:`UserError` when built with a key that does not match the
+    certificate, a hash the kernel's signing does not use, or ``use_key_id``
+    with a certificate that has no subjectKeyIdentifier.
+    """
+
+    def __init__(self, key: KeySource, cert: x509.Certificate, hash: HashAlgorithm = HashAlgorithm.SHA256,
+                 use_key_id: bool = False, replace: bool = False, cert_name: str = "certificate") -> None:
+        if hash not in SIGNING_HASHES:
+            raise UserError(f"--hash {hash.value}", "is not a hash kernels sign modules with",
+                            "use " + ", ".join(h.value for h in SIGNING_HASHES))
+        if not public_keys_match(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
+            raise UserError(key.name, f"private key does not match the certificate {cert_name}",
+                            "give the certificate made together with this key")
+        #: the key that signs
+        self.key = key
+        #: the certificate the signature names
+        self.cert = cert
+        #: the digest algorithm
+        self.hash = hash
+        #: name the key by subjectKeyIdentifier (sign-file -k) instead of issuer and serial
+        self.use_key_id = use_key_id
+        #: strip an existing signature instead of refusing the file
+        self.replace = replace
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+        # fail now, not at the first file, when --keyid cannot be honoured
+        build_signed_data(self._cert_der, hash, key.key_type, b"\0", use_key_id)
+
+    def signature_for(self, content: bytes | memoryview) -> bytes:
+        """What sign-file appends to ``content``: PKCS#7 DER, struct module_signature, magic."""
+        h = self.hash.new()
+        h.update(content)
+        signature = self.key.sign_digest(h.digest(), self.hash)
+        p7 = build_signed_data(self._cert_der, self.hash, self.key.key_type, signature, self.use_key_id)
+        return p7 + module_signature_trailer(len(p7))
+
+    def sign_bytes(self, data: bytes | memoryview, name: str = "<memory>") -> tuple[bytes, bool]:
+        """The signed form of a decompressed module, and whether an old signature was replaced.
+
+        Raises :class:`ModuleFormatError` for data that is not an ELF module
+        or has a broken trailer, :class:`UserError` for a signed module when
+        ``replace`` is off.
+        """
+        if bytes(data[:4]) != b"\x7fELF":
+            raise ModuleFormatError(name, "is not an ELF file (no \\x7fELF magic)", "give a kernel module (.ko)")
+        content, count = strip_signatures(data, name)
+        if count and not self.replace:
+            raise UserError(name, f"is already signed{_signer_text(data, name)}",
+                            "pass --replace to strip the signature and sign again")
+        return bytes(content) + self.signature_for(content), bool(count)
+
+    def sign_file(self, path: str, sync_dir: bool = True) -> SignResult:
+        """Sign the module file at ``path`` in place; a failure leaves the file untouched.
+
+        Never raises for a bad file: the result carries the error.
+        """
+        kind = Compression.NONE
+        try:
+            real = os.path.realpath(path)
+            try:
+                with open(real, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    raw = f.read()
+            except OSError as exc:
+                raise from_oserror(exc, path) from None
+            if not raw:
+                raise ModuleFormatError(path, "file is empty")
+            kind = _compress.detect(raw[:6])
+            plain = _compress.decompress(raw, kind, path) if kind is not Compression.NONE else raw
+            signed, replaced = self.sign_bytes(plain, path)
+            out = _compress.compress(signed, kind) if kind is not Compression.NONE else signed
+            try:
+                write_atomic(real, out, st.st_mode & 0o7777, sync_dir=sync_dir, owner=(st.st_uid, st.st_gid))
+            except OSError as exc:
+                raise from_oserror(exc, path) from None
+        except KmodkitError as exc:
+            return SignResult(path, SignStatus.FAILED, kind, str(exc))
+        return SignResult(path, SignStatus.REPLACED if replaced else SignStatus.SIGNED, kind)
+
+    def sign_files(self, paths: Sequence[str], jobs: int | None = None) -> list[SignResult]:
+        """Sign every file; one result per path, in order.  Large batches use ``jobs`` worker processes."""
+        jobs = jobs or min(len(os.sched_getaffinity(0)), 8)
+        if jobs <= 1 or len(paths) < _PARALLEL_THRESHOLD or not self.key.forkable:
+            results = [self.sign_file(p, sync_dir=False) for p in paths]
+        else:
+            results = _sign_in_workers(self, paths, jobs)
+        for directory in {os.path.dirname(os.path.realpath(r.path)) for r in results
+                          if r.status is not SignStatus.FAILED}:
+            fsync_dir(directory)
+        return results
+
+
+def _signer_text(data: bytes | memoryview, name: str) -> str:
+    t = find_trailer(data, name)
+    if t is None or t.id_type != _PKEY_ID_PKCS7:
+        return ""
+    start = t.content_len + t.signer_len + t.key_id_len
+    try:
+        signer = parse_pkcs7(bytes(data[start:start + t.sig_len]), name)
+    except ModuleFormatError:
+        return ""
+    return f" (signer '{signer.issuer_cn}')" if signer.issuer_cn else ""
+
+
+# --- worker processes --------------------------------------------------------------------
+# The signer (with its private key, which cannot be pickled) reaches the
+# workers through fork: it is stored here before the pool starts.
+
+_WORKER_SIGNER: ModuleSigner | None = None
+
+
+def _worker_sign(path: str) -> SignResult:
+    assert _WORKER_SIGNER is not None
+    return _WORKER_SIGNER.sign_file(path, sync_dir=False)
+
+
+def _sign_in_workers(signer: ModuleSigner, paths: Sequence[str], jobs: int) -> list[SignResult]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _WORKER_SIGNER
+    _WORKER_SIGNER = signer
+    try:
+        ctx = multiprocessing.get_context("fork")
+        chunk = max(1, min(32, len(paths) // (jobs * 4)))
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            return list(pool.map(_worker_sign, paths, chunksize=chunk))
+    finally:
+        _WORKER_SIGNER = None
