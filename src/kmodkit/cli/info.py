@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             out.flush()
             error_line(exc.subject or target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
     if args.json:
-        print_json(docs)
+        print_json(docs, compact=len(docs) > 1)
     return status
 
 

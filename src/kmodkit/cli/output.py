@@ -7,9 +7,15 @@ import sys
 from typing import Any
 
 
-def print_json(obj: Any) -> None:
-    """Write ``obj`` as indented JSON with a trailing newline to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=_default))
+def print_json(obj: Any, compact: bool = False) -> None:
+    """Write ``obj`` as JSON with a trailing newline to stdout: indented, or on one line with ``compact``.
+
+    ``compact`` is for large documents: it uses the C encoder, many times faster.
+    """
+    if compact:
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_default))
+    else:
+        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=_default))
     sys.stdout.write("\n")
 
 

@@ -129,33 +129,42 @@ class ElfImage:
         names = bytes(data[names_off:names_off + names_size])
         if names[-1] != 0:
             raise ModuleFormatError(name, "section-name table does not end with a NUL byte")
-        sections: list[Section] = []
-        spans: list[tuple[int, int, int]] = []
-        for i, (sh_name, sh_type, sh_flags, _addr, sh_offset, sh_size, sh_link, sh_info, sh_align,
-                sh_entsize) in enumerate(raw):
-            if sh_name >= names_size:
+        # section names are ASCII in practice; latin-1 maps bytes 1:1 so offsets stay valid
+        text = names.decode("latin-1")
+        bad = [i for i, r in enumerate(raw) if r[0] >= names_size]
+        if bad:
+            raise ModuleFormatError(
+                name, f"section {bad[0]} has name offset {raw[bad[0]][0]}, past the section-name table "
+                f"({names_size} bytes)"
+            )
+        snames = [text[r[0]:text.index("\0", r[0])] for r in raw]
+        spans = sorted(
+            (r[4], r[4] + r[5], i) for i, r in enumerate(raw) if r[1] != SHT_NOBITS and r[1] != SHT_NULL and r[5]
+        )
+        for start, stop, i in spans:
+            if stop > size:
                 raise ModuleFormatError(
-                    name, f"section {i} has name offset {sh_name}, past the section-name table ({names_size} bytes)"
+                    name, f"section {i} ({snames[i]}) ends at byte {stop}, past the end of the file ({size} bytes)"
                 )
-            sname = names[sh_name:names.index(b"\0", sh_name)].decode("utf-8", "replace")
-            if sh_type != SHT_NOBITS and sh_type != SHT_NULL and sh_size:
-                if sh_offset + sh_size > size:
-                    raise ModuleFormatError(
-                        name, f"section {i} ({sname}) ends at byte {sh_offset + sh_size}, past the end of the file "
-                        f"({size} bytes)"
-                    )
-                spans.append((sh_offset, sh_offset + sh_size, i))
-            sections.append(Section(i, sname, sh_type, sh_flags, sh_offset, sh_size, sh_link, sh_info, sh_align,
-                                    sh_entsize))
-        spans.sort()
-        for (a_start, a_end, a), (b_start, _b_end, b) in zip(spans, spans[1:]):
+        for (_a_start, a_end, a), (b_start, _b_end, b) in zip(spans, spans[1:]):
             if b_start < a_end:
-                raise ModuleFormatError(
-                    name, f"sections {a} ({sections[a].name}) and {b} ({sections[b].name}) overlap in the file"
-                )
-        #: the section table, in file order
-        self.sections = sections
-        self._by_name = {s.name: s for s in reversed(sections[1:])}
+                raise ModuleFormatError(name, f"sections {a} ({snames[a]}) and {b} ({snames[b]}) overlap in the file")
+        self._raw = raw
+        self._names = snames
+        self._by_name = {n: i for i, n in reversed(list(enumerate(snames))) if i}
+        self._sections: list[Section] | None = None
+        self._symtab: tuple[Section, bytes] | None | bool = False
+
+    @property
+    def sections(self) -> list[Section]:
+        """The section table, in file order (built on first use)."""
+        if self._sections is None:
+            self._sections = [self._section(i) for i in range(len(self._raw))]
+        return self._sections
+
+    def _section(self, i: int) -> Section:
+        r = self._raw[i]
+        return Section(i, self._names[i], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9])
 
     @property
     def machine_name(self) -> str:
@@ -164,7 +173,12 @@ class ElfImage:
 
     def get_section_by_name(self, name: str) -> Section | None:
         """The first section called ``name``, or None."""
-        return self._by_name.get(name)
+        i = self._by_name.get(name)
+        return None if i is None else self._section(i)
+
+    def num_sections(self) -> int:
+        """How many entries the section table has (the null one included)."""
+        return len(self._raw)
 
     def has_section(self, name: str) -> bool:
         """Whether a section called ``name`` exists."""
@@ -178,13 +192,16 @@ class ElfImage:
 
     def symtab(self) -> tuple[Section, bytes] | None:
         """The ``.symtab`` section and its string table bytes, or None when stripped."""
+        if self._symtab is not False:
+            return self._symtab  # type: ignore[return-value]
         sym = self.get_section_by_name(".symtab")
         if sym is None or sym.type != SHT_SYMTAB:
+            self._symtab = None
             return None
-        if sym.link >= len(self.sections):
+        if sym.link >= len(self._raw):
             raise ModuleFormatError(self.name, f".symtab links to section {sym.link}, which does not exist")
-        strtab = self.sections[sym.link]
-        return sym, bytes(self.section_data(strtab))
+        self._symtab = (sym, bytes(self.section_data(self._section(sym.link))))
+        return self._symtab
 
     def iter_symbols(self) -> Iterator[Symbol]:
         """Every entry of ``.symtab`` after the null one; nothing when stripped."""
@@ -207,8 +224,32 @@ class ElfImage:
                 st_name, value, size, info, _other, shndx = entry
             yield Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
 
+    def symbol(self, number: int) -> Symbol | None:
+        """The ``.symtab`` entry at position ``number``, or None when out of range or stripped."""
+        found = self.symtab()
+        if found is None or number <= 0:
+            return None
+        sym, strings = found
+        fmt = struct.Struct(self.endian + ("IBBHQQ" if self.is64 else "IIIBBH"))
+        pos = number * fmt.size
+        if pos + fmt.size > sym.size:
+            return None
+        if self.is64:
+            st_name, info, _other, shndx, value, size = fmt.unpack_from(self.data, sym.offset + pos)
+        else:
+            st_name, value, size, info, _other, shndx = fmt.unpack_from(self.data, sym.offset + pos)
+        return Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
+
     def symbol_names_by_section(self) -> list[tuple[str, int]]:
-        """``(name, shndx)`` for every named symbol, cheaply (no other fields)."""
+        """``(name, shndx)`` for every named symbol (see :meth:`symbol_names_in` for a cheaper subset)."""
+        return self.symbol_names_in(_ALL_SECTIONS)
+
+    def symbol_names_in(self, sections: frozenset[int] | set[int]) -> list[tuple[str, int]]:
+        """``(name, shndx)`` of the named symbols whose section number is in ``sections``.
+
+        Cheap on purpose: the table is unpacked in C and only the chosen
+        symbols' names are decoded (``{SHN_UNDEF}`` gives the undefined ones).
+        """
         found = self.symtab()
         if found is None:
             return []
@@ -217,11 +258,20 @@ class ElfImage:
         step = 24 if self.is64 else 16
         data = self.section_data(sym)
         usable = len(data) - len(data) % step
-        out = []
-        for st_name, shndx in struct.iter_unpack(fmt, data[step:usable]):
-            if st_name:
-                out.append((_cstr(strings, st_name, self.name), shndx))
-        return out
+        name = self.name
+        return [
+            (_cstr(strings, st_name, name), shndx)
+            for st_name, shndx in struct.iter_unpack(fmt, data[step:usable])
+            if shndx in sections and st_name
+        ]
+
+
+class _AllSections(frozenset[int]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL_SECTIONS = _AllSections()
 
 
 def _cstr(table: bytes, offset: int, name: str) -> str:

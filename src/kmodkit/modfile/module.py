@@ -250,7 +250,7 @@ class ModuleFile:
 
     def undefined_symbols(self) -> list[str]:
         """Names of the symbols the module uses but does not define (sorted, unique)."""
-        return sorted({n for n, shndx in self.elf.symbol_names_by_section() if shndx == SHN_UNDEF})
+        return sorted({n for n, _ in self.elf.symbol_names_in(_UNDEF)})
 
     def versions(self) -> list[SymbolVersion]:
         """The ``__versions`` table (modversions CRCs); ``[]`` without CONFIG_MODVERSIONS."""
@@ -261,22 +261,25 @@ class ModuleFile:
         fmt = self.elf.endian + ("Q56s" if self.elf.is64 else "I60s")
         step = 64
         usable = len(data) - len(data) % step
-        out = []
-        for crc, raw in struct.iter_unpack(fmt, data[:usable]):
-            nm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-            out.append(SymbolVersion(nm, crc))
-        return out
+        return [
+            SymbolVersion(raw.split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
+            for crc, raw in struct.iter_unpack(fmt, data[:usable])
+        ]
 
     def exported_symbols(self) -> list[ExportedSymbol]:
         """Symbols exported with EXPORT_SYMBOL*, with GPL-only flag and namespace, sorted by name."""
         elf = self.elf
-        secs = {s.number: s.name for s in elf.sections if s.name in ("__ksymtab", "__ksymtab_gpl")}
+        secs = {}
+        for sec_name in ("__ksymtab", "__ksymtab_gpl"):
+            found = elf.get_section_by_name(sec_name)
+            if found is not None:
+                secs[found.number] = sec_name
         if not secs:
             return []
         namespaces = self._export_namespaces()
         out = []
-        for name, shndx in elf.symbol_names_by_section():
-            if name.startswith("__ksymtab_") and shndx in secs:
+        for name, shndx in elf.symbol_names_in(set(secs)):
+            if name.startswith("__ksymtab_"):
                 sym = name[len("__ksymtab_"):]
                 out.append(ExportedSymbol(sym, secs[shndx] == "__ksymtab_gpl", namespaces.get(sym)))
         out.sort(key=lambda e: e.name)
@@ -291,10 +294,10 @@ class ModuleFile:
         if strings_sec is None:
             return {}
         strings = bytes(elf.section_data(strings_sec))
-        symbols = list(elf.iter_symbols())
         result: dict[str, str] = {}
-        for rela in elf.sections:
-            if rela.type != 4 or rela.name not in (".rela__ksymtab", ".rela__ksymtab_gpl"):
+        for rela_name in (".rela__ksymtab", ".rela__ksymtab_gpl"):
+            rela = elf.get_section_by_name(rela_name)
+            if rela is None or rela.type != 4:
                 continue
             refs: dict[int, dict[int, int]] = {}
             fmt = elf.endian + ("QQq" if elf.is64 else "IIi")
@@ -302,10 +305,8 @@ class ModuleFile:
             step = struct.calcsize(fmt)
             for r_offset, r_info, addend in struct.iter_unpack(fmt, data[: len(data) - len(data) % step]):
                 symidx = r_info >> 32 if elf.is64 else r_info >> 8
-                if symidx == 0 or symidx > len(symbols):
-                    continue
-                target = symbols[symidx - 1]
-                if target.shndx != strings_sec.number:
+                target = elf.symbol(symidx)
+                if target is None or target.shndx != strings_sec.number:
                     continue
                 off = target.value + addend
                 entry, field = divmod(r_offset, 12)
@@ -336,6 +337,43 @@ class ModuleFile:
     def iter_sections(self) -> Iterator[Section]:
         """The section table after the null entry."""
         return iter(self.elf.sections[1:])
+
+    def find_sections(self, *names: str) -> dict[str, tuple[int, int, int, int]]:
+        """``name -> (index, offset, size, type)`` of the first section with each name, for hot loops.
+
+        Reads only the section headers, without :attr:`elf`'s validation;
+        names the file lacks are absent, bounds are checked by the caller.
+        The index reads thousands of modules through this.
+        """
+        data = self.content
+        if len(data) < 64 or bytes(data[:4]) != b"\x7fELF":
+            raise ModuleFormatError(self.path, "not an ELF file (no \\x7fELF magic)")
+        is64, e = data[4] == 2, "<" if data[5] == 1 else ">"
+        shoff, shentsize, shnum, shstrndx = struct.unpack_from(e + ("40xQ10xHHH" if is64 else "32xI10xHHH"), data)
+        fmt = e + ("IIQQQQ24x" if is64 else "II8xII16x")
+        if shentsize != struct.calcsize(fmt) or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
+            raise ModuleFormatError(self.path, "malformed section table")
+        table = list(struct.iter_unpack(fmt, data[shoff:shoff + shnum * shentsize]))
+        if is64:
+            table = [(n, t, off, size) for n, t, _f, _a, off, size in table]
+        nstart, nsize = table[shstrndx][2], table[shstrndx][3]
+        strings = bytes(data[nstart:nstart + nsize])
+        wanted = {}
+        for name in names:
+            key = name.encode() + b"\0"
+            pos = strings.find(key)
+            while pos >= 0:
+                wanted[pos] = name
+                pos = strings.find(key, pos + 1)
+        out: dict[str, tuple[int, int, int, int]] = {}
+        for i, (n, t, off, size) in enumerate(table):
+            hit = wanted.get(n)
+            if hit is not None and hit not in out:
+                out[hit] = (i, off, size, t)
+        return out
+
+
+_UNDEF = frozenset({SHN_UNDEF})
 
 
 def _cstr(table: bytes, offset: int) -> str:
