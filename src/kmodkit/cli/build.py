@@ -1,0 +1,124 @@
+"""``kmodkit build``: build a module project for many kernels in parallel; a progress display on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmodkit.kbuild.builder import BuildReport, KernelBuild
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", nargs="?", default=".", metavar="DIR",
+                        help="the project directory, holding kmodkit.toml (default: .)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
+                       help="build for this kernel (repeatable; default: the manifest's targets, else all installed)")
+    which.add_argument("--all-installed", action="store_true", help="build for every installed kernel")
+    parser.add_argument("-j", "--jobs", type=int, metavar="N", help="kernels built at once (default: CPU count)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workdir", metavar="DIR", help="build copies under DIR (default: ~/.cache/kmodkit/build)")
+    where.add_argument("--shm", action="store_true", help="build copies in /dev/shm")
+    parser.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kmodkit.cli.output import print_json
+    from kmodkit.kbuild.builder import Build
+
+    build = Build(Path(args.project), kernels=args.kernels, all_installed=args.all_installed, jobs=args.jobs,
+                  workdir=Path(args.workdir) if args.workdir else None, shm=args.shm, force=args.force)
+    if args.json:
+        report = build.run()
+        print_json(report.to_json())
+    elif sys.stderr.isatty():
+        report = _run_rich(build)
+        _summary(report)
+    else:
+        report = build.run(_plain)
+        _summary(report)
+    return 0 if report.ok else 1
+
+
+def _plain(kb: KernelBuild) -> None:
+    from kmodkit.kbuild.builder import State
+
+    if kb.state is State.QUEUED:
+        return
+    if kb.state is State.BUILDING:
+        sys.stderr.write(f"build: {kb.kernel}: building with {kb.compiler}\n")
+    else:
+        sys.stderr.write(f"build: {kb.kernel}: {_status(kb)}\n")
+    sys.stderr.flush()
+
+
+def _status(kb: KernelBuild) -> str:
+    from kmodkit.kbuild.builder import State
+
+    if kb.state is State.BUILT:
+        return f"built in {kb.duration:.1f} s"
+    if kb.state is State.CACHED:
+        return "up to date"
+    if kb.state is State.BLOCKED:
+        return f"blocked: {kb.problem}"
+    if kb.state is State.FAILED:
+        return f"FAILED: {kb.problem}"
+    return kb.state.value
+
+
+def _run_rich(build: object) -> BuildReport:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
+    from rich.table import Table
+
+    from kmodkit.kbuild.builder import Build, State
+
+    assert isinstance(build, Build)
+    console = Console(stderr=True)
+    states: dict[str, KernelBuild] = {}
+    colours = {State.QUEUED: "dim", State.BUILDING: "cyan", State.BUILT: "green", State.CACHED: "green",
+               State.FAILED: "red", State.BLOCKED: "yellow"}
+
+    def table() -> Table:
+        t = Table.grid(padding=(0, 2))
+        for kver, kb in states.items():
+            mark = Spinner("dots") if kb.state is State.BUILDING else ""
+            t.add_row(mark, kver, f"[{colours[kb.state]}]{_status(kb)}[/]")
+        return t
+
+    with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
+        def listen(kb: KernelBuild) -> None:
+            states[kb.kernel] = kb
+            live.update(table())
+
+        report = build.run(listen)
+        live.update(table())
+    return report
+
+
+def _summary(report: BuildReport) -> None:
+    out = sys.stdout
+    seen: dict[str, list[str]] = {}
+    for r in report.results:
+        for d in r.diagnostics:
+            seen.setdefault(str(d), []).append(r.kernel)
+    for text, kvers in seen.items():
+        which = "all kernels" if len(kvers) == len(report.results) > 1 else ", ".join(kvers)
+        out.write(f"{text}  [{which}]\n")
+    for r in report.results:
+        if r.ok:
+            extra = f", {r.signed.state.value}" if r.signed else ""
+            out.write(f"{r.kernel}: {r.module} ({'built' if r.state.value == 'built' else 'up to date'}{extra})\n")
+        else:
+            out.write(f"{r.kernel}: {_status(r)}\n")
+            if r.fix:
+                out.write(f"  fix: {r.fix}\n")
+        if r.log and (r.diagnostics or not r.ok):
+            out.write(f"  full log: {r.log}\n")
+    done = sum(r.ok for r in report.results)
+    out.write(f"{done} of {len(report.results)} kernels built ({report.wall:.1f} s, {report.jobs} workers)\n")

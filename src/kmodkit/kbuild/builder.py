@@ -1,0 +1,330 @@
+"""``kmodkit build``: a project built for many kernels in parallel, each in its own copy, cached.
+
+:class:`Build` validates everything when constructed (manifest, kernels, work directory) and
+:meth:`Build.run` builds with a pool of worker threads, each running ``make -C KDIR M=COPY modules``
+(an argument list, never a shell) with the compiler the kernel was built with.  Results land in
+``out/KVER/NAME.ko`` with ``out/KVER/build.json`` and ``out/KVER/build.log``.  When the inputs (the
+project's files, the manifest, the kernel's headers, the compiler) are unchanged, nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from kmodkit import __version__
+from kmodkit.errors import UserError
+from kmodkit.kbuild import buildlog, inputs, kernels as kern
+from kmodkit.kbuild.buildlog import Diagnostic, Severity
+from kmodkit.kbuild.manifest import Manifest
+from kmodkit.kbuild.platform import detect_distro
+from kmodkit.kbuild.signhook import SignOutcome, sign_built_module
+
+log = logging.getLogger(__name__)
+
+#: bump when the build record or the way inputs are hashed changes, so old outputs are rebuilt
+RECORD_FORMAT = 1
+
+
+class State(Enum):
+    """Where one kernel's build is."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    BUILT = "built"  #: built now
+    CACHED = "cached"  #: nothing changed since the last build: not rebuilt
+    FAILED = "failed"  #: make failed (compile error, modpost error)
+    BLOCKED = "blocked"  #: could not start: headers or compiler missing
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """One kernel's build, as it goes and when it is done."""
+
+    kernel: str  #: the kernel release
+    state: State  #: queued, building, built, cached, failed, blocked
+    module: Path | None = None  #: out/KVER/NAME.ko, None until built
+    log: Path | None = None  #: the full make log, None when make did not run
+    record: Path | None = None  #: out/KVER/build.json, None until built
+    duration: float = 0.0  #: seconds make ran (of the build that made the module, when cached)
+    compiler: str | None = None  #: the CC program used
+    vermagic: str | None = None  #: the built module's vermagic
+    srcversion: str | None = None  #: the built module's srcversion
+    diagnostics: tuple[Diagnostic, ...] = ()  #: warnings and errors, file:line: severity: message
+    problem: str | None = None  #: why it failed or was blocked, None when it did not
+    fix: str | None = None  #: the command that fixes a blocked build, None when unknown
+    signed: SignOutcome | None = None  #: what signing did, None when the manifest names no key
+
+    @property
+    def ok(self) -> bool:
+        """Whether a module is there for this kernel (built now or cached)."""
+        return self.state in (State.BUILT, State.CACHED)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object."""
+        return {
+            "kernel": self.kernel, "state": self.state.value, "module": _s(self.module), "log": _s(self.log),
+            "record": _s(self.record), "duration": round(self.duration, 3), "compiler": self.compiler,
+            "vermagic": self.vermagic, "srcversion": self.srcversion,
+            "warnings": [str(d) for d in self.diagnostics if d.severity is Severity.WARNING],
+            "errors": [str(d) for d in self.diagnostics if d.severity is Severity.ERROR],
+            "problem": self.problem, "fix": self.fix,
+            "signed": self.signed.to_json() if self.signed else None,
+        }
+
+
+def _s(p: Path | None) -> str | None:
+    return str(p) if p else None
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """Every kernel's result, in the order the kernels were asked for."""
+
+    manifest: Manifest  #: the project's manifest
+    results: tuple[KernelBuild, ...]  #: one per kernel
+    wall: float  #: seconds the whole run took
+    jobs: int  #: worker count
+
+    @property
+    def ok(self) -> bool:
+        """Whether every kernel has a module."""
+        return all(r.ok for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON object."""
+        return {"module": self.manifest.name, "version": self.manifest.version, "ok": self.ok,
+                "wall": round(self.wall, 3), "jobs": self.jobs, "kernels": [r.to_json() for r in self.results]}
+
+
+Listener = Callable[[KernelBuild], None]
+
+
+@dataclass
+class Build:
+    """A build of one project for some kernels; validated on construction.
+
+    ``kernels`` empty and ``all_installed`` false: the manifest's targets, else every installed kernel.
+    ``workdir`` None: a per-user cache directory (``/dev/shm`` with ``shm``).  ``jobs`` None: the CPU
+    count, at most the number of kernels.
+    """
+
+    project: Path
+    kernels: list[str] = field(default_factory=list)
+    all_installed: bool = False
+    jobs: int | None = None
+    workdir: Path | None = None
+    shm: bool = False
+    force: bool = False
+    make: str = "make"
+    root: Path = Path("/")
+
+    def __post_init__(self) -> None:
+        self.project = Path(self.project).resolve()
+        self.manifest = Manifest.load(self.project)
+        if self.kernels and self.all_installed:
+            raise UserError("-k/--all-installed", "name kernels or ask for all installed ones, not both")
+        if self.jobs is not None and self.jobs < 1:
+            raise UserError(f"-j {self.jobs}", "the worker count must be at least 1")
+        if self.workdir is not None and self.shm:
+            raise UserError("--workdir/--shm", "give one work directory, not both")
+        self.targets = self._targets()
+        if not self.targets:
+            raise UserError(str(self.root / "lib/modules"), "no kernel is installed to build for",
+                            "install a kernel's headers or name one with -k")
+        missing = [s for s in self.manifest.source_paths() if not s.is_file()]
+        if missing:
+            raise UserError(str(missing[0]), "a source the manifest lists does not exist",
+                            f"create it or fix [module] sources in {self.manifest.path}")
+        self.work = self._workdir()
+        if not inputs.make_safe(self.work):
+            raise UserError(str(self.work), "make cannot take this path (spaces or special characters)",
+                            "pass --workdir with a plain path such as /tmp/kmodkit-work")
+        cpus = os.cpu_count() or 1
+        self.workers = self.jobs or max(1, min(cpus, len(self.targets)))
+        # each worker's make gets a share of the CPUs
+        self.make_jobs = max(1, cpus // self.workers)
+        self.out = self.project / "out"
+
+    def _targets(self) -> list[str]:
+        if self.kernels:
+            return list(dict.fromkeys(self.kernels))
+        if not self.all_installed and self.manifest.targets:
+            running = kern.running_release(self.root) or ""
+            return list(dict.fromkeys(running if t == "running" else t for t in self.manifest.targets))
+        return [k.release for k in kern.installed_kernels(self.root)]
+
+    def _workdir(self) -> Path:
+        tag = f"{self.manifest.name}-{hashlib.sha256(str(self.project).encode()).hexdigest()[:12]}"
+        if self.workdir is not None:
+            return Path(self.workdir).resolve() / tag
+        if self.shm:
+            return Path("/dev/shm") / f"kmodkit-{os.getuid()}" / tag
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "kmodkit" / "build" / tag
+
+    # --- running --------------------------------------------------------------------------
+
+    def run(self, listener: Listener | None = None) -> BuildReport:
+        """Build for every target kernel; ``listener`` hears every state change (from worker threads)."""
+        lock = threading.Lock()
+
+        def tell(kb: KernelBuild) -> KernelBuild:
+            if listener is not None:
+                with lock:
+                    listener(kb)
+            return kb
+
+        start = time.monotonic()
+        files = inputs.project_files(self.project)
+        for k in self.targets:
+            tell(KernelBuild(k, State.QUEUED))
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kbuild") as pool:
+            futures = [pool.submit(self._one, k, files, tell) for k in self.targets]
+            results = tuple(f.result() for f in futures)
+        return BuildReport(self.manifest, results, time.monotonic() - start, self.workers)
+
+    def _one(self, release: str, files: list[Path], tell: Callable[[KernelBuild], KernelBuild]) -> KernelBuild:
+        k = kern.kernel(release, self.root)
+        if not k.headers_complete:
+            distro = detect_distro(self.root)
+            what = "no headers" if k.headers is None else f"incomplete headers (missing {', '.join(k.missing)})"
+            return tell(KernelBuild(release, State.BLOCKED, problem=f"{what} for {release}",
+                                    fix=distro.command("headers", kver=release, flavour=k.flavour or "default")
+                                    or "install the kernel's headers"))
+        assert k.headers is not None
+        choice = kern.choose_compiler(kern.kernel_compiler(kern.kernel_config(k.headers)), self.root)
+        if choice.program is None:
+            w = choice.wanted
+            major = str(w.major) if w and w.major is not None else "?"
+            return tell(KernelBuild(release, State.BLOCKED,
+                                    problem=f"{release} was built with '{w.text if w else '?'}', not on PATH",
+                                    fix=detect_distro(self.root).command("compiler", major=major)
+                                    or f"install gcc {major}"))
+        out = self.out / release
+        key = self._key(files, k.headers, choice)
+        cached = self._cached(out, key)
+        if cached is not None:
+            return tell(cached)
+        tell(KernelBuild(release, State.BUILDING, compiler=choice.program))
+        return tell(self._make(release, k.headers, choice, files, out, key))
+
+    def _key(self, files: list[Path], headers: Path, choice: kern.CompilerChoice) -> str:
+        extra = [f"format={RECORD_FORMAT}", kern.headers_identity(headers),
+                 f"cc={choice.program}:{choice.found.text if choice.found else ''}"]
+        sig = self.manifest.signing
+        if sig is not None:
+            extra.append(f"sign={sig.key}:{sig.cert}:{sig.hash}:{_stamp(self.project / sig.key)}:"
+                         f"{_stamp(self.project / sig.cert) if sig.cert else ''}")
+        return inputs.inputs_hash(self.project, files, extra)
+
+    def _cached(self, out: Path, key: str) -> KernelBuild | None:
+        if self.force:
+            return None
+        try:
+            rec = json.loads((out / "build.json").read_text())
+        except (OSError, ValueError):
+            return None
+        module = out / f"{self.manifest.name}.ko"
+        if not isinstance(rec, dict) or rec.get("inputs") != key or not module.is_file() \
+                or rec.get("module_sha256") != _sha256(module):
+            return None
+        diags = tuple(Diagnostic(d["file"], d["line"], Severity(d["severity"]), d["message"])
+                      for d in rec.get("diagnostics", []))
+        return KernelBuild(rec["kernel"], State.CACHED, module, out / "build.log", out / "build.json",
+                           rec.get("duration", 0.0), rec.get("compiler"), rec.get("vermagic"),
+                           rec.get("srcversion"), diags)
+
+    def _make(self, release: str, headers: Path, choice: kern.CompilerChoice, files: list[Path], out: Path,
+              key: str) -> KernelBuild:
+        copy = self.work / release
+        inputs.copy_tree(self.project, files, copy)
+        out.mkdir(parents=True, exist_ok=True)
+        logpath = out / "build.log"
+        argv = [self.make, "-C", str(headers), f"M={copy}", f"CC={choice.program}", f"-j{self.make_jobs}", "modules"]
+        env = dict(os.environ, LC_ALL="C")
+        env.pop("MAKEFLAGS", None)
+        log.info("%s: %s", release, " ".join(argv))
+        start = time.monotonic()
+        with open(logpath, "wb") as fh:
+            fh.write(("$ " + " ".join(argv) + "\n").encode())
+            fh.flush()
+            try:
+                proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+                rc = proc.returncode
+            except OSError as exc:
+                fh.write(f"{self.make}: {exc.strerror}\n".encode())
+                rc = 127
+        duration = time.monotonic() - start
+        diags = tuple(buildlog.parse(logpath.read_text(errors="replace"), copy))
+        built = copy / f"{self.manifest.name}.ko"
+        if rc != 0 or not built.is_file():
+            errors = [d for d in diags if d.severity is Severity.ERROR]
+            problem = (f"make exited with {rc}" if rc != 127 else f"{self.make} could not run") \
+                + (f": {errors[0]}" if errors else "")
+            return KernelBuild(release, State.FAILED, None, logpath, None, duration, choice.program,
+                               diagnostics=diags, problem=problem)
+        module = out / f"{self.manifest.name}.ko"
+        _install(built, module)
+        result = KernelBuild(release, State.BUILT, module, logpath, out / "build.json", duration, choice.program,
+                             diagnostics=diags)
+        if self.manifest.signing is not None:
+            result = replace(result, signed=sign_built_module(module, self.manifest.signing, self.project))
+        return self._record(result, choice, key)
+
+    def _record(self, result: KernelBuild, choice: kern.CompilerChoice, key: str) -> KernelBuild:
+        from kmodkit.modfile import ModuleFile
+
+        module, record = result.module, result.record
+        assert module is not None and record is not None
+        with ModuleFile.open(module) as mod:
+            vermagic, srcversion = mod.get("vermagic"), mod.get("srcversion")
+        result = replace(result, vermagic=vermagic, srcversion=srcversion)
+        rec = {
+            "kernel": result.kernel, "module": module.name, "version": self.manifest.version,
+            "vermagic": vermagic, "srcversion": srcversion, "compiler": choice.program,
+            "compiler_version": choice.found.text if choice.found else None, "compiler_match": choice.match.value,
+            "duration": round(result.duration, 3),
+            "warnings": [str(d) for d in result.diagnostics if d.severity is Severity.WARNING],
+            "diagnostics": [{"file": d.file, "line": d.line, "severity": d.severity.value, "message": d.message}
+                            for d in result.diagnostics],
+            "signed": result.signed.to_json() if result.signed else None,
+            "log": str(result.log), "inputs": key, "module_sha256": _sha256(module),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kmodkit": __version__,
+            "record_format": RECORD_FORMAT,
+        }
+        _write_atomic(record, (json.dumps(rec, indent=2) + "\n").encode())
+        return result
+
+
+def _stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _install(src: Path, dest: Path) -> None:
+    _write_atomic(dest, src.read_bytes())
+
+
+def _write_atomic(dest: Path, data: bytes) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
