@@ -67,7 +67,7 @@ def _status(kb: KernelBuild) -> str:
         return f"blocked: {kb.problem}"
     if kb.state is State.FAILED:
         return f"FAILED: {kb.problem}"
-    return kb.state.value
+    return str(kb.state.value)
 
 
 def _run_rich(build: object) -> BuildReport:

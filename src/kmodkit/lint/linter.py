@@ -1,0 +1,99 @@
+"""The :class:`Linter`: which files make up a module, what they are checked against, and the findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kmodkit.errors import NotFoundError, UserError, from_oserror
+from kmodkit.lint.checks import CHECKS, Finding, Module
+from kmodkit.lint.rules import rules
+from kmodkit.lint.source import SourceFile
+from kmodkit.lint.symvers import gpl_only_symbols
+
+
+@dataclass(frozen=True)
+class LintReport:
+    """The findings of one lint run."""
+
+    module: str  #: the module's name
+    files: tuple[str, ...]  #: the files checked
+    findings: tuple[Finding, ...]  #: every finding, by file and line
+    symvers: str | None  #: the Module.symvers GPL-only symbols came from, None when none was found
+    skipped: tuple[str, ...]  #: rules not run, with why ("gpl-only-symbol: no Module.symvers")
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON object."""
+        return {"module": self.module, "files": list(self.files), "symvers": self.symvers,
+                "skipped": list(self.skipped), "findings": [f.to_json() for f in self.findings]}
+
+
+class Linter:
+    """Lint a module: a project directory (its manifest's sources, else every .c in it) or one .c file.
+
+    ``symvers`` is the Module.symvers checked for GPL-only symbols; None means the first installed
+    kernel's (or the manifest's first target's) headers; when none is found that rule is skipped.
+    ``only`` limits the run to some rule ids.
+    """
+
+    def __init__(self, path: str | Path, symvers: str | Path | None = None, kernel: str | None = None,
+                 name: str | None = None, only: list[str] | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise NotFoundError(str(self.path), "no such file or directory", "name a module's .c file or project")
+        unknown = [r for r in (only or []) if r not in CHECKS]
+        if unknown:
+            raise UserError(unknown[0], "is not a lint rule", f"use one of {', '.join(CHECKS)}")
+        self.only = only or list(CHECKS)
+        self.files, manifest_name, targets = self._files()
+        self.name = name or manifest_name
+        self.symvers = Path(symvers) if symvers else self._find_symvers(kernel, targets)
+        if symvers and not self.symvers.is_file():  # type: ignore[union-attr]
+            raise NotFoundError(str(symvers), "no such Module.symvers", "pass a kernel's headers' Module.symvers")
+
+    def _files(self) -> tuple[list[Path], str, tuple[str, ...]]:
+        if self.path.is_file():
+            return [self.path], self.path.name.split(".", 1)[0], ()
+        from kmodkit.kbuild.manifest import MANIFEST, Manifest
+
+        if (self.path / MANIFEST).is_file():
+            m = Manifest.load(self.path)
+            return [p for p in m.source_paths() if p.suffix == ".c"], m.name, m.targets
+        files = sorted(p for p in self.path.rglob("*.c") if not p.name.endswith(".mod.c")
+                       and "out" not in p.relative_to(self.path).parts)
+        if not files:
+            raise UserError(str(self.path), "holds no .c file", "name a module's source or project directory")
+        return files, self.path.resolve().name, ()
+
+    @staticmethod
+    def _find_symvers(kernel: str | None, targets: tuple[str, ...]) -> Path | None:
+        from kmodkit.kbuild import kernels as kern
+
+        names = [kernel] if kernel else [t for t in targets if t != "running"]
+        candidates = [kern.kernel(n) for n in names] if names else kern.installed_kernels()
+        for k in candidates:
+            if k.headers is not None and (k.headers / "Module.symvers").is_file():
+                return k.headers / "Module.symvers"
+        if kernel:
+            raise NotFoundError(kernel, "has no headers with a Module.symvers", "install its headers, or pass --symvers")
+        return None
+
+    def run(self) -> LintReport:
+        """Parse every file and run the rules."""
+        sources = []
+        for f in self.files:
+            try:
+                sources.append(SourceFile.read(f))
+            except OSError as exc:
+                raise from_oserror(exc, str(f)) from None
+        gpl_only = gpl_only_symbols(self.symvers) if self.symvers and "gpl-only-symbol" in self.only else None
+        module = Module(self.name, tuple(sources), gpl_only)
+        findings: list[Finding] = []
+        for rule_id in self.only:
+            findings.extend(CHECKS[rule_id](module))
+        findings.sort(key=lambda f: (f.file, f.line, list(rules()).index(f.rule)))
+        skipped = ("gpl-only-symbol: no Module.symvers found (pass --symvers or -k)",) \
+            if self.symvers is None and "gpl-only-symbol" in self.only else ()
+        return LintReport(self.name, tuple(str(f) for f in self.files), tuple(findings),
+                          str(self.symvers) if self.symvers else None, skipped)
