@@ -1,0 +1,543 @@
+"""depmod's model of a kernel tree: which module files count, what each needs, in which order.
+
+:class:`Depmod` follows kmod's tools/depmod.c (v30) step by step, because
+the order of every output line depends on it:
+
+1. depmod.d (``search``, ``override``, ``external``, ``exclude``) decides
+   which file wins when two carry the same module name;
+2. the modules are listed in the order of depmod's name hash table, then
+   stably sorted by their line in modules.order (unlisted ones last);
+3. kernel symbols (Module.symvers with -E, System.map with -F) are added
+   first, then each module's exports, a later exporter replacing an earlier;
+4. each module's needed symbols give its dependencies (first use first);
+5. a topological sort (a stack of modules nobody needs) numbers the modules,
+   and every dependency list is written in that numbering.
+
+A dependency cycle stops the run, as it stops depmod.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+from kmodkit.errors import ConfigError, NotFoundError, UserError
+from kmodkit.index.khash import MODULE_BUCKETS, superfast
+from kmodkit.index.scan import CACHE_NAME, ModuleRecord, ScanCache, ScanFailure
+from kmodkit.modfile.module import MODULE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+#: depmod.d directories, in kmod's order (a file name found earlier hides later ones)
+DEPMOD_DIRS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/lib/depmod.d")
+#: symbols the kernel provides without exporting them (added with -E / -F, as depmod does)
+_FAKE_SYMBOLS = (b"__this_module", b"_GLOBAL_OFFSET_TABLE_", b"TOC.")
+
+
+def path_to_modname(path: str) -> str:
+    """kmod's ``path_to_modname``: the basename up to its first dot, ``-`` as ``_``."""
+    return os.path.basename(path).split(".", 1)[0].replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Search:
+    """One entry of depmod.d's ``search`` list."""
+
+    path: str | None  #: a directory relative to the tree, None for ``built-in`` / ``external``
+    builtin: bool = False  #: the ``built-in`` keyword (the tree itself)
+    external: bool = False  #: the ``external`` keyword (every ``external`` directory)
+
+
+@dataclass(frozen=True)
+class DepmodConfig:
+    """depmod.d settings for one kernel release."""
+
+    searches: tuple[Search, ...] = ()  #: highest priority first
+    overrides: tuple[str, ...] = ()  #: ``SUBDIR/MODNAME`` (no extension), latest first as kmod keeps them
+    externals: tuple[str, ...] = ()  #: external directories, latest first
+    excludes: tuple[str, ...] = ()  #: directory names never descended into
+    problems: tuple[str, ...] = ()  #: ``FILE:LINE: message`` for lines that were ignored
+
+    @classmethod
+    def load(cls, kver: str, paths: list[str] | None = None) -> DepmodConfig:
+        """Read depmod.d files from ``paths`` (default :data:`DEPMOD_DIRS`) for release ``kver``."""
+        files = _config_files(paths if paths is not None else list(DEPMOD_DIRS), (".conf",))
+        searches: list[Search] = []
+        overrides: list[str] = []
+        externals: list[str] = []
+        excludes: list[str] = []
+        problems: list[str] = []
+        for fname in files:
+            for lineno, line in _read_wrapped(fname):
+                words = line.split()
+                if not words or line.startswith("#"):
+                    continue
+                cmd, args = words[0], words[1:]
+                if cmd == "search":
+                    for word in args:
+                        searches.insert(0, Search(None, builtin=True) if word == "built-in" else
+                                        Search(None, external=True) if word == "external" else Search(word))
+                elif cmd == "override" and len(args) >= 3:
+                    if _kernel_matches(kver, args[1]):
+                        overrides.insert(0, f"{args[2]}/{args[0]}")
+                elif cmd == "external" and len(args) >= 2:
+                    if _kernel_matches(kver, args[0]):
+                        externals.insert(0, args[1])
+                elif cmd == "exclude":
+                    excludes.extend(args)
+                elif cmd in ("include", "make_map_files"):
+                    continue
+                else:
+                    problems.append(f"{fname}:{lineno}: ignoring bad line starting with '{cmd}'")
+        if not searches:
+            searches.append(Search("updates"))
+        # kmod prepends each entry: the list is walked latest first
+        return cls(tuple(searches), tuple(overrides), tuple(externals), tuple(excludes), tuple(problems))
+
+
+def _kernel_matches(kver: str, pattern: str) -> bool:
+    if pattern == "*":
+        return True
+    try:
+        return re.search(pattern, kver) is not None
+    except re.error:
+        return False
+
+
+def _config_files(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """kmod's config file list: sorted by file name, the first directory naming a file wins."""
+    chosen: dict[str, str] = {}
+    for path in paths:
+        try:
+            if not os.path.isdir(path):
+                if os.path.exists(path):
+                    chosen.setdefault(os.path.basename(path), path)
+                continue
+            names = os.listdir(path)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".") or len(name) < 6 or not name.endswith(suffixes):
+                continue
+            full = os.path.join(path, name)
+            if os.path.isdir(full):
+                continue
+            chosen.setdefault(name, full)
+    return [chosen[name] for name in sorted(chosen, key=os.fsencode)]
+
+
+def _read_wrapped(path: str) -> list[tuple[int, str]]:
+    """Lines as kmod's ``freadline_wrapped`` returns them (backslash-newline joins), with line numbers."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as exc:
+        log.warning("%s: %s", path, exc.strerror)
+        return []
+    out: list[tuple[int, str]] = []
+    lineno = 0
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        i += 1
+        if c == "\n":
+            lineno += 1
+            out.append((lineno, "".join(buf)))
+            buf = []
+        elif c == "\\" and i < n:
+            nxt = text[i]
+            i += 1
+            if nxt == "\n":
+                lineno += 1
+                continue
+            buf.append(nxt)
+        else:
+            buf.append(c)
+    if buf:
+        lineno += 1
+        out.append((lineno, "".join(buf)))
+    return out
+
+
+@dataclass
+class Module:
+    """One module of the tree as depmod sees it (mutable while the model is built)."""
+
+    name: str  #: module name (underscores)
+    path: str  #: absolute path of the file
+    relpath: str | None  #: path relative to the tree, None for files outside it (external)
+    record: ModuleRecord  #: what the file holds
+    sort_idx: int = 1  #: position from modules.order (negative), 1 when unlisted
+    idx: int = 0  #: position in the final module list
+    dep_sort_idx: int = 0  #: topological number (modules nobody needs come first)
+    deps: list[Module] = field(default_factory=list)  #: direct dependencies, first use first
+    users: int = 0  #: how many modules depend on this one
+
+    @property
+    def dep_path(self) -> str:
+        """How modules.dep names the file: relative to the tree when inside it."""
+        return self.relpath if self.relpath is not None else self.path
+
+
+@dataclass(frozen=True)
+class SymbolIssue:
+    """An undefined or mismatched symbol, as ``depmod -e`` reports it."""
+
+    module: str  #: path of the module that needs the symbol
+    symbol: str  #: the symbol's name
+    mismatch: bool  #: True when the symbol exists but its CRC differs (-E only)
+
+    def __str__(self) -> str:
+        if self.mismatch:
+            return f"{self.module} disagrees about version of symbol {self.symbol}"
+        return f"{self.module} needs unknown symbol {self.symbol}"
+
+
+@dataclass
+class DepmodResult:
+    """The computed model: what the output files are made from."""
+
+    dirname: str  #: the tree, ``BASEDIR/lib/modules/KVER``
+    modules: list[Module]  #: in output order
+    symbols: dict[bytes, Module | None]  #: symbol -> owner (None: the kernel itself)
+    issues: list[SymbolIssue]  #: unknown / mismatched symbols (filled only with -E/-F and errsyms)
+    failures: list[ScanFailure]  #: module files that could not be read
+    cache: ScanCache  #: the records, to store beside the index
+    symbol_hashes: dict[bytes, int] = field(default_factory=dict)  #: kmod hash of each symbol name
+
+
+class DependencyCycleError(UserError):
+    """Modules depend on each other in a loop; depmod writes nothing then."""
+
+    def __init__(self, cycles: list[list[str]]) -> None:
+        #: each cycle as module names, the first repeated at the end
+        self.cycles = cycles
+        text = "; ".join(" -> ".join(c) for c in cycles)
+        super().__init__("dependency cycle", f"{text} ({len({m for c in cycles for m in c})} modules in cycles)",
+                         "remove the symbol use that closes the loop from one of these modules")
+
+
+class Depmod:
+    """depmod for the tree ``BASEDIR/lib/modules/KVER``; validated when built.
+
+    ``symvers`` (-E) or ``system_map`` (-F) name the kernel's own symbols;
+    ``errsyms`` (-e) collects unknown symbols in :attr:`DepmodResult.issues`.
+    ``cache_dir`` holds the scan cache (None: no cache).
+    """
+
+    def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
+                 symvers: str | None = None, system_map: str | None = None, errsyms: bool = False,
+                 cache_dir: str | None = None, jobs: int = 2) -> None:
+        if not re.match(r"\d+\.\d+", kver):
+            raise UserError(kver, "is not a kernel release (expected e.g. 6.1.0-13-amd64)")
+        self.kver = kver
+        root = os.path.abspath(basedir) if basedir else ""
+        #: the tree's directory
+        self.dirname = f"{root}/lib/modules/{kver}"
+        if not os.path.isdir(self.dirname):
+            raise NotFoundError(self.dirname, "no such module directory",
+                                "install the kernel's modules or pass the right -b BASEDIR and KVER")
+        for what, path in (("-E", symvers), ("-F", system_map)):
+            if path is not None and not os.path.isfile(path):
+                raise NotFoundError(path, f"no such file (given with {what})")
+        self.config = DepmodConfig.load(kver, config_paths)
+        self.symvers = symvers
+        self.system_map = system_map
+        self.errsyms = errsyms and (symvers is not None or system_map is not None)
+        self.cache_dir = cache_dir
+        self.jobs = jobs
+
+    # --- discovery --------------------------------------------------------------
+
+    def find_files(self) -> tuple[dict[str, str], list[str]]:
+        """``modname -> path`` of the files that win, and the directories that could not be read."""
+        chosen: dict[str, str] = {}
+        errors: list[str] = []
+        self._walk(self.dirname, chosen, errors, top=True)
+        for ext in self.config.externals:
+            if os.path.isdir(ext):
+                self._walk(ext.rstrip("/"), chosen, errors, top=True)
+        return chosen, errors
+
+    def _walk(self, directory: str, chosen: dict[str, str], errors: list[str], top: bool = False) -> None:
+        try:
+            it = os.scandir(directory)
+        except OSError as exc:
+            errors.append(f"{directory}: {(exc.strerror or str(exc)).lower()}")
+            return
+        excludes = self.config.excludes
+        with it:
+            for entry in it:  # readdir order, as depmod walks
+                name = entry.name
+                if name in ("build", "source") or name in excludes:
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                    is_file = not is_dir and entry.is_file()
+                except OSError:
+                    continue
+                if is_dir:
+                    self._walk(entry.path, chosen, errors)
+                elif is_file and name.endswith(MODULE_SUFFIXES) and not any(name == s for s in MODULE_SUFFIXES):
+                    self._consider(entry.path, chosen)
+
+    def _consider(self, path: str, chosen: dict[str, str]) -> None:
+        modname = path_to_modname(path)
+        old = chosen.get(modname)
+        if old is not None and self._old_wins(old, path, modname):
+            return
+        chosen.pop(modname, None)
+        chosen[modname] = path
+
+    def _old_wins(self, oldpath: str, newpath: str, modname: str) -> bool:
+        # depmod_module_is_higher_priority: compares "DIR/NAME" without the extension
+        cfg = self.config
+        base = self.dirname + "/"
+
+        def stem(path: str) -> str:
+            d = os.path.dirname(path)
+            return f"{d}/{os.path.basename(path)[:len(modname)]}"
+
+        new_s, old_s = stem(newpath), stem(oldpath)
+        rel_new = new_s[len(base):] if new_s.startswith(base) else None
+        rel_old = old_s[len(base):] if old_s.startswith(base) else None
+        for ov in cfg.overrides:
+            if rel_new == ov:
+                return False
+            if rel_old == ov:
+                return True
+        bprio = oldprio = newprio = -1
+        i = 0
+        for se in cfg.searches:
+            if se.builtin:
+                bprio = i
+            elif se.external:
+                for ext in cfg.externals:
+                    if new_s.startswith(ext.rstrip("/") + "/"):
+                        newprio = i
+                    if old_s.startswith(ext.rstrip("/") + "/"):
+                        oldprio = i
+                    i += 1
+            elif se.path is not None and rel_new is not None and rel_new.startswith(se.path + "/"):
+                newprio = i
+            elif se.path is not None and rel_old is not None and rel_old.startswith(se.path + "/"):
+                oldprio = i
+            i += 1
+        if newprio < 0:
+            newprio = bprio
+        if oldprio < 0:
+            oldprio = bprio
+        return newprio <= oldprio
+
+    # --- the model ----------------------------------------------------------------
+
+    def compute(self) -> DepmodResult:
+        """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop."""
+        chosen, dir_errors = self.find_files()
+        stats: dict[str, os.stat_result] = {}
+        failures = [ScanFailure(d, "directory could not be read") for d in dir_errors]
+        for path in chosen.values():
+            try:
+                stats[path] = os.stat(path)
+            except OSError as exc:
+                failures.append(ScanFailure(path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
+        cache = ScanCache.load(os.path.join(self.cache_dir, CACHE_NAME)) if self.cache_dir else ScanCache()
+        records, read_failures = cache.scan(stats, self.jobs)
+        failures += read_failures
+        empty = ModuleRecord((), (), (), ())
+        base = self.dirname + "/"
+        modules: list[Module] = []
+        for name, path in chosen.items():
+            rel = path[len(base):] if path.startswith(base) else None
+            modules.append(Module(name, path, rel, records.get(path, empty)))
+        # the walk of depmod's module-name hash table (512 buckets, strcmp within one)
+        modules.sort(key=lambda m: (superfast(m.name.encode()) & (MODULE_BUCKETS - 1), m.name.encode()))
+        self._apply_order(modules)
+        for i, m in enumerate(modules):
+            m.idx = i
+        symbols: dict[bytes, Module | None] = {}
+        crcs: dict[bytes, int] = {}
+        hashes: dict[bytes, int] = {}
+        if self.symvers is not None:
+            self._load_symvers(symbols, crcs)
+        elif self.system_map is not None:
+            self._load_system_map(symbols, crcs)
+        for m in modules:
+            for name, crc, h in m.record.exports:
+                symbols[name] = m
+                crcs[name] = crc
+                hashes[name] = h
+        issues = self._resolve(modules, symbols, crcs)
+        self._toposort(modules)
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, cache, hashes)
+
+    def _apply_order(self, modules: list[Module]) -> None:
+        try:
+            with open(os.path.join(self.dirname, "modules.order"), "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:
+            return
+        if lines[-1] != b"":
+            log.error("%s/modules.order:%d corrupted line misses '\\n'", self.dirname, len(lines))
+            return
+        lines.pop()
+        total = len(lines) + 1
+        by_unc: dict[bytes, Module] = {}
+        for m in modules:
+            if m.relpath is None:
+                continue
+            d = os.path.dirname(m.relpath)
+            # "uncompressed relpath": the directory, then as many characters of the
+            # file name as the module name has, then three more (".ko")
+            cut = len(d) + 1 + len(m.name) + 3 if d else len(m.name) + 3
+            by_unc[m.relpath[:cut].encode()] = m
+        for idx, line in enumerate(lines, 1):
+            hit = by_unc.get(line)
+            if hit is not None:
+                hit.sort_idx = idx - total
+        modules.sort(key=lambda m: m.sort_idx)
+
+    def _load_symvers(self, symbols: dict[bytes, Module | None], crcs: dict[bytes, int]) -> None:
+        assert self.symvers is not None
+        with open(self.symvers, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = [p for p in re.split(rb"[ \t]", line) if p]
+                if len(parts) < 3 or parts[2] != b"vmlinux":
+                    continue
+                try:
+                    crc = int(parts[0], 16)
+                except ValueError:
+                    log.error("%s:%d Invalid symbol version %s", self.symvers, lineno, parts[0].decode("latin-1"))
+                    continue
+                symbols[parts[1]] = None
+                crcs[parts[1]] = crc
+        self._fake(symbols, crcs)
+
+    def _load_system_map(self, symbols: dict[bytes, Module | None], crcs: dict[bytes, int]) -> None:
+        assert self.system_map is not None
+        with open(self.system_map, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                first = line.find(b" ")
+                second = line.find(b" ", first + 1) if first >= 0 else -1
+                if second < 0:
+                    raise ConfigError(f"{self.system_map}:{lineno}", "invalid line: expected ADDRESS TYPE NAME")
+                name = line[second + 1:].rstrip(b"\n")
+                if name.startswith(b"__ksymtab_"):
+                    symbols[name[10:]] = None
+                    crcs[name[10:]] = 0
+        self._fake(symbols, crcs)
+
+    @staticmethod
+    def _fake(symbols: dict[bytes, Module | None], crcs: dict[bytes, int]) -> None:
+        for name in _FAKE_SYMBOLS:
+            if name == b"TOC." and name in symbols:
+                continue
+            symbols[name] = None
+            crcs[name] = 0
+
+    def _resolve(self, modules: list[Module], symbols: dict[bytes, Module | None],
+                 crcs: dict[bytes, int]) -> list[SymbolIssue]:
+        issues: list[SymbolIssue] = []
+        report = self.errsyms
+        check = self.symvers is not None
+        get = symbols.get
+        for m in modules:
+            seen: set[int] = set()
+            deps = m.deps
+            for name, crc, weak in m.record.needs:
+                key = name[1:] if name[:1] == b"." else name
+                if key not in symbols:
+                    if report and not weak:
+                        issues.append(SymbolIssue(m.path, key.decode("latin-1"), False))
+                    continue
+                owner = get(key)
+                if check and report and crcs.get(key) != crc and not weak:
+                    issues.append(SymbolIssue(m.path, key.decode("latin-1"), True))
+                if owner is None or id(owner) in seen:
+                    continue
+                seen.add(id(owner))
+                deps.append(owner)
+                owner.users += 1
+        return issues
+
+    def _toposort(self, modules: list[Module]) -> None:
+        users = [m.users for m in modules]
+        stack = [i for i, u in enumerate(users) if u == 0]
+        n_sorted = 0
+        while stack:
+            src = modules[stack.pop()]
+            src.dep_sort_idx = n_sorted
+            n_sorted += 1
+            for dst in src.deps:
+                users[dst.idx] -= 1
+                if users[dst.idx] == 0:
+                    stack.append(dst.idx)
+        if n_sorted < len(modules):
+            raise DependencyCycleError(_find_cycles([m for m, u in zip(modules, users) if u > 0]))
+
+
+def _find_cycles(candidates: list[Module]) -> list[list[str]]:
+    """One loop per strongly connected group among ``candidates`` (Tarjan, iterative)."""
+    inside = {id(m) for m in candidates}
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on_stack: set[int] = set()
+    stack: list[Module] = []
+    groups: list[list[Module]] = []
+    counter = 0
+    for root in candidates:
+        if id(root) in index:
+            continue
+        work: list[tuple[Module, int]] = [(root, 0)]
+        while work:
+            node, pos = work.pop()
+            if pos == 0:
+                index[id(node)] = low[id(node)] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(id(node))
+            deps = [d for d in node.deps if id(d) in inside]
+            if pos < len(deps):
+                work.append((node, pos + 1))
+                nxt = deps[pos]
+                if id(nxt) not in index:
+                    work.append((nxt, 0))
+                elif id(nxt) in on_stack:
+                    low[id(node)] = min(low[id(node)], index[id(nxt)])
+                continue
+            if work:
+                parent = work[-1][0]
+                low[id(parent)] = min(low[id(parent)], low[id(node)])
+            if low[id(node)] == index[id(node)]:
+                group = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(id(top))
+                    group.append(top)
+                    if top is node:
+                        break
+                if len(group) > 1 or node in node.deps:
+                    groups.append(group)
+    cycles = []
+    for group in groups:
+        members = {id(m) for m in group}
+        start = min(group, key=lambda m: m.name)
+        path = [start]
+        seen = {id(start)}
+        cur = start
+        while True:
+            nxt = next(d for d in cur.deps if id(d) in members)
+            if nxt is start or id(nxt) in seen:
+                path.append(nxt)
+                break
+            path.append(nxt)
+            seen.add(id(nxt))
+            cur = nxt
+        if path[-1] is not start:  # close the loop at the first repeated module
+            first = path.index(path[-1])
+            path = path[first:]
+        cycles.append([m.name for m in path])
+    return cycles

@@ -1,0 +1,280 @@
+"""kmod's index trie: the ``.bin`` files depmod writes and modprobe reads first.
+
+Layout (libkmod/libkmod-index.c, format 2.1), all integers big-endian u32::
+
+    magic 0xB007F457, version 0x00020001, root node offset
+    node:  [prefix NUL]            when offset & 0x80000000
+           [first last u32*N]      when offset & 0x20000000 (N = last-first+1)
+           [count (prio value NUL)*count]  when offset & 0x40000000
+
+Nodes are written children first (post-order), so a file is fully determined
+by its set of keys and the ordered values of each key.  :class:`IndexBuilder`
+collects keys and values with depmod's rules (values ordered by priority, a
+new value going before older ones of equal priority); :func:`build_index`
+writes the bytes.  :class:`IndexReader` answers libkmod's two questions:
+the first value of an exact key, and every value whose key (a glob
+pattern) matches a string.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+
+from kmodkit.errors import UserError
+from kmodkit.index.glob import fnmatch
+
+INDEX_MAGIC = 0xB007F457
+INDEX_VERSION = 0x00020001
+_PREFIX = 0x80000000
+_VALUES = 0x40000000
+_CHILDS = 0x20000000
+_MASK = 0x0FFFFFFF
+_WILD = (ord("*"), ord("?"), ord("["))
+
+
+class IndexBuilder:
+    """Keys and their values, collected the way depmod's ``index_insert`` does."""
+
+    def __init__(self) -> None:
+        self._values: dict[bytes, list[tuple[int, bytes]]] = {}
+
+    def insert(self, key: bytes, value: bytes, priority: int) -> bool:
+        """Add ``value`` under ``key``; True when the key already held that value (a duplicate)."""
+        values = self._values.get(key)
+        if values is None:
+            self._values[key] = [(priority, value)]
+            return False
+        duplicate = any(v == value for _, v in values)
+        pos = 0
+        while pos < len(values) and values[pos][0] < priority:
+            pos += 1
+        values.insert(pos, (priority, value))
+        return duplicate
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def to_bytes(self) -> bytes:
+        """The index file's bytes."""
+        return build_index(self._values)
+
+
+def build_index(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
+    """Serialise ``key -> [(priority, value), ...]`` (values in file order) as kmod's trie."""
+    keys = sorted(values)
+    out = bytearray(12)
+    pack = struct.pack
+
+    def node(lo: int, hi: int, depth: int, is_root: bool) -> int:
+        # keys[lo:hi] share keys[lo][:depth]; this node's prefix is their
+        # longest common continuation (the root never has one)
+        first_key = keys[lo]
+        if is_root:
+            pos = depth
+        else:
+            last_key = keys[hi - 1]
+            pos = depth + len(os.path.commonprefix([first_key[depth:], last_key[depth:]]))
+        node_values = None
+        start = lo
+        if len(first_key) == pos:
+            node_values = values[first_key]
+            start = lo + 1
+        children: list[tuple[int, int]] = []
+        i = start
+        while i < hi:
+            ch = keys[i][pos]
+            j = i + 1
+            while j < hi and keys[j][pos] == ch:
+                j += 1
+            children.append((ch, node(i, j, pos + 1, False)))
+            i = j
+        offset = len(out)
+        if not is_root and pos > depth:
+            out.extend(first_key[depth:pos])
+            out.append(0)
+            offset |= _PREFIX
+        if children:
+            first, last = children[0][0], children[-1][0]
+            table = [0] * (last - first + 1)
+            for ch, off in children:
+                table[ch - first] = off
+            out.append(first)
+            out.append(last)
+            out.extend(pack(f">{len(table)}I", *table))
+            offset |= _CHILDS
+        if node_values:
+            out.extend(pack(">I", len(node_values)))
+            for prio, value in node_values:
+                out.extend(pack(">I", prio))
+                out.extend(value)
+                out.append(0)
+            offset |= _VALUES
+        return offset
+
+    if keys:
+        root = node(0, len(keys), 0, True)
+    else:
+        root = len(out)  # an empty root node: no prefix, children or values
+    out[0:12] = pack(">III", INDEX_MAGIC, INDEX_VERSION, root)
+    return bytes(out)
+
+
+class _Node:
+    __slots__ = ("prefix", "first", "last", "children", "values")
+
+    def __init__(self, prefix: bytes, first: int, last: int, children: tuple[int, ...],
+                 values: list[tuple[int, bytes]]) -> None:
+        self.prefix = prefix
+        self.first = first
+        self.last = last
+        self.children = children
+        self.values = values
+
+    def child(self, ch: int) -> int:
+        if self.first <= ch <= self.last:
+            return self.children[ch - self.first]
+        return 0
+
+
+class IndexReader:
+    """A kmod index file in memory; raises :class:`UserError` when it is not one."""
+
+    def __init__(self, data: bytes, name: str = "<index>") -> None:
+        self.name = name
+        self._data = data
+        if len(data) < 12:
+            raise UserError(name, "truncated index file", "rerun depmod or kmodkit index")
+        magic, version, root = struct.unpack_from(">III", data)
+        if magic != INDEX_MAGIC:
+            raise UserError(name, f"bad index magic {magic:#x}", "rerun depmod or kmodkit index")
+        if version >> 16 != INDEX_VERSION >> 16:
+            raise UserError(name, f"unsupported index version {version:#x}")
+        self._root = root
+        self._cache: dict[int, _Node] = {}
+
+    @classmethod
+    def open(cls, path: str) -> IndexReader | None:
+        """The index at ``path``, or None when the file does not exist."""
+        try:
+            with open(path, "rb") as f:
+                return cls(f.read(), path)
+        except FileNotFoundError:
+            return None
+
+    def _node(self, offset: int) -> _Node:
+        node = self._cache.get(offset)
+        if node is not None:
+            return node
+        data = self._data
+        pos = offset & _MASK
+        try:
+            prefix = b""
+            if offset & _PREFIX:
+                end = data.index(b"\0", pos)
+                prefix = data[pos:end]
+                pos = end + 1
+            first, last, children = 128, 0, ()
+            if offset & _CHILDS:
+                first, last = data[pos], data[pos + 1]
+                n = last - first + 1
+                children = struct.unpack_from(f">{n}I", data, pos + 2)
+                pos += 2 + 4 * n
+            values: list[tuple[int, bytes]] = []
+            if offset & _VALUES:
+                (count,) = struct.unpack_from(">I", data, pos)
+                pos += 4
+                for _ in range(count):
+                    (prio,) = struct.unpack_from(">I", data, pos)
+                    end = data.index(b"\0", pos + 4)
+                    values.append((prio, data[pos + 4:end]))
+                    pos = end + 1
+        except (ValueError, struct.error, IndexError):
+            raise UserError(self.name, f"corrupt index node at offset {offset & _MASK}",
+                            "rerun depmod or kmodkit index") from None
+        node = _Node(prefix, first, last, children, values)
+        self._cache[offset] = node
+        return node
+
+    def search(self, key: bytes) -> bytes | None:
+        """The first value stored under exactly ``key``, or None."""
+        offset = self._root
+        i = 0
+        while True:
+            node = self._node(offset)
+            plen = len(node.prefix)
+            if key[i:i + plen] != node.prefix:
+                return None
+            i += plen
+            if i == len(key):
+                return node.values[0][1] if node.values else None
+            offset = node.child(key[i])
+            if not offset:
+                return None
+            i += 1
+
+    def search_wild(self, key: bytes) -> list[tuple[int, bytes]]:
+        """``(priority, value)`` of every key that matches ``key`` as a glob pattern, in libkmod's order."""
+        out: list[tuple[int, bytes]] = []
+        offset = self._root
+        i = 0
+        while True:
+            node = self._node(offset)
+            for j, ch in enumerate(node.prefix):
+                if ch in _WILD:
+                    self._all(node, j, bytearray(), key[i + j:], out)
+                    return out
+                if i + j >= len(key) or ch != key[i + j]:
+                    return out
+            i += len(node.prefix)
+            for wild in _WILD:
+                child = node.child(wild)
+                if child:
+                    self._all(self._node(child), 0, bytearray([wild]), key[i:], out)
+            if i == len(key):
+                self._add_all(node, out)
+                return out
+            offset = node.child(key[i])
+            if not offset:
+                return out
+            i += 1
+
+    def _all(self, node: _Node, j: int, buf: bytearray, subkey: bytes, out: list[tuple[int, bytes]]) -> None:
+        pushed = len(node.prefix) - j
+        buf += node.prefix[j:]
+        for ch in range(node.first, node.last + 1):
+            child = node.children[ch - node.first]
+            if child:
+                buf.append(ch)
+                self._all(self._node(child), 0, buf, subkey, out)
+                del buf[-1]
+        if node.values and fnmatch(bytes(buf), subkey):
+            self._add_all(node, out)
+        if pushed:
+            del buf[-pushed:]
+
+    @staticmethod
+    def _add_all(node: _Node, out: list[tuple[int, bytes]]) -> None:
+        for prio, value in node.values:
+            pos = 0
+            while pos < len(out) and out[pos][0] < prio:
+                pos += 1
+            out.insert(pos, (prio, value))
+
+    def items(self) -> Iterator[tuple[bytes, list[tuple[int, bytes]]]]:
+        """Every ``(key, [(priority, value), ...])`` in key order (for dumps and tests)."""
+        stack: list[tuple[int, bytes]] = [(self._root, b"")]
+        result: list[tuple[bytes, list[tuple[int, bytes]]]] = []
+        while stack:
+            offset, key = stack.pop()
+            node = self._node(offset)
+            full = key + node.prefix
+            if node.values:
+                result.append((full, list(node.values)))
+            for ch in range(node.first, node.last + 1):
+                child = node.children[ch - node.first]
+                if child:
+                    stack.append((child, full + bytes([ch])))
+        result.sort()
+        return iter(result)
