@@ -17,7 +17,7 @@ from typing import Union
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -175,7 +175,10 @@ def _self_signed(key: PrivateKey, req: KeyRequest) -> x509.Certificate:
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
     )
-    return builder.sign(key, req.hash.crypto())
+    alg = req.hash.crypto()
+    assert isinstance(alg, (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512, hashes.SHA3_256,
+                            hashes.SHA3_384, hashes.SHA3_512)), f"{req.hash.value} cannot sign a certificate"
+    return builder.sign(key, alg)
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def _lz4_legacy(data: memoryview, path: str, limit: int) -> bytes:
     # lz4 -l (legacy frame): magic, then blocks of [u32 LE compressed size][block], each
     # decompressing to at most 8 MiB; a repeated magic starts another frame
     try:
-        import lz4.block
+        import lz4.block  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - a dependency of the package
         raise EnvironmentNotReady(path, "reading an lz4 kernel needs the lz4 package", "pip install lz4") from None
     out: list[bytes] = []

@@ -136,12 +136,15 @@ class Pkcs11Key:
         if parsed.id is not None:
             query["id"] = parsed.id
         try:
-            self._key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, **query)
+            found = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, **query)
         except pkcs11.NoSuchKey:
             hint = "" if pin else " (no PIN given: private keys are only visible after login)"
             raise UserError(self.name, f"no private key matches{hint}", "check object= / id=, and the PIN") from None
         except pkcs11.MultipleObjectsReturned:
             raise UserError(self.name, "several private keys match", "name the key with object= or id=") from None
+        if not isinstance(found, pkcs11.SignMixin):
+            raise UserError(self.name, "the key cannot sign (CKA_SIGN is false)", "import it with signing allowed")
+        self._key: pkcs11.SignMixin = found
         key_type = self._key.key_type
         if key_type == pkcs11.KeyType.RSA:
             #: RSA or ECDSA
@@ -167,6 +170,7 @@ class Pkcs11Key:
         except (pkcs11.NoSuchKey, pkcs11.MultipleObjectsReturned):
             raise UserError(self.name, "the token holds no single public key next to the EC private key",
                             "import the public key with the same label and id") from None
+        assert isinstance(pub, pkcs11.PublicKey)
         public = load_der_public_key(encode_ec_public_key(pub))
         assert isinstance(public, ec.EllipticCurvePublicKey)
         return public

@@ -88,7 +88,7 @@ def find_modules(targets: Iterable[str]) -> list[str]:
     out: list[str] = []
     for target in targets:
         if os.path.isdir(target):
-            found = []
+            found: list[str] = []
             for root, dirs, files in os.walk(target):
                 dirs.sort()
                 found.extend(os.path.join(root, f) for f in files if f.endswith(MODULE_SUFFIXES))
