@@ -88,7 +88,7 @@ def test_json_has_what_modinfo_does_not_show(sample_module: Path) -> None:
     assert doc["modinfo"]["depends"] == "xfrm_algo"
     assert doc["name"] == "af_key"
     assert "proto_register" in doc["undefined"]
-    assert {"name": "proto_register", "crc": doc["versions"][2]["crc"]} in doc["versions"]
+    assert doc["versions"]["proto_register"].startswith("0x") and len(doc["versions"]["proto_register"]) == 10
     assert any(s["name"] == ".modinfo" for s in doc["sections"])
     sig = doc["signature"]
     assert sig["form"] == "issuer-and-serial" and sig["hash"] == "sha256" and sig["trailer_well_formed"]

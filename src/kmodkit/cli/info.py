@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmodkit.modfile.info import InfoQuery
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +26,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--set-version", dest="kver", metavar="KVER", help="resolve names in this kernel's tree")
     parser.add_argument("-b", "--basedir", metavar="DIR", help="root under which /lib/modules is found")
     parser.add_argument("--json", action="store_true", help="print everything as JSON, including symbols and signature")
+    parser.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                        help="worker processes for large batches (default: one per CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import error_line, print_json
-    from kmodkit.errors import KmodkitError
-    from kmodkit.modfile.info import InfoQuery, ModuleInfo
+    from kmodkit.cli.output import error_line
+    from kmodkit.modfile.info import InfoQuery, View, render_all
 
     query = InfoQuery(
         targets=args.modules,
@@ -36,26 +41,49 @@ def run(args: argparse.Namespace) -> int:
         modname_only=args.modname,
         cwd=_cwd(),
     )
-    status = 0
-    docs: list[dict[str, object]] = []
+    view = View.JSON if args.json else View.MODINFO
+    if view is View.JSON and len(query.targets) == 1:
+        return _one_json(query)
     out = sys.stdout.buffer
-    sep = b"\0" if args.null else b"\n"
-    for target in query.targets:
-        try:
-            infos: list[ModuleInfo] = query.resolve(target)
-            for info in infos:
-                if args.json:
-                    docs.append(info.to_json())
-                else:
-                    out.write(info.modinfo_text(field=args.field, separator=sep))
-                info.close()
-        except KmodkitError as exc:
-            status = max(status, exc.exit_status)
+    status = 0
+    first = True
+    if view is View.JSON:
+        out.write(b"[")
+    for item in render_all(query, view, field=args.field, separator=b"\0" if args.null else b"\n", jobs=args.jobs):
+        if item.error is not None:
+            status = max(status, item.error.exit_status)
             out.flush()
-            error_line(exc.subject or target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
-    if args.json:
-        print_json(docs, compact=len(docs) > 1)
+            exc = item.error
+            error_line(exc.subject or item.target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
+            continue
+        if view is View.JSON and item.output:
+            out.write(item.output if first else b"," + item.output)
+            first = False
+        else:
+            out.write(item.output)
+    if view is View.JSON:
+        out.write(b"]\n")
     return status
+
+
+def _one_json(query: InfoQuery) -> int:
+    """One target: indented JSON, for people reading it."""
+    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.errors import KmodkitError
+
+    target = query.targets[0]
+    try:
+        infos = query.resolve(target)
+        try:
+            docs = [info.to_json() for info in infos]
+        finally:
+            for info in infos:
+                info.close()
+    except KmodkitError as exc:
+        error_line(exc.subject or target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
+        return exc.exit_status
+    print_json(docs)
+    return 0
 
 
 def _cwd() -> str:

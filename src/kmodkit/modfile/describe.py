@@ -188,10 +188,9 @@ def to_json(mod: ModuleFile, filename: str | None = None) -> dict[str, Any]:
             {"name": e.name, "gpl_only": e.gpl_only, "namespace": e.namespace} for e in mod.exported_symbols()
         ],
         "undefined": mod.undefined_symbols(),
-        "versions": [{"name": v.name, "crc": f"0x{v.crc:08x}"} for v in mod.versions()],
+        "versions": {name: f"0x{crc:08x}" for name, crc in mod.versions()},
         "sections": [
-            {"name": s.name, "type": s.type, "flags": s.flags, "offset": s.offset, "size": s.size}
-            for s in mod.iter_sections()
+            {"name": n, "type": t, "flags": f, "offset": o, "size": sz} for n, t, f, o, sz in elf.section_rows()
         ],
     }
 

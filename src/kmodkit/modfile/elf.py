@@ -162,6 +162,10 @@ class ElfImage:
             self._sections = [self._section(i) for i in range(len(self._raw))]
         return self._sections
 
+    def section_rows(self) -> list[tuple[str, int, int, int, int]]:
+        """``(name, type, flags, offset, size)`` of every section after the null one, cheaply."""
+        return [(n, r[1], r[2], r[4], r[5]) for n, r in zip(self._names[1:], self._raw[1:])]
+
     def _section(self, i: int) -> Section:
         r = self._raw[i]
         return Section(i, self._names[i], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9])
@@ -258,12 +262,20 @@ class ElfImage:
         step = 24 if self.is64 else 16
         data = self.section_data(sym)
         usable = len(data) - len(data) % step
-        name = self.name
-        return [
-            (_cstr(strings, st_name, name), shndx)
-            for st_name, shndx in struct.iter_unpack(fmt, data[step:usable])
-            if shndx in sections and st_name
-        ]
+        # one decode of the table, then slicing: symbol names are ASCII in practice and
+        # latin-1 keeps byte offsets valid; non-ASCII bytes are re-decoded as UTF-8 below
+        text = strings.decode("latin-1")
+        try:
+            out = [
+                (text[st_name:text.index("\0", st_name)], shndx)
+                for st_name, shndx in struct.iter_unpack(fmt, data[step:usable])
+                if shndx in sections and st_name
+            ]
+        except ValueError:
+            raise ModuleFormatError(self.name, "a symbol name lies outside the symbol string table") from None
+        if not strings.isascii():
+            out = [(n.encode("latin-1").decode("utf-8", "replace"), i) for n, i in out]
+        return out
 
 
 class _AllSections(frozenset[int]):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from kmodkit.errors import NotFoundError, UserError
+from kmodkit.errors import KmodkitError, NotFoundError, UserError
 from kmodkit.modfile.describe import Field, format_modinfo, modinfo_fields, to_json
 from kmodkit.modfile.module import MODULE_SUFFIXES, ModuleFile
 
@@ -99,3 +102,68 @@ class InfoQuery:
             else ModuleInfo("(builtin)", None, h.name, h.builtin_info)
             for h in found
         ]
+
+
+class View(enum.Enum):
+    """How each module is rendered."""
+
+    MODINFO = "modinfo"  #: kmod's modinfo text
+    JSON = "json"  #: compact JSON documents
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One target's result: rendered bytes, or the error that stopped it."""
+
+    target: str  #: the argument as given
+    output: bytes  #: modinfo text, or JSON documents joined by commas (b"" on error)
+    error: KmodkitError | None  #: what went wrong, None on success
+
+
+#: below this many targets one process is faster than starting workers
+PARALLEL_THRESHOLD = 64
+
+
+def render_all(query: InfoQuery, view: View, field: str | None = None, separator: bytes = b"\n",
+               jobs: int | None = None) -> Iterator[Rendered]:
+    """Render every target of ``query`` in order, in ``jobs`` processes for large batches."""
+    targets = query.targets
+    jobs = jobs if jobs is not None else min(os.cpu_count() or 1, 8)
+    if jobs <= 1 or len(targets) < PARALLEL_THRESHOLD:
+        for t in targets:
+            yield _render(query, t, view, field, separator)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = -(-len(targets) // (jobs * 4))
+    chunks = [targets[i:i + step] for i in range(0, len(targets), step)]
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for batch in pool.map(_render_chunk, [(query, c, view, field, separator) for c in chunks]):
+            yield from batch
+
+
+def _render_chunk(args: tuple[InfoQuery, list[str], View, str | None, bytes]) -> list[Rendered]:
+    query, chunk, view, field, separator = args
+    return [_render(query, t, view, field, separator) for t in chunk]
+
+
+def _render(query: InfoQuery, target: str, view: View, field: str | None, separator: bytes) -> Rendered:
+    try:
+        infos = query.resolve(target)
+    except KmodkitError as exc:
+        return Rendered(target, b"", exc)
+    parts: list[bytes] = []
+    try:
+        for info in infos:
+            if view is View.JSON:
+                parts.append(json.dumps(info.to_json(), ensure_ascii=False, separators=(",", ":")).encode())
+            else:
+                parts.append(info.modinfo_text(field=field, separator=separator))
+    except KmodkitError as exc:
+        return Rendered(target, b"", exc)
+    finally:
+        for info in infos:
+            info.close()
+    return Rendered(target, (b"," if view is View.JSON else b"").join(parts), None)

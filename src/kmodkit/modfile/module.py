@@ -15,11 +15,12 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from kmodkit.errors import ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
-from kmodkit.modfile.elf import SHN_UNDEF, ElfImage, Section
+from kmodkit.modfile.elf import SHN_UNDEF, ElfImage, Section, Symbol
 from kmodkit.modfile.signature import Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
 
 #: file-name endings kmod takes for module files (shared/util.c: kmod_exts)
@@ -46,8 +47,7 @@ class ExportedSymbol:
     namespace: str | None  #: the symbol namespace (EXPORT_SYMBOL_NS*), None when global
 
 
-@dataclass(frozen=True)
-class SymbolVersion:
+class SymbolVersion(NamedTuple):
     """One entry of ``__versions``: the CRC the module expects for a symbol it uses."""
 
     name: str  #: the symbol's name
@@ -300,16 +300,21 @@ class ModuleFile:
             if rela is None or rela.type != 4:
                 continue
             refs: dict[int, dict[int, int]] = {}
+            targets: dict[int, Symbol | None] = {}
             fmt = elf.endian + ("QQq" if elf.is64 else "IIi")
             data = elf.section_data(rela)
             step = struct.calcsize(fmt)
             for r_offset, r_info, addend in struct.iter_unpack(fmt, data[: len(data) - len(data) % step]):
+                entry, field = divmod(r_offset, 12)
+                if field == 0:  # the value offset points at code, not at a string
+                    continue
                 symidx = r_info >> 32 if elf.is64 else r_info >> 8
-                target = elf.symbol(symidx)
+                if symidx not in targets:
+                    targets[symidx] = elf.symbol(symidx)
+                target = targets[symidx]
                 if target is None or target.shndx != strings_sec.number:
                     continue
                 off = target.value + addend
-                entry, field = divmod(r_offset, 12)
                 refs.setdefault(entry, {})[field] = off
             for fields in refs.values():
                 if 4 in fields and 8 in fields:
