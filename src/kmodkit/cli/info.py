@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("modules", nargs="+", metavar="MODULE", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz), name or alias")
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz), name or alias")
     parser.add_argument("-F", "--field", help="print only this field's values")
     parser.add_argument("-a", "--author", dest="field", action="store_const", const="author", help="print only 'author'")
     parser.add_argument("-d", "--description", dest="field", action="store_const", const="description",
@@ -26,13 +26,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--set-version", dest="kver", metavar="KVER", help="resolve names in this kernel's tree")
     parser.add_argument("-b", "--basedir", metavar="DIR", help="root under which /lib/modules is found")
     parser.add_argument("--json", action="store_true", help="print everything as JSON, including symbols and signature")
+    parser.add_argument("--summary", action="store_true",
+                        help="summarize the modules (default: every module of the -k KVER tree) instead of listing them")
     parser.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                         help="worker processes for large batches (default: one per CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import error_line
+    from kmodkit.errors import UserError
     from kmodkit.modfile.info import InfoQuery, View, render_all
+
+    if args.summary:
+        return _summary(args)
+    if not args.modules:
+        raise UserError("info", "no module given", "name module files, names or aliases (or use --summary -k KVER)")
 
     query = InfoQuery(
         targets=args.modules,
@@ -64,6 +72,27 @@ def run(args: argparse.Namespace) -> int:
     if view is View.JSON:
         out.write(b"]\n")
     return status
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from kmodkit.cli.output import print_json
+    from kmodkit.errors import NotFoundError
+    from kmodkit.index.lookup import kernel_dir
+    from kmodkit.modfile.summary import format_summary, summarize, tree_modules
+
+    if args.modules:
+        paths, title = list(args.modules), f"{len(args.modules)} module files"
+    else:
+        tree = kernel_dir(args.kver, args.basedir)
+        paths, title = tree_modules(tree), tree
+        if not paths:
+            raise NotFoundError(tree, "no module files there", "install the kernel's modules or name another with -k")
+    summary = summarize(paths, jobs=args.jobs)
+    if args.json:
+        print_json(summary.to_json())
+    else:
+        sys.stdout.write(format_summary(summary, title))
+    return 1 if summary.errors else 0
 
 
 def _one_json(query: InfoQuery) -> int:

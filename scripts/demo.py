@@ -1,0 +1,59 @@
+"""The README's main job: kmodkit's whole pipeline on the bundled example, step by step.
+
+Run through ``scripts/bootstrap demo`` (which installs everything first).
+Each step prints the command as a user would type it, then its output.
+A step that fails stops the job with its exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+KMODKIT = str(BIN / "kmodkit")
+
+
+def step(title: str, *args: str, allow: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    """Run ``kmodkit ARGS``, show the command and its output; stop the job when it fails."""
+    print(f"\n=== {title}")
+    print("$ kmodkit " + " ".join(shlex.quote(a) for a in args), flush=True)
+    start = time.monotonic()
+    r = subprocess.run([KMODKIT, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sys.stdout.write(r.stdout)
+    print(f"[{time.monotonic() - start:.2f} s, exit {r.returncode}]", flush=True)
+    if r.returncode not in allow:
+        print(f"demo: step '{title}' failed with exit status {r.returncode}", file=sys.stderr)
+        sys.exit(r.returncode)
+    return r
+
+
+def installed_kernels() -> list[str]:
+    """Installed kernel releases with modules, newest first."""
+    root = Path("/lib/modules")
+    found = [p.name for p in root.glob("*") if (p / "kernel").is_dir()] if root.is_dir() else []
+    return sorted(found, key=lambda r: [int(x) for x in re.findall(r"\d+", r)], reverse=True)
+
+
+def main() -> int:
+    kernels = installed_kernels()
+    if not kernels:
+        print("demo: error: no kernel under /lib/modules; run 'scripts/bootstrap setup' first", file=sys.stderr)
+        return 3
+    newest = kernels[0]
+    print(f"kmodkit demo on {os.uname().nodename}: installed kernels: {', '.join(kernels)}")
+    step("version", "--version")
+    step(f"what the newest kernel's module tree holds ({newest})", "info", "--summary", "-k", newest)
+    step("one module in full, found by name as modprobe finds it", "info", "-k", newest, "af_key")
+    print("\ndemo: done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
