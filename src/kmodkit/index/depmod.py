@@ -366,10 +366,10 @@ class Depmod:
         elif self.system_map is not None:
             self._load_system_map(symbols, crcs)
         for m in modules:
-            for name, crc, h in m.record.exports:
-                symbols[name] = m
-                crcs[name] = crc
-                hashes[name] = h
+            for sym, crc, h in m.record.exports:
+                symbols[sym] = m
+                crcs[sym] = crc
+                hashes[sym] = h
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
         return DepmodResult(self.dirname, modules, symbols, issues, failures, cache, hashes)

@@ -1,18 +1,31 @@
-"""Finding modules by name or alias in an installed kernel tree, as libkmod does.
+"""Finding modules by name or alias in a kernel tree, exactly as libkmod does (kmod 30).
 
-This first version reads depmod's text files (modules.dep, modules.alias,
-modules.symbols, modules.builtin, modules.builtin.modinfo).
+:meth:`ModuleTree.lookup` tries, in order, and stops at the first that
+finds anything (libkmod-module.c ``kmod_module_new_from_lookup``):
+
+1. ``alias`` lines of modprobe.d (glob patterns, file order);
+2. modules.dep.bin (the name itself; names never hold ``:``);
+3. modules.symbols.bin, for ``symbol:NAME``;
+4. ``install`` / ``remove`` lines naming the module (first one only);
+5. modules.alias.bin (glob patterns; results by module priority);
+6. modules.builtin.bin (the name of a built-in module);
+7. modules.builtin.alias.bin (aliases of built-in modules).
+
+The alias is normalised first (``-`` as ``_`` outside brackets).  Only the
+``.bin`` files are read, as modprobe reads them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass
 from functools import cached_property
 
-from kmodkit.errors import NotFoundError
-from kmodkit.modfile.module import module_name, normalize_name, split_modinfo
+from kmodkit.errors import NotFoundError, UserError
+from kmodkit.index.config import ModprobeConfig
+from kmodkit.index.glob import fnmatch
+from kmodkit.index.trie import IndexReader
+from kmodkit.modfile.module import normalize_name, split_modinfo
 
 
 @dataclass(frozen=True)
@@ -20,13 +33,16 @@ class FoundModule:
     """A module a lookup found."""
 
     name: str  #: the module name (underscores)
-    path: str | None  #: absolute path of its file, None for a built-in module
+    path: str | None  #: absolute path of its file, None for a built-in module (or an unknown name)
     builtin_info: tuple[tuple[bytes, bytes], ...] = ()  #: .modinfo fields of a built-in module
+    alias: str | None = None  #: the alias (or config pattern) it was found by, None when found by name
+    builtin: bool = False  #: whether the kernel image holds it
+    install: str | None = None  #: the install command it was found by (lookup step 4)
 
     @property
     def is_builtin(self) -> bool:
         """Whether the module is built into the kernel image."""
-        return self.path is None
+        return self.builtin or (self.path is None and bool(self.builtin_info))
 
 
 def kernel_dir(kver: str | None, basedir: str | None) -> str:
@@ -35,92 +51,158 @@ def kernel_dir(kver: str | None, basedir: str | None) -> str:
     return f"{basedir or ''}/lib/modules/{release}"
 
 
-class ModuleTree:
-    """The module tree of one kernel at ``dirname`` (``/lib/modules/KVER``)."""
+def alias_normalize(alias: str) -> str | None:
+    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
+    out = []
+    i, n = 0, len(alias)
+    while i < n:
+        c = alias[i]
+        if c == "]":
+            return None
+        if c == "[":
+            end = alias.find("]", i)
+            if end < 0:
+                return None
+            out.append(alias[i:end + 1])
+            i = end + 1
+            continue
+        out.append("_" if c == "-" else c)
+        i += 1
+    return "".join(out)
 
-    def __init__(self, dirname: str) -> None:
+
+class ModuleTree:
+    """The module tree of one kernel at ``dirname`` (``/lib/modules/KVER``).
+
+    ``config`` is the modprobe.d configuration lookups consult (none by
+    default: the tree alone, as ``kmodkit info -k`` wants it).
+    """
+
+    def __init__(self, dirname: str, config: ModprobeConfig | None = None) -> None:
         if not os.path.isdir(dirname):
             raise NotFoundError(dirname, "no such module directory",
                                 "install the kernel's modules or name another kernel with -k KVER")
         #: the tree's directory
         self.dirname = dirname
+        #: the modprobe.d configuration lookups consult
+        self.config = config or ModprobeConfig()
 
-    def _read(self, name: str) -> str:
-        try:
-            with open(os.path.join(self.dirname, name), encoding="utf-8", errors="surrogateescape") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def _abs(self, rel: str) -> str:
-        return rel if rel.startswith("/") else f"{self.dirname}/{rel}"
+    def _index(self, name: str) -> IndexReader | None:
+        return IndexReader.open(os.path.join(self.dirname, name))
 
     @cached_property
-    def _dep_paths(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in self._read("modules.dep").splitlines():
-            path, colon, _ = line.partition(":")
-            if colon:
-                out.setdefault(module_name(path), self._abs(path))
-        return out
+    def dep_index(self) -> IndexReader | None:
+        """modules.dep.bin, or None when missing."""
+        return self._index("modules.dep.bin")
 
     @cached_property
-    def _builtin(self) -> dict[str, list[tuple[bytes, bytes]]]:
-        info: dict[str, list[tuple[bytes, bytes]]] = {}
-        for line in self._read("modules.builtin").splitlines():
-            if line.strip():
-                info.setdefault(module_name(line.strip()), [])
+    def alias_index(self) -> IndexReader | None:
+        """modules.alias.bin, or None when missing."""
+        return self._index("modules.alias.bin")
+
+    @cached_property
+    def symbol_index(self) -> IndexReader | None:
+        """modules.symbols.bin, or None when missing."""
+        return self._index("modules.symbols.bin")
+
+    @cached_property
+    def builtin_index(self) -> IndexReader | None:
+        """modules.builtin.bin, or None when missing."""
+        return self._index("modules.builtin.bin")
+
+    @cached_property
+    def builtin_alias_index(self) -> IndexReader | None:
+        """modules.builtin.alias.bin, or None when missing."""
+        return self._index("modules.builtin.alias.bin")
+
+    @cached_property
+    def _builtin_modinfo(self) -> dict[str, list[tuple[bytes, bytes]]]:
         try:
             with open(os.path.join(self.dirname, "modules.builtin.modinfo"), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            raw = b""
+            return {}
+        info: dict[str, list[tuple[bytes, bytes]]] = {}
         for item in split_modinfo(raw):
-            modkey, eq, value = item.partition(b"=")
+            modkey, _eq, value = item.partition(b"=")
             mod, dot, key = modkey.partition(b".")
-            if not dot:
-                continue
-            info.setdefault(mod.decode("utf-8", "replace"), []).append((key, value))
+            if dot:
+                info.setdefault(mod.decode("utf-8", "replace"), []).append((key, value))
         return info
 
-    @cached_property
-    def _aliases(self) -> list[tuple[str, str]]:
-        out = []
-        for fname in ("modules.alias", "modules.symbols"):
-            for line in self._read(fname).splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "alias":
-                    out.append((parts[1], parts[2]))
-        return out
+    def depline(self, name: str) -> str | None:
+        """The modules.dep line of module ``name`` (``PATH: DEP...``), or None."""
+        if self.dep_index is None:
+            return None
+        line = self.dep_index.search(name.encode())
+        return line.decode("utf-8", "surrogateescape") if line is not None else None
 
-    def _found(self, name: str) -> FoundModule | None:
-        if name in self._dep_paths:
-            return FoundModule(name, self._dep_paths[name])
-        if name in self._builtin:
-            return FoundModule(name, None, tuple(self._builtin[name]))
-        return None
+    def path_of(self, name: str) -> str | None:
+        """Absolute path of module ``name`` from modules.dep.bin, or None."""
+        line = self.depline(name)
+        if line is None:
+            return None
+        rel = line.split(":", 1)[0]
+        return rel if rel.startswith("/") else f"{self.dirname}/{rel}"
+
+    def dependencies(self, name: str) -> list[str]:
+        """Absolute paths of ``name``'s dependencies as modules.dep lists them (nearest first); [] when none."""
+        line = self.depline(name)
+        if line is None or ":" not in line:
+            return []
+        deps = line.split(":", 1)[1].split()
+        return [d if d.startswith("/") else f"{self.dirname}/{d}" for d in deps]
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether modules.builtin.bin lists ``name``."""
+        return self.builtin_index is not None and self.builtin_index.search(name.encode()) is not None
+
+    def _found(self, name: str, alias: str | None = None, builtin: bool = False,
+               install: str | None = None) -> FoundModule:
+        path = self.path_of(name)
+        is_builtin = builtin or (path is None and self.is_builtin(name))
+        info = tuple(self._builtin_modinfo.get(name, ())) if is_builtin else ()
+        return FoundModule(name, path, info, alias, is_builtin, install)
 
     def lookup_name(self, name: str) -> FoundModule | None:
-        """The module called ``name`` (``-`` and ``_`` alike), or None."""
-        return self._found(normalize_name(name))
+        """The module called ``name`` (``-`` and ``_`` alike) in modules.dep or built in, or None."""
+        norm = normalize_name(name)
+        if self.path_of(norm) is not None:
+            return self._found(norm)
+        if self.is_builtin(norm):
+            return self._found(norm, builtin=True)
+        return None
 
     def lookup(self, alias: str) -> list[FoundModule]:
-        """Modules for a name or alias, in libkmod's order; ``[]`` when nothing matches."""
-        found = self.lookup_name(alias)
-        if found is not None:
-            return [found]
-        result: list[FoundModule] = []
-        seen: set[str] = set()
-        for pattern, mod in self._aliases:
-            if mod not in seen and fnmatch.fnmatchcase(alias, pattern):
-                hit = self._found(mod)
-                if hit is not None:
-                    seen.add(mod)
-                    result.append(hit)
-        if not result:
-            for mod, fields in self._builtin.items():
-                for key, value in fields:
-                    if key == b"alias" and fnmatch.fnmatchcase(alias, value.decode("utf-8", "replace")):
-                        result.append(FoundModule(mod, None, tuple(fields)))
-                        break
-        return result
+        """Modules for a name or alias, in libkmod's order; ``[]`` when nothing matches.
+
+        Raises :class:`UserError` for an alias with an unmatched bracket.
+        """
+        norm = alias_normalize(alias)
+        if norm is None:
+            raise UserError(alias, "invalid alias: unmatched bracket")
+        cfg = self.config
+        found = [self._found(mod, pattern) for pattern, mod in cfg.aliases
+                 if fnmatch(pattern.encode(), norm.encode())]
+        if found:
+            return found
+        if ":" not in norm and self.path_of(norm) is not None:
+            return [self._found(norm)]
+        if norm.startswith("symbol:") and self.symbol_index is not None:
+            found = [self._found(v.decode(), norm) for _p, v in self.symbol_index.search_wild(norm.encode())]
+            if found:
+                return found
+        for table in (cfg.install, cfg.remove):
+            for cmd in table:
+                if cmd.module == norm:
+                    return [self._found(norm, install=cmd.command if table is cfg.install else None)]
+        if self.alias_index is not None:
+            found = [self._found(v.decode(), norm) for _p, v in self.alias_index.search_wild(norm.encode())]
+            if found:
+                return found
+        if self.is_builtin(norm):
+            return [self._found(norm, builtin=True)]
+        if self.builtin_alias_index is not None:
+            return [self._found(v.decode(), norm, builtin=True)
+                    for _p, v in self.builtin_alias_index.search_wild(norm.encode())]
+        return []

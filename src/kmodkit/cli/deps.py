@@ -1,0 +1,86 @@
+"""``kmodkit deps``: resolve what loading a module takes, as modprobe does, without loading."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's options."""
+    parser.add_argument("names", metavar="NAME|ALIAS", nargs="+", help="module names or aliases")
+    parser.add_argument("-k", "--kver", "-S", "--set-version", dest="kver", metavar="KVER",
+                        help="kernel release (default: the running kernel)")
+    parser.add_argument("-b", "-d", "--basedir", "--dirname", dest="basedir", metavar="BASEDIR",
+                        help="root of a module tree image (default /)")
+    parser.add_argument("-C", "--config", metavar="PATH", action="append",
+                        help="modprobe.d directory or file (repeatable; default: the system's)")
+    parser.add_argument("--no-cmdline", action="store_true",
+                        help="ignore module options on /proc/cmdline (modprobe reads them)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--show-depends", action="store_true",
+                      help="print what 'modprobe -a --show-depends' prints (default)")
+    mode.add_argument("--reverse", action="store_true", help="list the modules that depend on each NAME")
+    mode.add_argument("--why", action="store_true", help="show the dependency chain from the first NAME to the second")
+    mode.add_argument("--tree", action="store_true", help="show direct dependencies as a tree")
+    parser.add_argument("--json", action="store_true", help="print plans as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve every name; 1 when a name is unknown (every name is still reported)."""
+    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.errors import UserError
+    from kmodkit.index.config import ModprobeConfig
+    from kmodkit.index.lookup import ModuleTree, kernel_dir
+    from kmodkit.index.resolver import Resolver
+
+    dirname = kernel_dir(args.kver, args.basedir)
+    tree = ModuleTree(dirname)
+    tree.config = ModprobeConfig.load(dirname, args.config, "" if args.no_cmdline else None)
+    resolver = Resolver(tree)
+    out = sys.stdout
+    if args.why:
+        if len(args.names) != 2:
+            raise UserError("--why", "takes exactly two names: FROM TO")
+        src, dst = (n.replace("-", "_") for n in args.names)
+        chain = resolver.why(src, dst)
+        if args.json:
+            print_json({"from": src, "to": dst, "chain": chain})
+        elif chain is None:
+            out.write(f"{src} does not depend on {dst}\n")
+        else:
+            out.write(" -> ".join(chain) + "\n")
+        return 0 if chain is not None else 1
+    status = 0
+    results: list[object] = []
+    for name in args.names:
+        norm = name.replace("-", "_")
+        if args.reverse or args.tree:
+            if tree.lookup_name(norm) is None:
+                error_line(name, f"no such module in {dirname}")
+                status = 1
+                continue
+            if args.reverse:
+                users = resolver.reverse_dependencies(norm)
+                results.append({"module": norm, "used_by": users})
+                if not args.json:
+                    out.writelines(f"{u}\n" for u in users)
+            else:
+                lines = resolver.tree_lines(norm)
+                cycles = resolver.softdep_cycles(norm)
+                results.append({"module": norm, "tree": lines, "cycles": cycles})
+                if not args.json:
+                    out.writelines(f"{line}\n" for line in lines)
+                    for cycle in cycles:
+                        error_line(norm, "cycle: " + " -> ".join(cycle))
+            continue
+        plan = resolver.plan(name)
+        if plan.not_found:
+            sys.stderr.write(f"error: Module {name} not found in directory {dirname}\n")
+            status = 1
+        results.append(plan)
+        if not args.json:
+            out.writelines(f"{line}\n" for line in plan.show_depends())
+    if args.json:
+        print_json(results)
+    return status

@@ -1,0 +1,59 @@
+"""``kmodkit index``: write a kernel tree's module index, as depmod does."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's options."""
+    parser.add_argument("kver", metavar="KVER", help="kernel release (the directory under lib/modules)")
+    parser.add_argument("-b", "--basedir", metavar="BASEDIR", help="root of a module tree image (default /)")
+    parser.add_argument("-o", "--outdir", metavar="OUTDIR",
+                        help="write the index here instead of BASEDIR/lib/modules/KVER")
+    parser.add_argument("-C", "--config", metavar="PATH", action="append",
+                        help="depmod.d directory or file (repeatable; default: the system's)")
+    parser.add_argument("-E", "--symvers", metavar="FILE", help="Module.symvers: the kernel's symbols and CRCs")
+    parser.add_argument("-F", "--filesyms", metavar="FILE", help="System.map: the kernel's symbols")
+    parser.add_argument("-e", "--errsyms", action="store_true",
+                        help="report symbols no module or kernel provides (needs -E or -F)")
+    parser.add_argument("-n", "--dry-run", action="store_true", help="write modules.dep to stdout, nothing else")
+    parser.add_argument("--no-cache", action="store_true", help="read every module, ignoring the cache")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="processes reading modules (default 2)")
+    parser.add_argument("--json", action="store_true", help="print a summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute and write the index; 1 when modules could not be read or symbols are unknown with -e."""
+    import os
+
+    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.index.depfiles import render_all, write_index
+    from kmodkit.index.depmod import Depmod
+
+    dm = Depmod(args.kver, args.basedir, config_paths=args.config, symvers=args.symvers,
+                system_map=args.filesyms, errsyms=args.errsyms,
+                cache_dir=None if args.no_cache else (args.outdir or None), jobs=args.jobs)
+    outdir = args.outdir or dm.dirname
+    if not args.no_cache:
+        dm.cache_dir = outdir
+    result = dm.compute()
+    files = render_all(result)
+    for problem in dm.config.problems:
+        error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
+    for failure in result.failures:
+        error_line(failure.path, failure.reason)
+    for issue in result.issues:
+        sys.stderr.write(f"warning: {issue}\n")
+    if args.dry_run:
+        sys.stdout.buffer.write(files["modules.dep"])
+        return 1 if result.failures else 0
+    written = write_index(files, outdir, None if args.no_cache else result.cache.dump())
+    if args.json:
+        print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules),
+                    "files": list(written.files), "unchanged": list(written.unchanged),
+                    "read": result.cache.read_count,
+                    "failures": [{"path": f.path, "reason": f.reason} for f in result.failures],
+                    "issues": [str(i) for i in result.issues]})
+    return 1 if result.failures or (args.errsyms and result.issues) else 0

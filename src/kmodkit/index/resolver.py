@@ -1,0 +1,284 @@
+"""modprobe's resolution without loading: what ``modprobe --show-depends`` would do, as a plan.
+
+:class:`Resolver` walks libkmod's probe list (``kmod_module_probe_insert_module``
+with ``KMOD_PROBE_DRY_RUN``, kmod 30) for a name or alias:
+
+* for each module the lookup finds: its modules.dep dependencies farthest
+  first, each preceded by its own ``softdep pre:`` modules and followed by
+  its ``post:`` modules, then the module itself the same way;
+* a module is expanded once per request (softdeps reached twice are
+  skipped), but a dependency shared by a softdep is listed again, as libkmod
+  lists it;
+* ``options`` lines (by name, or by the alias it was found by) and kernel
+  command-line options are joined; an ``install`` line replaces insmod unless
+  the module has softdeps; ``blacklist`` stops a request only when it came
+  through an alias.
+
+The result is a :class:`LoadPlan` whose steps a loader executes in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from kmodkit.errors import UserError
+from kmodkit.index.glob import fnmatch
+from kmodkit.index.lookup import FoundModule, ModuleTree
+from kmodkit.modfile.module import module_name
+
+
+class StepKind(enum.Enum):
+    """What a load step does."""
+
+    INSMOD = "insmod"  #: insert the module file with options
+    BUILTIN = "builtin"  #: nothing to load: the kernel image has it
+    INSTALL = "install"  #: run the configured install command instead
+    NONE = "none"  #: a configured name with no file and not built in: nothing happens
+
+
+class Reason(enum.Enum):
+    """Why a step is in the plan."""
+
+    TARGET = "target"  #: the module asked for (or found by the alias asked for)
+    DEPENDENCY = "dependency"  #: a modules.dep dependency
+    SOFTDEP_PRE = "softdep-pre"  #: a ``softdep ... pre:`` module
+    SOFTDEP_POST = "softdep-post"  #: a ``softdep ... post:`` module
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """One action of a plan, in order."""
+
+    kind: StepKind  #: what to do
+    name: str  #: module name
+    path: str | None  #: module file for INSMOD, else None
+    options: str  #: module options (``""`` when none); for INSTALL, $CMDLINE_OPTS material
+    command: str | None  #: the install command for INSTALL, else None
+    reason: Reason  #: why the module is in the plan
+
+    def show(self) -> str | None:
+        """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
+        if self.kind is StepKind.INSTALL:
+            return f"install {self.command} {self.options}"
+        if self.kind is StepKind.INSMOD:
+            return f"insmod {self.path} {self.options}"
+        if self.kind is StepKind.BUILTIN:
+            return f"builtin {self.name}"
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {"kind": self.kind.value, "name": self.name, "path": self.path, "options": self.options,
+                "command": self.command, "reason": self.reason.value}
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading ``request`` takes, in order."""
+
+    request: str  #: the name or alias asked for
+    found: tuple[FoundModule, ...]  #: what the lookup found ((): not found)
+    steps: tuple[LoadStep, ...]  #: actions in order
+    blacklisted: tuple[str, ...] = ()  #: modules skipped because an alias reached a blacklisted one
+
+    @property
+    def not_found(self) -> bool:
+        """Whether the lookup found nothing."""
+        return not self.found
+
+    def show_depends(self) -> list[str]:
+        """The lines ``modprobe --show-depends`` prints, in order."""
+        return [line for line in (s.show() for s in self.steps) if line is not None]
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {"request": self.request, "found": [f.name for f in self.found],
+                "blacklisted": list(self.blacklisted), "steps": [s.to_json() for s in self.steps]}
+
+
+_Key = tuple[str, str | None]
+
+
+@dataclass
+class _Probe:
+    tree: ModuleTree
+    items: list[tuple[FoundModule, Reason]] = field(default_factory=list)
+    visited: set[_Key] = field(default_factory=set)
+    ignorecmd: dict[_Key, bool] = field(default_factory=dict)
+
+
+class Resolver:
+    """modprobe's planner over one tree and its configuration (``tree.config``)."""
+
+    def __init__(self, tree: ModuleTree) -> None:
+        #: the tree (its ``config`` is the modprobe.d configuration)
+        self.tree = tree
+        self._softdep_cache: dict[str, tuple[list[FoundModule], list[FoundModule]]] = {}
+
+    def plan(self, request: str) -> LoadPlan:
+        """The plan for a name or alias; a plan with no ``found`` modules when nothing matches."""
+        try:
+            found = self.tree.lookup(request)
+        except UserError:
+            found = []
+        steps: list[LoadStep] = []
+        skipped: list[str] = []
+        for mod in found:
+            if mod.alias is not None and self.tree.config.is_blacklisted(mod.name):
+                skipped.append(mod.name)
+                continue
+            probe = _Probe(self.tree)
+            self._probe_list(probe, mod, Reason.TARGET)
+            steps += [self._step(probe, m, reason) for m, reason in probe.items]
+        return LoadPlan(request, tuple(found), tuple(steps), tuple(skipped))
+
+    def plan_all(self, requests: list[str]) -> list[LoadPlan]:
+        """One plan per request, as ``modprobe -a`` handles each name in turn."""
+        return [self.plan(r) for r in requests]
+
+    # --- libkmod's probe list --------------------------------------------------------
+
+    def _dep_modules(self, mod: FoundModule) -> list[FoundModule]:
+        deps = self.tree.dependencies(mod.name)
+        return [FoundModule(module_name(p), p) for p in reversed(deps)]
+
+    def _softdeps(self, mod: FoundModule) -> tuple[list[FoundModule], list[FoundModule]]:
+        hit = self._softdep_cache.get(mod.name)
+        if hit is not None:
+            return hit
+        pre: list[FoundModule] = []
+        post: list[FoundModule] = []
+        for sd in self.tree.config.softdeps:
+            if fnmatch(sd.module.encode(), mod.name.encode()):
+                pre = [m for name in sd.pre for m in self._lookup_quiet(name)]
+                post = [m for name in sd.post for m in self._lookup_quiet(name)]
+                break
+        self._softdep_cache[mod.name] = (pre, post)
+        return pre, post
+
+    def _lookup_quiet(self, name: str) -> list[FoundModule]:
+        try:
+            return self.tree.lookup(name)
+        except UserError:
+            return []
+
+    def _probe_list(self, probe: _Probe, mod: FoundModule, reason: Reason) -> None:
+        key = (mod.name, mod.alias)
+        if key in probe.visited:
+            return
+        probe.visited.add(key)
+        for dep in self._dep_modules(mod):
+            self._fill_softdep(probe, dep, Reason.DEPENDENCY)
+        self._fill_softdep(probe, mod, reason)
+
+    def _fill_softdep(self, probe: _Probe, mod: FoundModule, reason: Reason) -> None:
+        pre, post = self._softdeps(mod)
+        for m in pre:
+            self._probe_list(probe, m, Reason.SOFTDEP_PRE)
+        probe.items.append((mod, reason))
+        probe.ignorecmd[(mod.name, mod.alias)] = bool(pre or post)
+        for m in post:
+            self._probe_list(probe, m, Reason.SOFTDEP_POST)
+
+    def _step(self, probe: _Probe, mod: FoundModule, reason: Reason) -> LoadStep:
+        cfg = self.tree.config
+        opts = cfg.options_for(mod.name, mod.alias)
+        options = f"{opts} " if opts else ""  # libkmod joins "OPTS" and the (absent) extra options with a space
+        command = mod.install
+        if command is None:
+            command = next((c.command for c in cfg.install if fnmatch(c.module.encode(), mod.name.encode())), None)
+        if command is not None and not probe.ignorecmd.get((mod.name, mod.alias), False):
+            return LoadStep(StepKind.INSTALL, mod.name, None, options, command, reason)
+        path = mod.path if mod.path is not None else self.tree.path_of(mod.name)
+        if path is not None:
+            return LoadStep(StepKind.INSMOD, mod.name, path, options, None, reason)
+        if mod.builtin or self.tree.is_builtin(mod.name):
+            return LoadStep(StepKind.BUILTIN, mod.name, None, options, None, reason)
+        return LoadStep(StepKind.NONE, mod.name, None, options, None, reason)
+
+    # --- beyond modprobe -------------------------------------------------------------
+
+    def direct_dependencies(self, name: str) -> list[str]:
+        """Names ``name`` needs directly (modules.dep minus what its dependencies already bring)."""
+        deps = [module_name(p) for p in self.tree.dependencies(name)]
+        indirect = {module_name(p) for d in deps for p in self.tree.dependencies(d)}
+        return [d for d in deps if d not in indirect]
+
+    def reverse_dependencies(self, name: str) -> list[str]:
+        """Modules whose modules.dep line lists ``name`` (sorted); [] when none."""
+        index = self.tree.dep_index
+        if index is None:
+            return []
+        out = []
+        for key, values in index.items():
+            line = values[0][1].decode("utf-8", "surrogateescape")
+            deps = line.split(":", 1)[1].split() if ":" in line else []
+            if any(module_name(d) == name for d in deps):
+                out.append(key.decode())
+        return sorted(out)
+
+    def why(self, start: str, target: str) -> list[str] | None:
+        """The shortest chain of direct dependencies from ``start`` to ``target``, or None when unrelated."""
+        prev: dict[str, str | None] = {start: None}
+        queue = deque([start])
+        while queue:
+            cur = queue.popleft()
+            if cur == target:
+                chain = [cur]
+                while prev[chain[-1]] is not None:
+                    chain.append(prev[chain[-1]])  # type: ignore[arg-type]
+                return list(reversed(chain))
+            for nxt in self.direct_dependencies(cur):
+                if nxt not in prev:
+                    prev[nxt] = cur
+                    queue.append(nxt)
+        return None
+
+    def tree_lines(self, name: str) -> list[str]:
+        """``name`` and its direct dependencies as an indented tree (a repeated subtree is marked ``...``)."""
+        lines: list[str] = []
+        seen: set[str] = set()
+
+        def walk(mod: str, depth: int, stack: tuple[str, ...]) -> None:
+            if mod in stack:
+                lines.append("  " * depth + f"{mod} (cycle: {' -> '.join(stack[stack.index(mod):] + (mod,))})")
+                return
+            more = mod in seen and bool(self.direct_dependencies(mod))
+            lines.append("  " * depth + mod + (" ..." if more else ""))
+            if more:
+                return
+            seen.add(mod)
+            for d in self.direct_dependencies(mod):
+                walk(d, depth + 1, stack + (mod,))
+
+        walk(name, 0, ())
+        return lines
+
+    def softdep_cycles(self, name: str) -> list[list[str]]:
+        """Loops among softdeps and dependencies reachable from ``name``, each naming its modules."""
+        cycles: list[list[str]] = []
+        state: dict[str, int] = {}
+        path: list[str] = []
+
+        def edges(mod: str) -> list[str]:
+            found = self.tree.lookup_name(mod)
+            if found is None:
+                return []
+            pre, post = self._softdeps(found)
+            return self.direct_dependencies(mod) + [m.name for m in pre + post]
+
+        def visit(mod: str) -> None:
+            state[mod] = 1
+            path.append(mod)
+            for nxt in edges(mod):
+                if state.get(nxt) == 1:
+                    cycles.append(path[path.index(nxt):] + [nxt])
+                elif nxt not in state:
+                    visit(nxt)
+            path.pop()
+            state[mod] = 2
+
+        visit(name)
+        return cycles
