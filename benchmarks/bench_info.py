@@ -1,0 +1,46 @@
+"""Foundation benchmarks: start-up time, and info over a whole kernel tree against modinfo."""
+
+from __future__ import annotations
+
+import glob
+import re
+import sys
+
+from _common import KMODKIT, Row, best_of, report, run, time_cmd
+
+
+def newest_generic_tree() -> str:
+    trees = [t for t in glob.glob("/lib/modules/*") if re.search(r"-\d+-amd64$", t) and glob.glob(f"{t}/kernel")]
+    if not trees:
+        raise SystemExit("bench_info: no generic amd64 kernel under /lib/modules: run scripts/bootstrap setup")
+    return sorted(trees, key=lambda t: [int(x) for x in re.findall(r"\d+", t)])[-1]
+
+
+def main() -> None:
+    tree = newest_generic_tree()
+    files = sorted(glob.glob(f"{tree}/**/*.ko*", recursive=True))
+    stdin = "\n".join(files).encode()
+    rows = []
+
+    python = time_cmd([sys.executable, "-c", "pass"], repeat=10)
+    version = time_cmd([KMODKIT, "--version"], repeat=10)
+    rows.append(Row("`kmodkit --version`", version, python, "python3 -c pass", "< 60 ms", version < 0.060))
+    helptime = time_cmd([KMODKIT, "--help"], repeat=10)
+    rows.append(Row("`kmodkit --help`", helptime, python, "python3 -c pass", "< 60 ms", helptime < 0.060))
+
+    modinfo = best_of(lambda: run(["xargs", "modinfo"], stdin=stdin), 3)
+    text = best_of(lambda: run([KMODKIT, "info", *files]), 3)
+    rows.append(Row(f"info, modinfo text, {len(files)} modules", text, modinfo, "xargs modinfo", "ratio <= 1.0",
+                    text <= modinfo))
+    js = best_of(lambda: run([KMODKIT, "info", "--json", *files]), 3)
+    rows.append(Row(f"info --json, {len(files)} modules", js, modinfo, "xargs modinfo", "ratio <= 1.0", js <= modinfo))
+    js1 = best_of(lambda: run([KMODKIT, "info", "-j", "1", "--json", *files]), 3)
+    rows.append(Row(f"info --json -j 1 (one process), {len(files)} modules", js1, modinfo, "xargs modinfo",
+                    "(informative)", True))
+    summary = best_of(lambda: run([KMODKIT, "info", "--summary", *files]), 3)
+    rows.append(Row(f"info --summary, {len(files)} modules", summary, None, "", "(informative)", True))
+    report(f"info ({tree})", rows)
+
+
+if __name__ == "__main__":
+    main()
