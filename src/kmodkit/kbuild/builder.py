@@ -253,7 +253,8 @@ class Build:
         out.mkdir(parents=True, exist_ok=True)
         logpath = out / "build.log"
         argv = [self.make, "-C", str(headers), f"M={copy}", f"CC={choice.program}", f"-j{self.make_jobs}", "modules"]
-        env = dict(os.environ, LC_ALL="C")
+        # Kbuild unexports LC_ALL, so the compiler's language comes from LANG / LC_MESSAGES / LC_CTYPE
+        env = dict(os.environ, LC_ALL="C", LANG="C", LC_MESSAGES="C", LC_CTYPE="C")
         env.pop("MAKEFLAGS", None)
         log.info("%s: %s", release, " ".join(argv))
         start = time.monotonic()

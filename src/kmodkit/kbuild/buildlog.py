@@ -37,6 +37,10 @@ _MODPOST = re.compile(r"^(?P<sev>ERROR|WARNING): modpost: (?P<msg>.*)$")
 _MAKE = re.compile(r"^make(?:\[\d+\])?: \*\*\* (?P<msg>.*)$")
 
 
+#: gcc's typographic quotes, for logs made under a UTF-8 locale
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'"})
+
+
 def parse(log: str, workdir: Path | None = None) -> list[Diagnostic]:
     """Warnings and errors of a build log, in order, each once; paths in ``workdir`` made relative to it."""
     out: list[Diagnostic] = []
@@ -44,6 +48,7 @@ def parse(log: str, workdir: Path | None = None) -> list[Diagnostic]:
     prefix = f"{workdir}/" if workdir else None
     make_errors: list[str] = []
     for line in log.splitlines():
+        line = line.translate(_QUOTES)
         m = _CC.match(line)
         if m:
             path = m.group("file")
