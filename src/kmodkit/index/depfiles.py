@@ -294,6 +294,10 @@ def write_index(files: dict[str, bytes], outdir: str, cache: bytes | None = None
     items = list(files.items())
     if cache is not None:
         items.append((CACHE_NAME, cache))
+    for name, _data in items:
+        if os.path.isdir(os.path.join(outdir, name)):
+            raise IsADirectoryError(21, "is a directory, cannot be replaced by an index file",
+                                    os.path.join(outdir, name))
     try:
         for name, data in items:
             final = os.path.join(outdir, name)
