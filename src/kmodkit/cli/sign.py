@@ -43,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if warn:
         log.warning("%s", warn)
     key = open_key(args.key, args.passphrase_file, args.allow_insecure_key)
-    signer = ModuleSigner(key, cert, alg, use_key_id=args.keyid, replace=args.replace, cert_name=args.cert)
-    results = signer.sign_files(paths, jobs=args.jobs)
+    try:
+        signer = ModuleSigner(key, cert, alg, use_key_id=args.keyid, replace=args.replace, cert_name=args.cert)
+        results = signer.sign_files(paths, jobs=args.jobs)
+    finally:
+        close = getattr(key, "close", None)
+        if close is not None:
+            close()
     failed = 0
     for r in results:
         if r.status is SignStatus.FAILED:

@@ -124,7 +124,12 @@ class Pkcs11Key:
         except pkcs11.MultipleTokensReturned:
             raise UserError(self.name, "several tokens match", "name the token with token= or serial=") from None
         try:
-            self._session = token.open(user_pin=pin) if pin else token.open()
+            try:
+                self._session = token.open(user_pin=pin) if pin else token.open()
+            except pkcs11.UserAlreadyLoggedIn:
+                # login state belongs to the application, not the session: an earlier key of this
+                # process is still logged in to the token, so this session is too
+                self._session = token.open()
         except pkcs11.PinIncorrect:
             raise UserError(self.name, "wrong PIN for the token", "check pin-value/pin-source or KBUILD_SIGN_PIN") \
                 from None

@@ -1,0 +1,80 @@
+"""`kmodkit keys new` / `keys show`: the certificate the kernel's build would make, a key nobody else can read."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from kmodkit.cli.main import main
+from kmodkit.errors import UserError
+from kmodkit.signing.algorithms import KeyType
+from kmodkit.signing.keys import KeyRequest
+
+
+def test_rsa_key_and_certificate_as_default_x509_genkey(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "umask", os.umask)  # no-op; the file mode must not depend on the umask
+    old = os.umask(0)
+    try:
+        assert main(["keys", "new", "--out", str(tmp_path), "--bits", "2048", "--cn", "Example Corp modules"]) == 0
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out
+    key = tmp_path / "signing_key.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in out and key.read_text() not in out
+    cert = x509.load_der_x509_certificate((tmp_path / "signing_cert.der").read_bytes())
+    assert cert == x509.load_pem_x509_certificate((tmp_path / "signing_cert.pem").read_bytes())
+    assert isinstance(cert.public_key(), rsa.RSAPublicKey) and cert.public_key().key_size == 2048  # type: ignore[union-attr]
+    ext = cert.extensions
+    bc = ext.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca is False
+    assert ext.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    assert ExtendedKeyUsageOID.CODE_SIGNING in ext.get_extension_for_class(x509.ExtendedKeyUsage).value
+    ski = ext.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == ski
+    assert cert.issuer == cert.subject
+    # openssl reads the same serial that we print as sig_key
+    serial = subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(tmp_path / "signing_cert.der"),
+                             "-noout", "-serial"], capture_output=True, text=True, check=True).stdout
+    sig_key = next(line.split(None, 1)[1] for line in out.splitlines() if line.startswith("sig_key:"))
+    assert sig_key.replace(":", "") == serial.strip().split("=")[1].lstrip("0")
+    assert f"mokutil --import {tmp_path / 'signing_cert.der'}" in out
+
+
+def test_ecdsa_key_and_refusal_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", "--out", str(tmp_path), "--type", "ecdsa", "--curve", "P-256", "--json"]) == 0
+    capsys.readouterr()
+    cert = x509.load_der_x509_certificate((tmp_path / "signing_cert.der").read_bytes())
+    pub = cert.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1"
+    before = (tmp_path / "signing_key.pem").read_bytes()
+    assert main(["keys", "new", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "exists already" in err and "--force" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "signing_key.pem").read_bytes() == before
+
+
+def test_key_request_refuses_what_the_kernel_cannot_verify(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="P-256 and P-384"):
+        KeyRequest(str(tmp_path), key_type=KeyType.ECDSA, curve="P-521")
+    with pytest.raises(UserError, match="2048 to 16384"):
+        KeyRequest(str(tmp_path), bits=1024)
+    with pytest.raises(UserError, match="at least one day"):
+        KeyRequest(str(tmp_path), days=0)
+
+
+def test_keys_show_prints_what_modinfo_will_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", "--out", str(tmp_path), "--type", "ecdsa"]) == 0
+    made = capsys.readouterr().out
+    assert main(["keys", "show", str(tmp_path / "signing_cert.pem")]) == 0
+    shown = capsys.readouterr().out
+    sig_key = next(line.split(None, 1)[1] for line in made.splitlines() if line.startswith("sig_key:"))
+    assert f"sig_key: {sig_key}" in shown and "ECDSA 384 bits" in shown
