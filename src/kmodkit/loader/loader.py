@@ -1,0 +1,198 @@
+"""Loading a plan into the running kernel, rolling back on failure, and unloading.
+
+Kernel rules this follows:
+
+* finit_module takes a compressed file only when the kernel decompresses
+  modules itself: it then shows the one algorithm it knows in
+  /sys/module/compression and accepts MODULE_INIT_COMPRESSED_FILE (kernel
+  commit b1ae6dc41eaa, "module: add in-kernel support for decompressing").
+  Otherwise kmodkit decompresses and hands the image to init_module.
+* delete_module with O_NONBLOCK fails with EWOULDBLOCK/EBUSY while the module is
+  held; kmodkit checks holders first to name them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+
+from kmodkit.errors import KmodkitError, SyscallError, UserError
+from kmodkit.loader import syscalls
+from kmodkit.loader.explain import Explanation, explain
+from kmodkit.loader.kmsg import KmsgWatcher
+from kmodkit.loader.plan import DependencyTree, LoadPlan, PlanStep
+from kmodkit.modfile.compress import Compression
+from kmodkit.modfile.module import ModuleFile, normalize_name
+from kmodkit.runtime.modules import KernelModules
+
+log = logging.getLogger(__name__)
+
+#: /sys/module/compression words -> the compression they name (kernel/module/decompress.c)
+KERNEL_COMPRESSION = {"gzip": Compression.GZIP, "xz": Compression.XZ, "zstd": Compression.ZSTD}
+
+
+class LoadFailed(KmodkitError):
+    """A module of a plan failed to load; what this call had loaded was unloaded again."""
+
+    exit_status = 1
+
+    def __init__(self, explanation: Explanation, rolled_back: list[str], left_loaded: list[str]) -> None:
+        super().__init__(explanation.module, explanation.problem, explanation.fix)
+        #: why the module failed
+        self.explanation = explanation
+        #: modules this call loaded and then unloaded, in unload order
+        self.rolled_back = rolled_back
+        #: modules this call loaded that could not be unloaded again (``[]`` normally)
+        self.left_loaded = left_loaded
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load did."""
+
+    plan: LoadPlan  #: the plan that ran
+    loaded: tuple[str, ...]  #: modules this call loaded, in order
+    skipped: tuple[str, ...]  #: modules that were loaded already
+    kernel_lines: tuple[str, ...] = field(default=())  #: warnings the kernel logged meanwhile
+
+    def to_json(self) -> dict[str, object]:
+        """The result as a JSON object."""
+        return {"plan": self.plan.to_json(), "loaded": list(self.loaded), "skipped": list(self.skipped),
+                "kernel_lines": list(self.kernel_lines)}
+
+
+def kernel_decompresses(sysfs: str = "/sys") -> Compression | None:
+    """The compression the running kernel decompresses in finit_module, None when it does not."""
+    try:
+        with open(f"{sysfs}/module/compression") as f:
+            return KERNEL_COMPRESSION.get(f.read().strip())
+    except OSError:
+        return None
+
+
+class Loader:
+    """Loads plans into, and unloads modules from, the running kernel.
+
+    Construction checks that the kernel has module support and raises
+    EnvironmentNotReady otherwise: kmodkit never tries a syscall there.
+    """
+
+    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys") -> None:
+        syscalls.require_module_support(f"{procfs}/modules")
+        #: the running kernel's modules
+        self.kernel = KernelModules(procfs, sysfs)
+        self._sysfs = sysfs
+
+    def plan(self, target: str, params: list[str], moddir: str) -> LoadPlan:
+        """The plan for ``target`` in the tree ``moddir``, with loaded modules marked."""
+        from kmodkit.loader.plan import build_plan
+
+        return build_plan(target, params, DependencyTree(moddir), self.kernel.loaded_names())
+
+    def load(self, plan: LoadPlan) -> LoadResult:
+        """Load every step not loaded yet; on a failure unload what was loaded and raise LoadFailed."""
+        done: list[str] = []
+        skipped = [s.name for s in plan.steps if s.already_loaded]
+        warnings: list[str] = []
+        with KmsgWatcher() as kmsg:
+            for step in plan.to_load:
+                try:
+                    self._load_one(step)
+                except SyscallError as exc:
+                    records = kmsg.new_records()
+                    if exc.errno == errno.EEXIST:
+                        # loaded meanwhile (or by the kernel's own request_module): not ours to roll back
+                        skipped.append(step.name)
+                        continue
+                    why = explain(step.name, exc.errno, records, self._sysfs)
+                    rolled, left = self._rollback(done)
+                    raise LoadFailed(why, rolled, left) from None
+                done.append(step.name)
+                log.info("loaded %s", step.name)
+            warnings = [r.message for r in kmsg.new_records() if r.priority <= 4]
+        return LoadResult(plan, tuple(done), tuple(skipped), tuple(warnings))
+
+    def _load_one(self, step: PlanStep) -> None:
+        params = " ".join(step.params)
+        fd = os.open(step.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with ModuleFile.open(step.path) as mf:
+                kind = mf.compression
+                if kind is Compression.NONE:
+                    syscalls.finit_module(fd, params, syscalls.InitFlags.NONE, step.name)
+                elif kind is kernel_decompresses(self._sysfs):
+                    syscalls.finit_module(fd, params, syscalls.InitFlags.COMPRESSED_FILE, step.name)
+                else:
+                    syscalls.init_module(bytes(mf.data), params, step.name)
+        finally:
+            os.close(fd)
+
+    def _rollback(self, done: list[str]) -> tuple[list[str], list[str]]:
+        rolled, left = [], []
+        for name in reversed(done):
+            try:
+                syscalls.delete_module(name)
+                rolled.append(name)
+            except SyscallError as exc:
+                log.warning("cannot unload %s while rolling back: %s", name, exc)
+                left.append(name)
+        return rolled, left
+
+    def unload(self, name: str, with_deps: bool = False) -> list[str]:
+        """Unload ``name`` (and, with ``with_deps``, the dependencies nothing else holds); the names unloaded.
+
+        Raises UserError when it is not loaded or still held (naming the holders),
+        SyscallError when the kernel refuses.
+        """
+        name = normalize_name(name)
+        mods = {m.name: m for m in self.kernel.proc_modules()}
+        mod = mods.get(name)
+        if mod is None:
+            raise UserError(name, "not loaded", "see what is loaded with 'kmodkit status'")
+        if mod.holders or mod.refcount > 0:
+            held = f"held by {', '.join(mod.holders)}" if mod.holders else f"in use (refcount {mod.refcount})"
+            fix = f"unload {', '.join(mod.holders)} first" if mod.holders else "stop what uses it first"
+            raise UserError(name, held, fix)
+        deps = self._uses_closure(name) if with_deps else set()
+        syscalls.delete_module(name)
+        removed = [name]
+        # modprobe -r: remove a dependency once nothing holds it any more, closest users first
+        progress = True
+        while progress:
+            progress = False
+            current = {m.name: m for m in self.kernel.proc_modules()}
+            for dep in sorted(deps - set(removed)):
+                m = current.get(dep)
+                if m is None or m.holders or m.refcount > 0:
+                    continue
+                try:
+                    syscalls.delete_module(dep)
+                except SyscallError as exc:
+                    log.info("kept %s: %s", dep, exc)
+                    deps.discard(dep)
+                    continue
+                removed.append(dep)
+                progress = True
+        return removed
+
+    def _uses_closure(self, name: str) -> set[str]:
+        """Every module ``name`` uses, directly or not (from /sys/module/DEP/holders/NAME)."""
+        sysmod = f"{self._sysfs}/module"
+        uses: dict[str, set[str]] = {}
+        for dep in os.listdir(sysmod):
+            try:
+                holders = os.listdir(f"{sysmod}/{dep}/holders")
+            except OSError:
+                continue
+            for h in holders:
+                uses.setdefault(h, set()).add(dep)
+        out: set[str] = set()
+        todo = [name]
+        while todo:
+            for dep in uses.get(todo.pop(), ()):
+                if dep not in out:
+                    out.add(dep)
+                    todo.append(dep)
+        return out

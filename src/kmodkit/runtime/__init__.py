@@ -1,0 +1,1 @@
+"""The running kernel's modules: /proc/modules, /sys/module, taint, health, metrics."""

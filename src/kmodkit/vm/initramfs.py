@@ -1,0 +1,170 @@
+"""The guest's initramfs: a newc cpio archive with busybox, modules and an init script."""
+
+from __future__ import annotations
+
+import enum
+import os
+import shlex
+import shutil
+import stat
+from dataclasses import dataclass
+
+from kmodkit.errors import EnvironmentNotReady, NotFoundError
+from kmodkit.loader.plan import DependencyTree, plan_names
+from kmodkit.modfile.module import ModuleFile, module_name
+
+#: the busybox the guest runs; it must be static (the initramfs has no libc)
+BUSYBOX_CANDIDATES = ("/usr/bin/busybox", "/bin/busybox")
+
+
+class Share(enum.Enum):
+    """How the host's root reaches the guest."""
+
+    VIRTIOFS = "virtiofs"  #: vhost-user-fs with virtiofsd (needs root on the host)
+    NINEP = "9p"  #: qemu's own 9p server (the kernel must have 9p; Debian's cloud kernels do not)
+
+
+@dataclass(frozen=True)
+class ShareRecipe:
+    """What a share needs inside the guest."""
+
+    modules: tuple[str, ...]  #: modules to load, by name, dependencies resolved from the tree
+    mount: tuple[str, ...]  #: busybox mount arguments (after ``mount``) that mount the share on /mnt
+
+
+#: tag under which the host's root is exported
+ROOT_TAG = "hostroot"
+
+SHARE_RECIPES: dict[Share, ShareRecipe] = {
+    Share.VIRTIOFS: ShareRecipe(("virtio_pci", "virtiofs"), ("-t", "virtiofs", "-o", "ro", ROOT_TAG, "/mnt")),
+    Share.NINEP: ShareRecipe(("virtio_pci", "9pnet_virtio", "9p"),
+                             ("-t", "9p", "-o", "ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose",
+                              ROOT_TAG, "/mnt")),
+}
+
+
+class CpioWriter:
+    """Writes a newc ("070701") cpio archive, as the kernel's initramfs unpacker reads it."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        self._ino += 1
+        head = b"070701" + b"".join(b"%08X" % v for v in fields) + encoded
+        self._parts.append(head + b"\0" * (-len(head) % 4))
+        self._parts.append(data + b"\0" * (-len(data) % 4))
+
+    def directory(self, name: str) -> None:
+        """Add a directory (parents first)."""
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """Add a regular file."""
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        """Add a symbolic link."""
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        """Add a character device node."""
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def to_bytes(self) -> bytes:
+        """The archive with its trailer."""
+        self._entry("TRAILER!!!", 0)
+        return b"".join(self._parts)
+
+
+def find_busybox() -> str:
+    """The static busybox to put in the guest; EnvironmentNotReady when absent."""
+    for path in (shutil.which("busybox") or "", *BUSYBOX_CANDIDATES):
+        if path and os.path.isfile(path):
+            with open(path, "rb") as f:
+                head = f.read(4096)
+            # a dynamic executable names its loader in PT_INTERP
+            if b"ld-linux" not in head and b"ld-musl" not in head:
+                return path
+    raise EnvironmentNotReady("busybox", "no static busybox found", "install it: apt-get install busybox-static")
+
+
+def share_modules(moddir: str, share: Share) -> list[tuple[str, bytes]]:
+    """(name, uncompressed module image) for what the guest loads to reach ``share``, in load order.
+
+    Built-in modules are left out.  Raises NotFoundError when the tree lacks one.
+    """
+    paths, _builtin = plan_names(DependencyTree(moddir), list(SHARE_RECIPES[share].modules))
+    out = []
+    for p in paths:
+        with ModuleFile.open(p) as mf:
+            out.append((module_name(p), bytes(mf.data)))
+    return out
+
+
+@dataclass(frozen=True)
+class GuestCommand:
+    """What the init script runs once the host's root is mounted."""
+
+    argv: tuple[str, ...]  #: the command and its arguments
+    cwd: str  #: working directory inside the guest (falls back to /)
+    env: tuple[tuple[str, str], ...]  #: the whole environment of the command
+
+
+#: serial ports of the guest: the kernel console, the command's output, the status lines, the kernel log
+CONSOLE, OUTPUT, STATUS, KLOG = "ttyS0", "ttyS1", "ttyS2", "ttyS3"
+
+
+def init_script(modules: list[str], share: Share, command: GuestCommand) -> str:
+    """The guest's /init: load modules, mount the share, run the command chrooted, report, power off."""
+    q = shlex.quote
+    mount = " ".join(q(a) for a in SHARE_RECIPES[share].mount)
+    env = " ".join(q(f"{k}={v}") for k, v in command.env)
+    argv = " ".join(q(a) for a in command.argv)
+    mods = " ".join(q(m) for m in modules)
+    return f"""#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+for t in {OUTPUT} {STATUS} {KLOG}; do $B stty -F /dev/$t raw -echo 2>/dev/null; done
+say() {{ echo "$*" > /dev/{STATUS}; }}
+finish() {{ $B dmesg -r > /dev/{KLOG}; $B sync; $B poweroff -f; }}
+for m in {mods}; do $B insmod /lib/kmodkit/$m.ko || say "insmod-failed $m"; done
+if ! $B mount {mount}; then say "share-failed {share.value}"; finish; fi
+R=/mnt
+$B mount -t proc proc $R/proc
+$B mount -t sysfs sys $R/sys
+$B mount -t devtmpfs dev $R/dev
+$B mount -t securityfs securityfs $R/sys/kernel/security 2>/dev/null
+for d in tmp run var/tmp root; do [ -d $R/$d ] && $B mount -t tmpfs tmpfs $R/$d; done
+say "boot $($B cut -d' ' -f1 /proc/uptime)"
+$B chroot $R /usr/bin/env -i {env} /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \\
+    sh {q(command.cwd)} {argv} > /dev/{OUTPUT} 2>&1 < /dev/null
+say "exit $?"
+say "end $($B cut -d' ' -f1 /proc/uptime)"
+finish
+"""
+
+
+def build_initramfs(moddir: str, share: Share, command: GuestCommand) -> bytes:
+    """The whole initramfs for one run: busybox, the share's modules from ``moddir``, /init."""
+    if not os.path.isdir(moddir):
+        raise NotFoundError(moddir, "no such module tree",
+                            f"install the kernel: apt-get install linux-image-{os.path.basename(moddir)}")
+    cpio = CpioWriter()
+    for d in ("bin", "dev", "proc", "sys", "mnt", "lib", "lib/kmodkit"):
+        cpio.directory(d)
+    with open(find_busybox(), "rb") as f:
+        cpio.file("bin/busybox", f.read(), 0o755)
+    cpio.symlink("bin/sh", "busybox")
+    cpio.chardev("dev/console", 5, 1)  # the kernel opens it for /init before devtmpfs is mounted
+    names = []
+    for name, image in share_modules(moddir, share):
+        cpio.file(f"lib/kmodkit/{name}.ko", image)
+        names.append(name)
+    cpio.file("init", init_script(names, share, command).encode(), 0o755)
+    return cpio.to_bytes()
