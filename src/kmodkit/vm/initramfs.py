@@ -32,6 +32,10 @@ class ShareRecipe:
     mount: tuple[str, ...]  #: busybox mount arguments (after ``mount``) that mount the share on /mnt
 
 
+#: modules the guest uses when the tree has them: overlay makes the host's /tmp, /var/tmp and /root
+#: visible and writable inside (a tmpfs upper layer over the read-only share)
+OPTIONAL_MODULES = ("overlay",)
+
 #: tag under which the host's root is exported
 ROOT_TAG = "hostroot"
 
@@ -97,7 +101,9 @@ def share_modules(moddir: str, share: Share) -> list[tuple[str, bytes]]:
 
     Built-in modules are left out.  Raises NotFoundError when the tree lacks one.
     """
-    paths, _builtin = plan_names(DependencyTree(moddir), list(SHARE_RECIPES[share].modules))
+    tree = DependencyTree(moddir)
+    wanted = list(SHARE_RECIPES[share].modules) + [m for m in OPTIONAL_MODULES if tree.chain(m) is not None]
+    paths, _builtin = plan_names(tree, wanted)
     out = []
     for p in paths:
         with ModuleFile.open(p) as mf:
@@ -140,7 +146,14 @@ $B mount -t proc proc $R/proc
 $B mount -t sysfs sys $R/sys
 $B mount -t devtmpfs dev $R/dev
 $B mount -t securityfs securityfs $R/sys/kernel/security 2>/dev/null
-for d in tmp run var/tmp root; do [ -d $R/$d ] && $B mount -t tmpfs tmpfs $R/$d; done
+$B mount -t tmpfs tmpfs $R/run
+$B mount -t tmpfs ovl /ovl
+for d in tmp var/tmp root; do
+    [ -d $R/$d ] || continue
+    $B mkdir -p /ovl/$d/u /ovl/$d/w
+    $B mount -t overlay overlay -o lowerdir=$R/$d,upperdir=/ovl/$d/u,workdir=/ovl/$d/w $R/$d 2>/dev/null \
+        || $B mount -t tmpfs tmpfs $R/$d
+done
 say "boot $($B cut -d' ' -f1 /proc/uptime)"
 $B chroot $R /usr/bin/env -i {env} /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \\
     sh {q(command.cwd)} {argv} > /dev/{OUTPUT} 2>&1 < /dev/null
@@ -156,7 +169,7 @@ def build_initramfs(moddir: str, share: Share, command: GuestCommand) -> bytes:
         raise NotFoundError(moddir, "no such module tree",
                             f"install the kernel: apt-get install linux-image-{os.path.basename(moddir)}")
     cpio = CpioWriter()
-    for d in ("bin", "dev", "proc", "sys", "mnt", "lib", "lib/kmodkit"):
+    for d in ("bin", "dev", "proc", "sys", "mnt", "ovl", "lib", "lib/kmodkit"):
         cpio.directory(d)
     with open(find_busybox(), "rb") as f:
         cpio.file("bin/busybox", f.read(), 0o755)

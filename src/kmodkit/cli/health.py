@@ -1,0 +1,26 @@
+"""``kmodkit health``: are a manifest's modules loaded, Live, the right version and untainted?"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", default="kmodkit.toml", metavar="FILE",
+                        help="the manifest naming the expected modules (default kmodkit.toml)")
+    parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kmodkit.cli.output import print_json
+    from kmodkit.runtime.health import check, read_manifest
+    from kmodkit.runtime.modules import KernelModules
+
+    results = check(read_manifest(args.manifest), KernelModules())
+    healthy = all(r.healthy for r in results)
+    if args.json:
+        print_json({"healthy": healthy, "modules": [r.to_json() for r in results]})
+    else:
+        for r in results:
+            print(f"{r.expectation.name}: {'ok' if r.healthy else 'UNHEALTHY: ' + '; '.join(r.problems)}")
+    return 0 if healthy else 1

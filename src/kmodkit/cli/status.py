@@ -1,0 +1,45 @@
+"""``kmodkit status``: loaded modules, their state, parameters and taint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME", help="modules to show in detail (default: all, as a table)")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kmodkit.cli.output import print_json
+    from kmodkit.runtime.modules import KernelModules
+    from kmodkit.runtime.taint import decode_mask, mask_letters
+
+    kernel = KernelModules()
+    mods = kernel.status(args.names)
+    mask = kernel.kernel_taint()
+    if args.json:
+        print_json({"kernel_taint": {"mask": mask, "letters": mask_letters(mask or 0),
+                                     "flags": [f.to_json() for f in decode_mask(mask or 0)]},
+                    "modules": [m.to_json() for m in mods]})
+        return 0
+    lines = []
+    if args.names:
+        for m in mods:
+            lines.append(f"{m.name}: {m.state.value} (initstate {m.initstate or '-'})")
+            lines.append(f"  refcount {m.refcount}, size {m.size}, holders {', '.join(m.holders) or '-'}")
+            lines.append(f"  version {m.version or '-'}, srcversion {m.srcversion or '-'}")
+            for f in m.taint_flags:
+                lines.append(f"  taint {f.letter}: {f.meaning}")
+            for p, v in m.parameters:
+                lines.append(f"  parameter {p} = {v if v is not None else '(not readable)'}")
+    else:
+        lines.append(f"{'MODULE':<24} {'STATE':<9} {'REFS':>4} {'SIZE':>8} {'TAINT':<5} {'VERSION':<12} HOLDERS")
+        for m in mods:
+            lines.append(f"{m.name:<24} {m.state.value:<9} {m.refcount:>4} {m.size:>8} {m.taint or '-':<5} "
+                         f"{m.version or '-':<12} {','.join(m.holders) or '-'}")
+    flags = decode_mask(mask or 0)
+    lines.append(f"kernel taint: {mask if mask is not None else 'unknown'}"
+                 + (f" ({', '.join(f'{f.letter} {f.name.lower()}' for f in flags)})" if flags else ""))
+    print("\n".join(lines))
+    return 0

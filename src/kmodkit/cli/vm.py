@@ -1,0 +1,70 @@
+"""``kmodkit vm run``: boot an installed kernel under QEMU and run a command inside."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="boot KVER, run CMD inside, return its exit status",
+                         description="Boot the installed kernel KVER, run CMD inside with the host's root "
+                                     "shared read-only, stream its output and return its exit status.")
+    run.add_argument("-k", "--kernel", dest="kver", metavar="KVER",
+                     help="installed kernel release to boot (default: the newest installed)")
+    run.add_argument("--append", action="append", default=[], metavar="WORDS",
+                     help="extra kernel command line, e.g. 'module.sig_enforce=1' (repeatable)")
+    run.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest memory in MiB (default 1024)")
+    run.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="stop the guest after this long (default 600); the status is then 124")
+    run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                     help="KVM, TCG, or KVM when it works here (default)")
+    run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
+                     help="how the host's root reaches the guest (default: virtiofs, else 9p)")
+    run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
+    run.add_argument("--json", action="store_true", help="print the run's result as JSON on stderr at the end")
+    run.add_argument("guest_command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run inside")
+
+
+def _newest_kernel() -> str | None:
+    import glob
+    import os
+    import re
+
+    kvers = [os.path.basename(p)[len("vmlinuz-"):] for p in glob.glob("/boot/vmlinuz-*")]
+    kvers = [k for k in kvers if os.path.isdir(f"/lib/modules/{k}")]
+    kvers.sort(key=lambda k: [int(x) for x in re.findall(r"\d+", k)])
+    return kvers[-1] if kvers else None
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from kmodkit.errors import NotFoundError
+    from kmodkit.vm.accel import Accel
+    from kmodkit.vm.initramfs import Share
+    from kmodkit.vm.machine import Vm, VmSpec
+
+    command = args.guest_command[1:] if args.guest_command[:1] == ["--"] else args.guest_command
+    kver = args.kver or _newest_kernel()
+    if kver is None:
+        raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
+    append = tuple(w for chunk in args.append for w in shlex.split(chunk))
+    spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
+                  None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir)
+    out = sys.stdout.buffer
+
+    def stream(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    result = Vm(spec).run(stream)
+    if args.json:
+        sys.stderr.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        sys.stderr.write(f"kmodkit vm: exit {result.exit_status}{' (timed out)' if result.timed_out else ''}; "
+                         f"{result.accel.value}, {result.share.value}, booted in {result.boot_seconds} s; "
+                         f"logs in {result.run_dir}\n")
+    return result.exit_status

@@ -1,0 +1,101 @@
+"""Prometheus metrics of the running kernel's modules, served with prometheus_client.
+
+A custom collector reads /proc/modules and /sys/module on every scrape, so the
+numbers are never stale; the health verdicts come from the manifests given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from kmodkit.errors import UserError
+from kmodkit.runtime.health import Expectation, check
+from kmodkit.runtime.modules import KernelModules, ModuleState
+from kmodkit.runtime.taint import flags
+
+DEFAULT_LISTEN = "127.0.0.1:9417"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the exporter listens."""
+
+    host: str  #: address to bind (loopback by default)
+    port: int  #: TCP port
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        """``HOST:PORT`` (``[V6]:PORT`` for IPv6); UserError when malformed."""
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--listen {text}", "is not HOST:PORT", "write e.g. 127.0.0.1:9417")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise UserError(f"--listen {text}", f"'{host}' is not an IP address",
+                                "give an address, e.g. 127.0.0.1 or 0.0.0.0") from None
+        return cls(host, int(port))
+
+
+class ModuleCollector(Collector):
+    """Collects module, taint and health metrics on each scrape."""
+
+    def __init__(self, kernel: KernelModules, expectations: list[Expectation]) -> None:
+        self.kernel = kernel
+        self.expectations = expectations
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["module", "version", "srcversion"]
+        loaded = GaugeMetricFamily("kmodkit_module_loaded", "1 when the module is loaded", labels=labels)
+        state = GaugeMetricFamily("kmodkit_module_state", "1 for the module's current state",
+                                  labels=[*labels, "state"])
+        refcount = GaugeMetricFamily("kmodkit_module_refcount", "users holding the module", labels=labels)
+        size = GaugeMetricFamily("kmodkit_module_size_bytes", "memory the module takes", labels=labels)
+        mtaint = GaugeMetricFamily("kmodkit_module_taint", "1 for each taint flag the module carries",
+                                   labels=[*labels, "flag", "letter"])
+        for st in self.kernel.status():
+            values = [st.name, st.version or "", st.srcversion or ""]
+            loaded.add_metric(values, 1)
+            for s in (ModuleState.LIVE, ModuleState.LOADING, ModuleState.UNLOADING):
+                state.add_metric([*values, s.value], 1 if st.state is s else 0)
+            refcount.add_metric(values, st.refcount)
+            size.add_metric(values, st.size)
+            for f in st.taint_flags:
+                mtaint.add_metric([*values, f.name, f.letter], 1)
+        yield from (loaded, state, refcount, size, mtaint)
+        mask = self.kernel.kernel_taint()
+        ktaint = GaugeMetricFamily("kmodkit_kernel_tainted", "the kernel's taint mask (/proc/sys/kernel/tainted)")
+        ktaint.add_metric([], mask if mask is not None else float("nan"))
+        yield ktaint
+        kflags = GaugeMetricFamily("kmodkit_kernel_taint_flag", "1 when the kernel carries the taint flag",
+                                   labels=["flag", "letter"])
+        for f in flags():
+            kflags.add_metric([f.name, f.letter], 1 if mask and mask >> f.bit & 1 else 0)
+        yield kflags
+        if self.expectations:
+            health = GaugeMetricFamily("kmodkit_health_ok", "1 when the manifest's module is healthy",
+                                       labels=["module"])
+            for r in check(self.expectations, self.kernel):
+                health.add_metric([r.expectation.name], 1 if r.healthy else 0)
+            yield health
+
+
+def registry(kernel: KernelModules, expectations: list[Expectation]) -> CollectorRegistry:
+    """A registry holding only kmodkit's collector."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(ModuleCollector(kernel, expectations))
+    return reg
+
+
+def render(reg: CollectorRegistry) -> bytes:
+    """One scrape in the Prometheus text format."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(reg)
