@@ -116,8 +116,8 @@ class Build:
     """A build of one project for some kernels; validated on construction.
 
     ``kernels`` empty and ``all_installed`` false: the manifest's targets, else every installed kernel.
-    ``workdir`` None: a per-user cache directory (``/dev/shm`` with ``shm``).  ``jobs`` None: the CPU
-    count, at most the number of kernels.
+    ``workdir`` None: a per-user cache directory (``/dev/shm`` with ``shm``).  ``jobs`` None: twice the
+    CPU count, at most the number of kernels.
     """
 
     project: Path
@@ -152,7 +152,9 @@ class Build:
             raise UserError(str(self.work), "make cannot take this path (spaces or special characters)",
                             "pass --workdir with a plain path such as /tmp/kmodkit-work")
         cpus = os.cpu_count() or 1
-        self.workers = self.jobs or max(1, min(cpus, len(self.targets)))
+        # a module build is mostly serial steps (make reading the kernel's Makefiles, cc, modpost, ld, BTF),
+        # so more builds than CPUs keep the CPUs busy: 3 kernels on 2 CPUs all start at once
+        self.workers = self.jobs or max(1, min(2 * cpus, len(self.targets)))
         # each worker's make gets a share of the CPUs
         self.make_jobs = max(1, cpus // self.workers)
         self.out = self.project / "out"
