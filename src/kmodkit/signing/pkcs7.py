@@ -74,3 +74,30 @@ def build_signed_data(cert_der: bytes, alg: HashAlgorithm, key_type: KeyType, si
         "signer_infos": [signer],
     })
     return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
+
+
+class SignedDataTemplate:
+    """:func:`build_signed_data` for one key, certificate and hash, built once per signature length.
+
+    Everything in the message but the signature bytes, which come last,
+    depends only on the signature's length; so the DER before them is made
+    once by :func:`build_signed_data` and reused for every module.
+    """
+
+    def __init__(self, cert_der: bytes, alg: HashAlgorithm, key_type: KeyType, use_key_id: bool = False) -> None:
+        self._args = (cert_der, alg, key_type)
+        self._use_key_id = use_key_id
+        self._prefix: dict[int, bytes] = {}
+        build_signed_data(cert_der, alg, key_type, b"\0", use_key_id)  # raise now for an unusable certificate
+
+    def build(self, signature: bytes) -> bytes:
+        """The same bytes as ``build_signed_data(..., signature, ...)``."""
+        n = len(signature)
+        prefix = self._prefix.get(n)
+        if prefix is None:
+            placeholder = b"\xa5" * n
+            der = build_signed_data(*self._args, placeholder, self._use_key_id)
+            if not der.endswith(placeholder):  # pragma: no cover - the signature is the last field
+                return build_signed_data(*self._args, signature, self._use_key_id)
+            prefix = self._prefix[n] = der[:-n]
+        return prefix + signature

@@ -26,9 +26,9 @@ from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
 from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
-from kmodkit.signing.fileio import fsync_dir, write_atomic
+from kmodkit.signing.fileio import commit_temps, write_temp
 from kmodkit.signing.keys import public_keys_match
-from kmodkit.signing.pkcs7 import build_signed_data
+from kmodkit.signing.pkcs7 import SignedDataTemplate
 from kmodkit.signing.source import KeySource
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ _MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
 _PKEY_ID_PKCS7 = 2
 #: below this many files, signing in worker processes costs more than it saves
 _PARALLEL_THRESHOLD = 8
+#: files written before one sync makes them durable and they are renamed into place
+_CHUNK = 128
 
 
 class SignStatus(enum.Enum):
@@ -118,6 +120,7 @@ class ModuleSigner:
         if not public_keys_match(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
             raise UserError(key.name, f"private key does not match the certificate {cert_name}",
                             "give the certificate made together with this key")
+        _check_key_signs_for(key, cert, hash)
         #: the key that signs
         self.key = key
         #: the certificate the signature names
@@ -128,16 +131,15 @@ class ModuleSigner:
         self.use_key_id = use_key_id
         #: strip an existing signature instead of refusing the file
         self.replace = replace
-        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
-        # fail now, not at the first file, when --keyid cannot be honoured
-        build_signed_data(self._cert_der, hash, key.key_type, b"\0", use_key_id)
+        # fails now, not at the first file, when --keyid cannot be honoured
+        self._template = SignedDataTemplate(cert.public_bytes(serialization.Encoding.DER), hash, key.key_type,
+                                            use_key_id)
 
     def signature_for(self, content: bytes | memoryview) -> bytes:
         """What sign-file appends to ``content``: PKCS#7 DER, struct module_signature, magic."""
         h = self.hash.new()
         h.update(content)
-        signature = self.key.sign_digest(h.digest(), self.hash)
-        p7 = build_signed_data(self._cert_der, self.hash, self.key.key_type, signature, self.use_key_id)
+        p7 = self._template.build(self.key.sign_digest(h.digest(), self.hash))
         return p7 + module_signature_trailer(len(p7))
 
     def sign_bytes(self, data: bytes | memoryview, name: str = "<memory>") -> tuple[bytes, bool]:
@@ -155,11 +157,31 @@ class ModuleSigner:
                             "pass --replace to strip the signature and sign again")
         return bytes(content) + self.signature_for(content), bool(count)
 
-    def sign_file(self, path: str, sync_dir: bool = True) -> SignResult:
+    def sign_file(self, path: str) -> SignResult:
         """Sign the module file at ``path`` in place; a failure leaves the file untouched.
 
         Never raises for a bad file: the result carries the error.
         """
+        return self.sign_chunk([path])[0]
+
+    def sign_chunk(self, paths: Sequence[str]) -> list[SignResult]:
+        """Sign files one after the other, then make them durable with one sync and rename each into place."""
+        results: list[SignResult] = []
+        pending: list[tuple[int, str, str]] = []
+        for path in paths:
+            result, temp = self._prepare(path)
+            if temp is not None:
+                pending.append((len(results), temp[0], temp[1]))
+            results.append(result)
+        errors = commit_temps([(tmp, target) for _, tmp, target in pending])
+        for (i, _, _), err in zip(pending, errors):
+            if err is not None:
+                r = results[i]
+                results[i] = SignResult(r.path, SignStatus.FAILED, r.compression, str(from_oserror(err, r.path)))
+        return results
+
+    def _prepare(self, path: str) -> tuple[SignResult, tuple[str, str] | None]:
+        # the signed bytes in a temp file beside the target, or the reason there are none
         kind = Compression.NONE
         try:
             real = os.path.realpath(path)
@@ -176,24 +198,41 @@ class ModuleSigner:
             signed, replaced = self.sign_bytes(plain, path)
             out = _compress.compress(signed, kind) if kind is not Compression.NONE else signed
             try:
-                write_atomic(real, out, st.st_mode & 0o7777, sync_dir=sync_dir, owner=(st.st_uid, st.st_gid))
+                tmp = write_temp(real, out, st.st_mode & 0o7777, owner=(st.st_uid, st.st_gid))
             except OSError as exc:
                 raise from_oserror(exc, path) from None
         except KmodkitError as exc:
-            return SignResult(path, SignStatus.FAILED, kind, str(exc))
-        return SignResult(path, SignStatus.REPLACED if replaced else SignStatus.SIGNED, kind)
+            return SignResult(path, SignStatus.FAILED, kind, str(exc)), None
+        return SignResult(path, SignStatus.REPLACED if replaced else SignStatus.SIGNED, kind), (tmp, real)
 
     def sign_files(self, paths: Sequence[str], jobs: int | None = None) -> list[SignResult]:
         """Sign every file; one result per path, in order.  Large batches use ``jobs`` worker processes."""
         jobs = jobs or min(len(os.sched_getaffinity(0)), 8)
         if jobs <= 1 or len(paths) < _PARALLEL_THRESHOLD or not self.key.forkable:
-            results = [self.sign_file(p, sync_dir=False) for p in paths]
-        else:
-            results = _sign_in_workers(self, paths, jobs)
-        for directory in {os.path.dirname(os.path.realpath(r.path)) for r in results
-                          if r.status is not SignStatus.FAILED}:
-            fsync_dir(directory)
-        return results
+            return [r for i in range(0, len(paths), _CHUNK) for r in self.sign_chunk(paths[i:i + _CHUNK])]
+        return _sign_in_workers(self, paths, jobs)
+
+
+def _check_key_signs_for(key: KeySource, cert: x509.Certificate, alg: HashAlgorithm) -> None:
+    # a damaged private key (or a token key that is not the certificate's) must fail here, not
+    # produce signatures the kernel rejects
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    digest = alg.new()
+    digest.update(b"kmodkit key check")
+    value = digest.digest()
+    pub = cert.public_key()
+    try:
+        sig = key.sign_digest(value, alg)
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(sig, value, padding.PKCS1v15(), utils.Prehashed(alg.crypto()))
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(sig, value, ec.ECDSA(utils.Prehashed(alg.crypto())))
+    except (InvalidSignature, ValueError) as exc:
+        why = str(exc) or "signature does not verify"
+        raise UserError(key.name, f"private key does not make signatures the certificate verifies ({why})",
+                        "check that the key file is intact and belongs to the certificate") from None
 
 
 def _signer_text(data: bytes | memoryview, name: str) -> str:
@@ -215,9 +254,9 @@ def _signer_text(data: bytes | memoryview, name: str) -> str:
 _WORKER_SIGNER: ModuleSigner | None = None
 
 
-def _worker_sign(path: str) -> SignResult:
+def _worker_sign(paths: list[str]) -> list[SignResult]:
     assert _WORKER_SIGNER is not None
-    return _WORKER_SIGNER.sign_file(path, sync_dir=False)
+    return _WORKER_SIGNER.sign_chunk(paths)
 
 
 def _sign_in_workers(signer: ModuleSigner, paths: Sequence[str], jobs: int) -> list[SignResult]:
@@ -228,8 +267,9 @@ def _sign_in_workers(signer: ModuleSigner, paths: Sequence[str], jobs: int) -> l
     _WORKER_SIGNER = signer
     try:
         ctx = multiprocessing.get_context("fork")
-        chunk = max(1, min(32, len(paths) // (jobs * 4)))
+        size = max(1, min(_CHUNK, -(-len(paths) // (jobs * 2))))
+        chunks = [list(paths[i:i + size]) for i in range(0, len(paths), size)]
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            return list(pool.map(_worker_sign, paths, chunksize=chunk))
+            return [r for done in pool.map(_worker_sign, chunks) for r in done]
     finally:
         _WORKER_SIGNER = None
