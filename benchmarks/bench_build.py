@@ -98,7 +98,10 @@ def main() -> int:
     ref, cold, noop = statistics.median(refs), statistics.median(colds), statistics.median(noops)
     print(f"three sequential 'make -j2' runs: {ref:.2f} s (median)")
     print(f"kmodkit build (3 kernels, parallel): {cold:.2f} s (median)")
-    print(f"speed-up: {ref / cold:.2f}x (target >= 1.7x on 2 cores)")
+    ratios = [r / c for r, c in zip(refs, colds)]
+    print(f"speed-up: {ref / cold:.2f}x of the medians, {statistics.median(ratios):.2f}x median of the runs"
+          f" (best {max(ratios):.2f}x; target >= 1.7x on 2 cores)")
+    print(f"load average after: {os.getloadavg()[0]:.2f} (other work on the machine lowers the speed-up)")
     print(f"no-op rebuild: {noop:.3f} s (target <= 0.5 s)")
     return 0
 
