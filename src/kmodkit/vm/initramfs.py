@@ -154,6 +154,7 @@ for d in tmp var/tmp root; do
     $B mount -t overlay overlay -o lowerdir=$R/$d,upperdir=/ovl/$d/u,workdir=/ovl/$d/w $R/$d 2>/dev/null \
         || $B mount -t tmpfs tmpfs $R/$d
 done
+$B ip link set lo up 2>/dev/null
 say "boot $($B cut -d' ' -f1 /proc/uptime)"
 $B chroot $R /usr/bin/env -i {env} /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \\
     sh {q(command.cwd)} {argv} > /dev/{OUTPUT} 2>&1 < /dev/null

@@ -1,0 +1,342 @@
+"""Loading for real: a Debian generic kernel booted under QEMU runs kmodkit's load, unload, status,
+health and exporter against modules built here and modules of the kernel's own tree.
+
+Two boots in all (TCG here, about half a minute each): one with the kernel's defaults, one with
+module.sig_enforce=1.  Inside, one script runs every check through kmodkit's CLI entry point and
+reports JSON on its output; the tests below assert on that report, so each check fails on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import KernelTree, discover_trees, need
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.kernel]
+
+MODULES_C = {
+    "hello.c": r"""
+        #include <linux/module.h>
+        static int n = 1;
+        module_param(n, int, 0644);
+        MODULE_PARM_DESC(n, "a number");
+        static char *greeting = "hello";
+        module_param(greeting, charp, 0444);
+        MODULE_PARM_DESC(greeting, "what to say");
+        static int __init hello_init(void) { pr_info("hello: %s %d\n", greeting, n); return 0; }
+        static void __exit hello_exit(void) { }
+        module_init(hello_init);
+        module_exit(hello_exit);
+        MODULE_LICENSE("GPL");
+        MODULE_VERSION("1.2");
+    """,
+    "chain_a.c": r"""
+        #include <linux/module.h>
+        int chain_a_value = 7;
+        EXPORT_SYMBOL_GPL(chain_a_value);
+        static int __init a_init(void) { return 0; }
+        static void __exit a_exit(void) { }
+        module_init(a_init);
+        module_exit(a_exit);
+        MODULE_LICENSE("GPL");
+    """,
+    "chain_b.c": r"""
+        #include <linux/module.h>
+        extern int chain_a_value;
+        static int __init b_init(void) { return chain_a_value == 7 ? -ENODEV : 0; }
+        static void __exit b_exit(void) { }
+        module_init(b_init);
+        module_exit(b_exit);
+        MODULE_LICENSE("GPL");
+    """,
+}
+
+GUEST_SCRIPT = r'''
+import io, json, os, subprocess, sys, time, urllib.request
+from contextlib import redirect_stderr, redirect_stdout
+from kmodkit.cli.main import main
+
+D = sys.argv[1]
+report = {}
+
+def kk(*argv):
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    err = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(list(argv))
+    out.flush()
+    text = out.buffer.getvalue().decode()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    return {"rc": rc, "out": text, "err": err.getvalue(), "json": doc}
+
+def proc_modules():
+    with open("/proc/modules") as f:
+        return {line.split()[0]: line.split() for line in f}
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+if sys.argv[2] == "default":
+    report["load_hello"] = kk("load", f"{D}/hello.ko", "n=5", "greeting=hi", "--json")
+    report["param_n"] = read("/sys/module/hello/parameters/n")
+    report["param_greeting"] = read("/sys/module/hello/parameters/greeting")
+    report["load_hello_again"] = kk("load", f"{D}/hello.ko", "--json")
+    report["bad_param"] = kk("load", f"{D}/hello.ko", "nn=1")
+    report["status_hello"] = kk("status", "hello", "--json")
+    report["status_all"] = kk("status", "--json")
+    report["health"] = kk("health", "--manifest", f"{D}/kmodkit.toml", "--json")
+    report["health_wrong"] = kk("health", "--manifest", f"{D}/wrong.toml", "--json")
+    report["exporter_once"] = kk("exporter", "--once", "--manifest", f"{D}/kmodkit.toml")
+    srv = subprocess.Popen([sys.executable, "-m", "kmodkit", "exporter", "--listen", "127.0.0.1:9417"],
+                           stderr=subprocess.PIPE)
+    srv.stderr.readline()  # "serving metrics on ..."
+    report["scrape"] = urllib.request.urlopen("http://127.0.0.1:9417/metrics", timeout=30).read().decode()
+    srv.terminate(); srv.wait()
+    report["proc_modules"] = proc_modules()
+    report["kernel_tainted"] = read("/proc/sys/kernel/tainted")
+    report["unload_hello"] = kk("unload", "hello", "--json")
+    report["hello_gone"] = not os.path.exists("/sys/module/hello")
+    report["load_af_key"] = kk("load", "af_key", "--json")
+    report["after_af_key"] = sorted(m for m in proc_modules() if m in ("af_key", "xfrm_algo"))
+    report["unload_held"] = kk("unload", "xfrm_algo")
+    report["unload_with_deps"] = kk("unload", "--with-deps", "af_key", "--json")
+    report["after_unload"] = sorted(m for m in proc_modules() if m in ("af_key", "xfrm_algo"))
+    report["chain"] = kk("load", f"{D}/chain_b.ko", "--json")
+    report["after_chain"] = sorted(m for m in proc_modules() if m.startswith("chain_"))
+    report["vermagic"] = kk("load", f"{D}/other/hello.ko", "--json")
+    report["after_vermagic"] = "hello" in proc_modules()
+    t = time.monotonic()
+    kk("status", "--json")
+    report["status_in_process_ms"] = (time.monotonic() - t) * 1000
+else:
+    report["sig_enforce"] = read("/sys/module/module/parameters/sig_enforce")
+    report["unsigned"] = kk("load", f"{D}/hello.ko", "--json")
+    report["untrusted"] = kk("load", f"{D}/signed/hello.ko", "--json")
+    report["debian_signed"] = kk("load", "af_key", "--json")
+    report["after"] = sorted(m for m in proc_modules() if m in ("af_key", "xfrm_algo", "hello"))
+print("KMODKIT-REPORT " + json.dumps(report))
+'''
+
+
+def _newest_generic() -> KernelTree:
+    for tree in discover_trees():
+        if tree.flavour == "amd64" and tree.headers is not None and tree.vmlinuz is not None:
+            return tree
+    need("a Debian generic amd64 kernel with its headers")
+    raise AssertionError("unreachable")
+
+
+def _build(src: Path, headers: Path) -> None:
+    done = subprocess.run(["make", "-s", "-C", str(headers), f"M={src}", "modules"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _sign_file(headers: Path) -> Path:
+    for cand in (headers / "scripts/sign-file", *Path("/usr/lib").glob("linux-kbuild-*/scripts/sign-file")):
+        if cand.exists():
+            return cand
+    need("sign-file (linux-kbuild)")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[KernelTree, Path]:
+    """Test modules built for the newest generic kernel (plus hello for another kernel, and signed by
+    a key no kernel trusts), a manifest, and the guest script; under the host's /tmp, which the guest sees."""
+    if shutil.which("qemu-system-x86_64") is None:
+        need("qemu-system-x86")
+    tree = _newest_generic()
+    d = tmp_path_factory.mktemp("vmguest")
+    for name, code in MODULES_C.items():
+        (d / name).write_text(textwrap.dedent(code))
+    (d / "Kbuild").write_text("obj-m := hello.o chain_a.o chain_b.o\n")
+    _build(d, tree.headers)  # type: ignore[arg-type]
+    other = next((t for t in discover_trees() if t.release != tree.release and t.headers is not None), None)
+    if other is None:
+        need("a second kernel's headers (to build a module for the wrong kernel)")
+    (d / "other").mkdir()
+    (d / "other/hello.c").write_text(textwrap.dedent(MODULES_C["hello.c"]))
+    (d / "other/Kbuild").write_text("obj-m := hello.o\n")
+    _build(d / "other", other.headers)  # type: ignore[union-attr, arg-type]
+    # a key of our own: the kernel does not trust it
+    key, cert = d / "untrusted.key", d / "untrusted.crt"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=kmodkit test untrusted", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    (d / "signed").mkdir()
+    subprocess.run([str(_sign_file(tree.headers)), "sha256", str(key), str(cert),  # type: ignore[arg-type]
+                    str(d / "hello.ko"), str(d / "signed/hello.ko")], check=True)
+    (d / "kmodkit.toml").write_text('[module]\nname = "hello"\nversion = "1.2"\n[health]\nallow_taint = "OE"\n')
+    (d / "wrong.toml").write_text('[module]\nname = "hello"\nversion = "9.9"\n[health]\nallow_taint = ""\n'
+                                  '[[health.modules]]\nname = "not_there"\n')
+    (d / "guest.py").write_text(GUEST_SCRIPT)
+    return tree, d
+
+
+def _boot(tree: KernelTree, d: Path, mode: str, append: tuple[str, ...]) -> dict[str, object]:
+    from kmodkit.vm.machine import Vm, VmSpec
+
+    spec = VmSpec(tree.release, (sys.executable, str(d / "guest.py"), str(d), mode), append=append,
+                  runs_dir=str(d / "runs"), timeout=600, cwd="/")
+    result = Vm(spec).run()
+    out = result.output()
+    assert result.exit_status == 0, f"guest failed; logs in {result.run_dir}:\n{out[-3000:]}"
+    line = next(l for l in out.splitlines() if l.startswith("KMODKIT-REPORT "))
+    report: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    report["_result"] = result.to_json()
+    with open(result.kernel_log, encoding="utf-8", errors="replace") as f:
+        report["_kernel_log"] = f.read()
+    return report
+
+
+@pytest.fixture(scope="module")
+def default_boot(workdir: tuple[KernelTree, Path]) -> dict[str, object]:
+    return _boot(*workdir, "default", ())
+
+
+@pytest.fixture(scope="module")
+def enforcing_boot(workdir: tuple[KernelTree, Path]) -> dict[str, object]:
+    return _boot(*workdir, "enforce", ("module.sig_enforce=1",))
+
+
+def _j(report: dict[str, object], key: str) -> dict[str, object]:
+    value = report[key]
+    assert isinstance(value, dict)
+    return value
+
+
+def test_run_keeps_the_whole_kernel_log(default_boot: dict[str, object]) -> None:
+    log = str(default_boot["_kernel_log"])
+    assert "Linux version" in log.splitlines()[0]
+    assert "hello: hi 5" in log  # the module's own line, logged while the command ran
+
+
+def test_load_with_parameters_and_read_them_back(default_boot: dict[str, object]) -> None:
+    load = _j(default_boot, "load_hello")
+    assert load["rc"] == 0, load["err"]
+    assert load["json"]["loaded"] == ["hello"]  # type: ignore[index]
+    assert default_boot["param_n"] == "5"
+    assert default_boot["param_greeting"] == "hi"
+    again = _j(default_boot, "load_hello_again")
+    assert again["rc"] == 0 and again["json"]["skipped"] == ["hello"]  # type: ignore[index]
+
+
+def test_undeclared_parameter_is_refused_before_loading_with_a_suggestion(default_boot: dict[str, object]) -> None:
+    bad = _j(default_boot, "bad_param")
+    assert bad["rc"] == 2
+    assert "did you mean n?" in str(bad["err"]) and "greeting" in str(bad["err"])
+
+
+def test_unload_removes_the_module(default_boot: dict[str, object]) -> None:
+    assert _j(default_boot, "unload_hello")["rc"] == 0
+    assert default_boot["hello_gone"] is True
+
+
+def test_status_agrees_with_proc_modules(default_boot: dict[str, object]) -> None:
+    proc = default_boot["proc_modules"]
+    assert isinstance(proc, dict)
+    st = _j(default_boot, "status_all")["json"]
+    assert isinstance(st, dict)
+    by_name = {m["name"]: m for m in st["modules"]}
+    assert set(by_name) == set(proc)
+    for name, cols in proc.items():
+        assert by_name[name]["size"] == int(cols[1])
+        assert by_name[name]["refcount"] == int(cols[2])
+        assert by_name[name]["state"] == cols[4]
+    hello = _j(default_boot, "status_hello")["json"]["modules"][0]  # type: ignore[index]
+    assert hello["version"] == "1.2" and hello["initstate"] == "live"
+    assert hello["parameters"]["n"] == "5"
+    assert set(hello["taint"]) == set(proc["hello"][6].strip("()"))
+    assert {f["letter"] for f in hello["taint_flags"]} == {"O", "E"}  # out of tree, unsigned
+    assert st["kernel_taint"]["mask"] == int(str(default_boot["kernel_tainted"]))
+
+
+def test_health_passes_and_fails_with_reasons(default_boot: dict[str, object]) -> None:
+    ok = _j(default_boot, "health")
+    assert ok["rc"] == 0 and ok["json"]["healthy"] is True  # type: ignore[index]
+    bad = _j(default_boot, "health_wrong")
+    assert bad["rc"] == 1
+    problems = {m["module"]: m["problems"] for m in bad["json"]["modules"]}  # type: ignore[index]
+    assert "version is 1.2, expected 9.9" in problems["hello"]
+    assert any(p.startswith("unexpected taint O") for p in problems["hello"])
+    assert problems["not_there"] == ["not loaded"]
+
+
+def test_exporter_scrape_agrees_with_proc_modules(default_boot: dict[str, object]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    proc = default_boot["proc_modules"]
+    assert isinstance(proc, dict)
+    for key in ("scrape", "exporter_once"):
+        text = default_boot[key] if key == "scrape" else _j(default_boot, key)["out"]
+        fams = {f.name: f for f in text_string_to_metric_families(str(text))}
+        loaded = {s.labels["module"] for s in fams["kmodkit_module_loaded"].samples}
+        assert loaded == set(proc)
+        sizes = {s.labels["module"]: s.value for s in fams["kmodkit_module_size_bytes"].samples}
+        assert all(sizes[n] == int(c[1]) for n, c in proc.items())
+        hello = [s for s in fams["kmodkit_module_refcount"].samples if s.labels["module"] == "hello"]
+        assert hello[0].labels["version"] == "1.2"
+        assert fams["kmodkit_kernel_tainted"].samples[0].value == int(str(default_boot["kernel_tainted"]))
+    once = {f.name: f for f in text_string_to_metric_families(str(_j(default_boot, "exporter_once")["out"]))}
+    assert [s.value for s in once["kmodkit_health_ok"].samples] == [1.0]
+
+
+def test_load_af_key_loads_xfrm_algo_first_and_with_deps_removes_both(default_boot: dict[str, object]) -> None:
+    load = _j(default_boot, "load_af_key")
+    assert load["rc"] == 0, load["err"]
+    assert load["json"]["loaded"] == ["xfrm_algo", "af_key"]  # type: ignore[index]
+    assert default_boot["after_af_key"] == ["af_key", "xfrm_algo"]
+    held = _j(default_boot, "unload_held")
+    assert held["rc"] == 2 and "held by af_key" in str(held["err"])
+    assert _j(default_boot, "unload_with_deps")["json"]["unloaded"] == ["af_key", "xfrm_algo"]  # type: ignore[index]
+    assert default_boot["after_unload"] == []
+
+
+def test_chain_whose_last_module_fails_leaves_nothing_behind(default_boot: dict[str, object]) -> None:
+    chain = _j(default_boot, "chain")
+    assert chain["rc"] == 1
+    doc = chain["json"]
+    assert isinstance(doc, dict)
+    assert doc["explanation"]["module"] == "chain_b"
+    assert doc["explanation"]["reason"] == "init-failed" and doc["explanation"]["errno"] == "ENODEV"
+    assert doc["rolled_back"] == ["chain_a"]
+    assert default_boot["after_chain"] == []
+
+
+def test_module_for_another_kernel_is_explained_with_the_kernels_line(default_boot: dict[str, object]) -> None:
+    doc = _j(default_boot, "vermagic")["json"]
+    assert isinstance(doc, dict)
+    why = doc["explanation"]
+    assert why["reason"] == "invalid-format" and why["errno"] == "ENOEXEC"
+    assert "version magic" in why["problem"] or "module_layout" in why["problem"]
+    assert why["kernel_lines"]
+    assert default_boot["after_vermagic"] is False
+
+
+def test_sig_enforce_refuses_unsigned_and_untrusted_and_loads_debian_signed(enforcing_boot: dict[str, object]) -> None:
+    assert enforcing_boot["sig_enforce"] == "Y"
+    unsigned = _j(enforcing_boot, "unsigned")["json"]["explanation"]  # type: ignore[index]
+    assert unsigned["reason"] == "signature-refused" and unsigned["errno"] == "EKEYREJECTED"
+    assert "unsigned module" in unsigned["problem"] and "sig_enforce=1" in unsigned["problem"]
+    untrusted = _j(enforcing_boot, "untrusted")["json"]["explanation"]  # type: ignore[index]
+    assert untrusted["reason"] == "signature-refused"
+    assert "unavailable key" in untrusted["problem"]
+    debian = _j(enforcing_boot, "debian_signed")
+    assert debian["rc"] == 0, debian["err"]
+    assert enforcing_boot["after"] == ["af_key", "xfrm_algo"]
