@@ -42,7 +42,11 @@ def test_every_installed_kernel_gets_a_module_with_its_vermagic(built_everywhere
                                                                  kernel_trees: list) -> None:
     project, results = built_everywhere
     assert {r.kernel for r in results} == {t.release for t in kernel_trees}
+    without_headers = {t.release for t in kernel_trees if not t.headers}
+    assert {r.kernel for r in results if r.state is State.BLOCKED} == without_headers
     for r in results:
+        if r.kernel in without_headers:
+            continue
         assert r.state is State.BUILT, (r.kernel, r.problem)
         assert r.module == project / "out" / r.kernel / "hello.ko"
         # the oracle: kmod's modinfo on the file we wrote
@@ -64,15 +68,18 @@ def test_cli_info_shows_the_right_vermagic(built_everywhere: tuple[Path, list],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     _, results = built_everywhere
     for r in results:
+        if r.module is None:
+            continue
         assert main(["info", "-F", "vermagic", str(r.module)]) == 0
         assert capsys.readouterr().out.split()[0] == r.kernel
 
 
 def test_nothing_changed_nothing_rebuilt(built_everywhere: tuple[Path, list], tmp_path: Path) -> None:
     project, results = built_everywhere
-    stamps = {r.kernel: r.module.stat().st_mtime_ns for r in results}
+    stamps = {r.kernel: r.module.stat().st_mtime_ns for r in results if r.module}
     report = Build(project, all_installed=True, workdir=project.parent / "work").run()
-    assert {r.state for r in report.results} == {State.CACHED}
+    assert {r.state for r in report.results if r.kernel in stamps and r.module} <= {State.CACHED}
+    assert sum(r.state is State.CACHED for r in report.results) == sum(1 for r in results if r.ok)
     assert {r.kernel: r.module.stat().st_mtime_ns for r in report.results if r.module} == stamps
     assert [r.vermagic for r in report.results] == [r.vermagic for r in results]
 
