@@ -29,16 +29,31 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from kmodkit.cli.output import error_line, print_json
-    from kmodkit.index.depfiles import render_all, write_index
+    from kmodkit.index.depfiles import INDEX_FILES, render_all, write_index
     from kmodkit.index.depmod import Depmod
 
     dm = Depmod(args.kver, args.basedir, config_paths=args.config, symvers=args.symvers,
-                system_map=args.filesyms, errsyms=args.errsyms,
-                cache_dir=None if args.no_cache else (args.outdir or None), jobs=args.jobs)
+                system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs)
     outdir = args.outdir or dm.dirname
-    if not args.no_cache:
-        dm.cache_dir = outdir
-    result = dm.compute()
+    from kmodkit.index.depfiles import outputs_match
+    from kmodkit.index.scan import CACHE_NAME, ScanCache
+
+    reuse = None
+    cache = ScanCache() if args.no_cache else ScanCache.load(os.path.join(outdir, CACHE_NAME))
+    previous = cache.meta
+    if not args.dry_run and outputs_match(outdir, previous.get("outputs")):
+        fp = previous.get("fingerprint")
+        reuse = fp if isinstance(fp, bytes) else None
+    result = dm.compute(reuse, cache)
+    if result.unchanged:
+        # same inputs as the index already there: refresh the cache's file stats only
+        result.cache.meta = previous
+        write_index({}, outdir, result.cache.dump())
+        if args.json:
+            print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules), "files": [],
+                        "unchanged": list(INDEX_FILES), "read": result.cache.read_count, "failures": [],
+                        "issues": []})
+        return 0
     files = render_all(result)
     for problem in dm.config.problems:
         error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
@@ -49,7 +64,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.buffer.write(files["modules.dep"])
         return 1 if result.failures else 0
-    written = write_index(files, outdir, None if args.no_cache else result.cache.dump())
+    if args.no_cache:
+        written = write_index(files, outdir, None)
+    else:
+        from kmodkit.index.depfiles import output_stats
+
+        written = write_index(files, outdir, None)
+        result.cache.meta = {"fingerprint": result.fingerprint, "outputs": output_stats(outdir)}
+        write_index({}, outdir, result.cache.dump())
     if args.json:
         print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules),
                     "files": list(written.files), "unchanged": list(written.unchanged),

@@ -329,3 +329,20 @@ def _same(path: str, data: bytes) -> bool:
             return f.read() == data
     except OSError:
         return False
+
+
+def output_stats(outdir: str) -> dict[str, tuple[int, int]]:
+    """``name -> (size, mtime_ns)`` of the index files in ``outdir`` (missing ones left out)."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in INDEX_FILES:
+        try:
+            st = os.stat(os.path.join(outdir, name))
+        except OSError:
+            continue
+        out[name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def outputs_match(outdir: str, recorded: object) -> bool:
+    """Whether every index file in ``outdir`` is still the one recorded (size and mtime)."""
+    return isinstance(recorded, dict) and len(recorded) == len(INDEX_FILES) and output_stats(outdir) == recorded

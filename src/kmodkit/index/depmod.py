@@ -18,9 +18,11 @@ A dependency cycle stops the run, as it stops depmod.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+from array import array
 from dataclasses import dataclass, field
 
 from kmodkit.errors import ConfigError, NotFoundError, UserError
@@ -207,6 +209,8 @@ class DepmodResult:
     failures: list[ScanFailure]  #: module files that could not be read
     cache: ScanCache  #: the records, to store beside the index
     symbol_hashes: dict[bytes, int] = field(default_factory=dict)  #: kmod hash of each symbol name
+    fingerprint: bytes = b""  #: digest of every input of the index (records, order, config, kernel symbols)
+    unchanged: bool = False  #: True when the fingerprint equals the one passed as ``reuse``: nothing resolved
 
 
 class DependencyCycleError(UserError):
@@ -334,8 +338,13 @@ class Depmod:
 
     # --- the model ----------------------------------------------------------------
 
-    def compute(self) -> DepmodResult:
-        """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop."""
+    def compute(self, reuse: bytes | None = None, cache: ScanCache | None = None) -> DepmodResult:
+        """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop.
+
+        When the inputs' fingerprint equals ``reuse`` (the one of an index
+        already written), stop after the scan: the result is ``unchanged``.
+        ``cache`` is a cache already loaded (default: the one in ``cache_dir``).
+        """
         chosen, dir_errors = self.find_files()
         stats: dict[str, os.stat_result] = {}
         failures = [ScanFailure(d, "directory could not be read") for d in dir_errors]
@@ -344,10 +353,11 @@ class Depmod:
                 stats[path] = os.stat(path)
             except OSError as exc:
                 failures.append(ScanFailure(path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
-        cache = ScanCache.load(os.path.join(self.cache_dir, CACHE_NAME)) if self.cache_dir else ScanCache()
+        if cache is None:
+            cache = ScanCache.load(os.path.join(self.cache_dir, CACHE_NAME)) if self.cache_dir else ScanCache()
         records, read_failures = cache.scan(stats, self.jobs)
         failures += read_failures
-        empty = ModuleRecord((), (), (), ())
+        empty = ModuleRecord((), (), ())
         base = self.dirname + "/"
         modules: list[Module] = []
         for name, path in chosen.items():
@@ -358,6 +368,9 @@ class Depmod:
         self._apply_order(modules)
         for i, m in enumerate(modules):
             m.idx = i
+        fingerprint = self._fingerprint(modules, cache.digests)
+        if reuse is not None and fingerprint == reuse and not failures:
+            return DepmodResult(self.dirname, modules, {}, [], failures, cache, {}, fingerprint, True)
         symbols: dict[bytes, Module | None] = {}
         crcs: dict[bytes, int] = {}
         hashes: dict[bytes, int] = {}
@@ -372,7 +385,26 @@ class Depmod:
                 hashes[sym] = h
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
-        return DepmodResult(self.dirname, modules, symbols, issues, failures, cache, hashes)
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, cache, hashes, fingerprint)
+
+    def _fingerprint(self, modules: list[Module], digests: dict[str, bytes]) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.dirname, self.config, self.errsyms)).encode())
+        for extra in (self.symvers, self.system_map):
+            h.update(repr(extra).encode())
+            if extra is not None:
+                with open(extra, "rb") as f:
+                    h.update(hashlib.blake2b(f.read()).digest())
+        for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            try:
+                with open(os.path.join(self.dirname, name), "rb") as f:
+                    h.update(hashlib.blake2b(f.read()).digest())
+            except OSError:
+                h.update(b"-")
+        for m in modules:
+            h.update(f"{m.name}\0{m.path}\0".encode())
+            h.update(digests.get(m.path, b"?"))
+        return h.digest()
 
     def _apply_order(self, modules: list[Module]) -> None:
         try:
@@ -447,14 +479,22 @@ class Depmod:
         for m in modules:
             seen: set[int] = set()
             deps = m.deps
-            for name, crc, weak in m.record.needs:
+            rec = m.record
+            names = rec.need_list()
+            if not names:
+                continue
+            crc_words = array("Q")
+            if check:
+                crc_words.frombytes(rec.need_crcs)
+            weak = rec.need_weak
+            for k, name in enumerate(names):
                 key = name[1:] if name[:1] == b"." else name
                 if key not in symbols:
-                    if report and not weak:
+                    if report and not weak[k]:
                         issues.append(SymbolIssue(m.path, key.decode("latin-1"), False))
                     continue
                 owner = get(key)
-                if check and report and crcs.get(key) != crc and not weak:
+                if check and report and crcs.get(key) != crc_words[k] and not weak[k]:
                     issues.append(SymbolIssue(m.path, key.decode("latin-1"), True))
                 if owner is None or id(owner) in seen:
                     continue

@@ -16,12 +16,13 @@ beside the index so a second run re-reads only the modules that changed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import marshal
 import os
 import struct
+from array import array
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from kmodkit.errors import KmodkitError, ModuleFormatError
@@ -33,27 +34,55 @@ log = logging.getLogger(__name__)
 
 #: the cache file kmodkit keeps beside the index it writes
 CACHE_NAME = "modules.kmodkit-cache"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3
 _STB_WEAK = 2
 
 
 @dataclass(frozen=True)
 class ModuleRecord:
-    """What the index needs from one module file."""
+    """What the index needs from one module file.
+
+    The needed symbols are kept packed (one NUL-joined name blob, CRCs as
+    64-bit words, weak flags as bytes): a tree holds ~800,000 of them, and
+    the cache loads them as three objects per module.
+    """
 
     aliases: tuple[bytes, ...]  #: ``alias=`` values of .modinfo, in file order
     softdeps: tuple[bytes, ...]  #: ``softdep=`` values of .modinfo, in file order
     exports: tuple[tuple[bytes, int, int], ...]  #: (symbol, crc, kmod hash) the module exports, libkmod's order
-    needs: tuple[tuple[bytes, int, bool], ...]  #: (symbol, crc, weak) the module uses, libkmod's order
+    need_names: bytes = b""  #: symbols the module uses, NUL-joined, libkmod's order
+    need_crcs: bytes = b""  #: their CRCs from __versions (0 when absent), native 64-bit words
+    need_weak: bytes = b""  #: 1 for a weak reference, else 0, one byte per symbol
+
+    @property
+    def needs(self) -> list[tuple[bytes, int, bool]]:
+        """``(symbol, crc, weak)`` for each symbol the module uses, libkmod's order; [] when none."""
+        if not self.need_names:
+            return []
+        crcs = array("Q")
+        crcs.frombytes(self.need_crcs)
+        return [(n, c, bool(w)) for n, c, w in zip(self.need_names.split(b"\0"), crcs, self.need_weak)]
+
+    def need_list(self) -> list[bytes]:
+        """Just the names of :attr:`needs` (fast)."""
+        return self.need_names.split(b"\0") if self.need_names else []
 
     def to_tuple(self) -> tuple[object, ...]:
         """A marshal-friendly form (see :meth:`from_tuple`)."""
-        return (self.aliases, self.softdeps, self.exports, self.needs)
+        return (self.aliases, self.softdeps, self.exports, self.need_names, self.need_crcs, self.need_weak)
 
     @classmethod
     def from_tuple(cls, t: tuple[object, ...]) -> ModuleRecord:
         """The record :meth:`to_tuple` produced."""
         return cls(*t)  # type: ignore[arg-type]
+
+    @classmethod
+    def packed(cls, aliases: tuple[bytes, ...], softdeps: tuple[bytes, ...],
+               exports: tuple[tuple[bytes, int, int], ...], needs: list[tuple[bytes, int, bool]]) -> ModuleRecord:
+        """A record from unpacked needs."""
+        return cls(aliases, softdeps, exports, b"\0".join(n for n, _c, _w in needs),
+                   array("Q", [c & 0xFFFFFFFFFFFFFFFF for _n, c, _w in needs]).tobytes(),
+                   bytes(1 if w else 0 for _n, _c, w in needs))
 
 
 def read_module(path: str) -> ModuleRecord:
@@ -116,8 +145,8 @@ def _extract(mf: ModuleFile) -> ModuleRecord:
             shndx = [r[2] for r in rows]
             values = [r[3] for r in rows]
     exports = _exports(mf, secs, raw, strtab, names, shndx, values, little)
-    needs = _needs(mf, raw, strtab, names, shndx, info, is64, little) if has_symtab else ()
-    return ModuleRecord(tuple(aliases), tuple(softdeps), exports, needs)
+    needs = _needs(mf, raw, strtab, names, shndx, info, is64, little) if has_symtab else []
+    return ModuleRecord.packed(tuple(aliases), tuple(softdeps), exports, needs)
 
 
 def _cstr(table: bytes, off: int) -> bytes:
@@ -161,7 +190,7 @@ def _resolve_crc(mf: ModuleFile, by_index: dict[int, tuple[int, int]], value: in
 
 
 def _needs(mf: ModuleFile, raw: Callable[[str], memoryview | None], strtab: bytes, names: list[int],
-           shndx: list[int], info: list[int], is64: bool, little: bool) -> tuple[tuple[bytes, int, bool], ...]:
+           shndx: list[int], info: list[int], is64: bool, little: bool) -> list[tuple[bytes, int, bool]]:
     versions: list[tuple[bytes, int]] = []
     ver = raw("__versions")
     if ver is not None and len(ver) % 64 == 0:
@@ -187,7 +216,7 @@ def _needs(mf: ModuleFile, raw: Callable[[str], memoryview | None], strtab: byte
         seen = set(used)
         out += [(nm[1:] if nm.startswith(b".") else nm, crc, False) for idx, (nm, crc) in enumerate(versions)
                 if not (nm in seen and first[nm][0] == idx)]
-    return tuple(out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -213,9 +242,14 @@ def _read_batch(paths: list[str]) -> list[tuple[object, ...] | str]:
 class ScanCache:
     """Module records from an earlier run, keyed on path and (size, mtime, inode)."""
 
-    def __init__(self, entries: dict[str, tuple[int, int, int, tuple[object, ...]]] | None = None) -> None:
+    def __init__(self, entries: dict[str, tuple[int, int, int, tuple[object, ...], bytes]] | None = None,
+                 meta: dict[str, object] | None = None) -> None:
         self._entries = entries or {}
-        self._fresh: dict[str, tuple[int, int, int, tuple[object, ...]]] = {}
+        self._fresh: dict[str, tuple[int, int, int, tuple[object, ...], bytes]] = {}
+        #: what the last run wrote: ``fingerprint`` of its model and ``outputs`` name -> (size, mtime_ns)
+        self.meta: dict[str, object] = meta or {}
+        #: path -> digest of its record, for the records of the last scan
+        self.digests: dict[str, bytes] = {}
         #: how many records the last :meth:`scan` read from files (the rest came from the cache)
         self.read_count = 0
 
@@ -224,10 +258,10 @@ class ScanCache:
         """The cache stored at ``path``; an empty cache when it is missing or unreadable."""
         try:
             with open(path, "rb") as f:
-                version, entries = marshal.load(f)
-            if version != _CACHE_VERSION or not isinstance(entries, dict):
+                version, entries, meta = marshal.load(f)
+            if version != _CACHE_VERSION or not isinstance(entries, dict) or not isinstance(meta, dict):
                 return cls()
-            return cls(entries)
+            return cls(entries, meta)
         except (OSError, EOFError, ValueError, TypeError):
             return cls()
 
@@ -241,6 +275,7 @@ class ScanCache:
             if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
                 records[path] = ModuleRecord.from_tuple(hit[3])
                 self._fresh[path] = hit
+                self.digests[path] = hit[4]
             else:
                 todo.append(path)
         self.read_count = len(todo)
@@ -248,6 +283,8 @@ class ScanCache:
         if not todo:
             return records, failures
         if jobs > 1 and len(todo) >= 400:
+            from concurrent.futures import ProcessPoolExecutor
+
             size = (len(todo) + jobs * 4 - 1) // (jobs * 4)
             chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
             with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -260,10 +297,12 @@ class ScanCache:
                 continue
             st = stats[path]
             records[path] = ModuleRecord.from_tuple(result)
-            self._fresh[path] = (st.st_size, st.st_mtime_ns, st.st_ino, result)
+            digest = hashlib.blake2b(marshal.dumps(result), digest_size=16).digest()  # type: ignore[arg-type]
+            self._fresh[path] = (st.st_size, st.st_mtime_ns, st.st_ino, result, digest)
+            self.digests[path] = digest
         log.debug("read %d module files, %d from the cache", len(todo), len(records) - len(todo))
         return records, failures
 
     def dump(self) -> bytes:
         """The cache file's bytes: the records of the last scan only."""
-        return marshal.dumps((_CACHE_VERSION, self._fresh))
+        return marshal.dumps((_CACHE_VERSION, self._fresh, self.meta))

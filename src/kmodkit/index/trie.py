@@ -18,8 +18,8 @@ pattern) matches a string.
 
 from __future__ import annotations
 
-import os
 import struct
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from kmodkit.errors import UserError
@@ -65,51 +65,63 @@ def build_index(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
     """Serialise ``key -> [(priority, value), ...]`` (values in file order) as kmod's trie."""
     keys = sorted(values)
     out = bytearray(12)
+    extend, append = out.extend, out.append
     pack = struct.pack
+
+    def put_values(node_values: list[tuple[int, bytes]]) -> None:
+        extend(pack(">I", len(node_values)))
+        for prio, value in node_values:
+            extend(pack(">I", prio))
+            extend(value)
+            append(0)
 
     def node(lo: int, hi: int, depth: int, is_root: bool) -> int:
         # keys[lo:hi] share keys[lo][:depth]; this node's prefix is their
         # longest common continuation (the root never has one)
         first_key = keys[lo]
-        if is_root:
-            pos = depth
-        else:
+        if hi - lo == 1 and not is_root:  # a leaf: the rest of its key is its prefix
+            offset = len(out)
+            flags = _VALUES
+            if len(first_key) > depth:
+                extend(first_key[depth:])
+                append(0)
+                flags |= _PREFIX
+            put_values(values[first_key])
+            return offset | flags
+        pos = depth
+        if not is_root:
             last_key = keys[hi - 1]
-            pos = depth + len(os.path.commonprefix([first_key[depth:], last_key[depth:]]))
+            limit = min(len(first_key), len(last_key))
+            while pos < limit and first_key[pos] == last_key[pos]:
+                pos += 1
         node_values = None
-        start = lo
+        i = lo
         if len(first_key) == pos:
             node_values = values[first_key]
-            start = lo + 1
+            i = lo + 1
         children: list[tuple[int, int]] = []
-        i = start
+        stem = first_key[:pos]
         while i < hi:
             ch = keys[i][pos]
-            j = i + 1
-            while j < hi and keys[j][pos] == ch:
-                j += 1
+            j = bisect_left(keys, stem + bytes((ch + 1,)), i + 1, hi) if ch < 255 else hi
             children.append((ch, node(i, j, pos + 1, False)))
             i = j
         offset = len(out)
         if not is_root and pos > depth:
-            out.extend(first_key[depth:pos])
-            out.append(0)
+            extend(first_key[depth:pos])
+            append(0)
             offset |= _PREFIX
         if children:
             first, last = children[0][0], children[-1][0]
             table = [0] * (last - first + 1)
             for ch, off in children:
                 table[ch - first] = off
-            out.append(first)
-            out.append(last)
-            out.extend(pack(f">{len(table)}I", *table))
+            append(first)
+            append(last)
+            extend(pack(f">{len(table)}I", *table))
             offset |= _CHILDS
         if node_values:
-            out.extend(pack(">I", len(node_values)))
-            for prio, value in node_values:
-                out.extend(pack(">I", prio))
-                out.extend(value)
-                out.append(0)
+            put_values(node_values)
             offset |= _VALUES
         return offset
 
