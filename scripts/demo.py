@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 KMODKIT = str(BIN / "kmodkit")
+EXAMPLE = "example/hello"
 
 
 def step(title: str, *args: str, allow: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,14 @@ def main() -> int:
     step("version", "--version")
     step(f"what the newest kernel's module tree holds ({newest})", "info", "--summary", "-k", newest)
     step("one module in full, found by name as modprobe finds it", "info", "-k", newest, "af_key")
+
+    # environment and build
+    step("is this machine ready to build modules for its kernels?", "doctor")
+    step("lint the bundled example's source", "lint", EXAMPLE)
+    step("build the example for every installed kernel, in parallel", "build", EXAMPLE, "--all-installed")
+    built = sorted(str(p.relative_to(ROOT)) for p in (ROOT / EXAMPLE / "out").glob("*/hello.ko"))
+    step("what the builds hold (vermagic per kernel)", "info", "-F", "vermagic", *built)
+    step("one build in full", "info", built[0])
     print("\ndemo: done")
     return 0
 
