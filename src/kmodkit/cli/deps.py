@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
             status = 1
         results.append(plan)
         if not args.json:
-            out.writelines(f"{line}\n" for line in plan.show_depends())
+            lines = plan.show_depends()
+            if lines:
+                out.write("\n".join(lines) + "\n")
     if args.json:
         print_json(results)
     return status

@@ -24,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from kmodkit.errors import UserError
-from kmodkit.index.glob import fnmatch
+from kmodkit.index.config import Softdep
+from kmodkit.index.glob import fnmatch, is_pattern
 from kmodkit.index.lookup import FoundModule, ModuleTree
 from kmodkit.modfile.module import module_name
 
@@ -116,6 +117,7 @@ class Resolver:
         #: the tree (its ``config`` is the modprobe.d configuration)
         self.tree = tree
         self._softdep_cache: dict[str, tuple[list[FoundModule], list[FoundModule]]] = {}
+        self._softdep_table: tuple[dict[str, int], list[int]] | None = None
 
     def plan(self, request: str) -> LoadPlan:
         """The plan for a name or alias; a plan with no ``found`` modules when nothing matches."""
@@ -150,13 +152,35 @@ class Resolver:
             return hit
         pre: list[FoundModule] = []
         post: list[FoundModule] = []
-        for sd in self.tree.config.softdeps:
-            if fnmatch(sd.module.encode(), mod.name.encode()):
-                pre = [m for name in sd.pre for m in self._lookup_quiet(name)]
-                post = [m for name in sd.post for m in self._lookup_quiet(name)]
-                break
+        sd = self._first_softdep(mod.name)
+        if sd is not None:
+            pre = [m for name in sd.pre for m in self._lookup_quiet(name)]
+            post = [m for name in sd.post for m in self._lookup_quiet(name)]
         self._softdep_cache[mod.name] = (pre, post)
         return pre, post
+
+    def _first_softdep(self, name: str) -> Softdep | None:
+        # libkmod takes the first softdep line whose pattern matches; plain
+        # names are looked up in a table, only glob patterns are matched
+        if self._softdep_table is None:
+            exact: dict[str, int] = {}
+            globs: list[int] = []
+            for i, sd in enumerate(self.tree.config.softdeps):
+                if is_pattern(sd.module.encode()):
+                    globs.append(i)
+                else:
+                    exact.setdefault(sd.module, i)
+            self._softdep_table = (exact, globs)
+        exact, globs = self._softdep_table
+        best = exact.get(name)
+        encoded = name.encode()
+        for i in globs:
+            if best is not None and i > best:
+                break
+            if fnmatch(self.tree.config.softdeps[i].module.encode(), encoded):
+                best = i
+                break
+        return self.tree.config.softdeps[best] if best is not None else None
 
     def _lookup_quiet(self, name: str) -> list[FoundModule]:
         try:
