@@ -18,10 +18,8 @@ from kmodkit.signing.algorithms import KeyType
 from kmodkit.signing.keys import KeyRequest
 
 
-def test_rsa_key_and_certificate_as_default_x509_genkey(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "umask", os.umask)  # no-op; the file mode must not depend on the umask
-    old = os.umask(0)
+def test_rsa_key_and_certificate_as_default_x509_genkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = os.umask(0)  # the key's mode must not depend on the umask
     try:
         assert main(["keys", "new", "--out", str(tmp_path), "--bits", "2048", "--cn", "Example Corp modules"]) == 0
     finally:
