@@ -127,7 +127,7 @@ class ModprobeConfig:
             if not ok:
                 msg = f"{fname} line {lineno}: ignoring bad line starting with '{cmd}'"
                 self.problems.append(msg)
-                log.error("%s", msg)
+                log.warning("%s", msg)
 
     def _parse_cmdline(self, cmdline: str) -> None:
         for modname, param, value in _cmdline_options(cmdline):
