@@ -164,12 +164,12 @@ def _exports(mf: ModuleFile, secs: dict[str, tuple[int, int, int, int]], raw: Ca
         while pos >= 0:
             starts.add(pos)
             pos = strtab.find(b"__crc_", pos + 1)
-        if starts:
+        hits = starts.intersection(names)
+        if hits:
             by_index = {idx: (off, size) for idx, off, size, _t in secs.values()}
-            for k, n in enumerate(names):
-                if n in starts:
-                    name = _cstr(strtab, n + 6)
-                    out.append((name, _resolve_crc(mf, by_index, values[k], shndx[k], little), superfast(name)))
+            for k in [k for k, n in enumerate(names) if n in hits]:
+                name = _cstr(strtab, names[k] + 6)
+                out.append((name, _resolve_crc(mf, by_index, values[k], shndx[k], little), superfast(name)))
     if out:
         return tuple(out)
     # no modversions: every string of __ksymtab_strings (namespaces included, as libkmod does)
