@@ -28,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print everything as JSON, including symbols and signature")
     parser.add_argument("--summary", action="store_true",
                         help="summarize the modules (default: every module of the -k KVER tree) instead of listing them")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="with --json, neither read nor fill the cache of described files (~/.cache/kmodkit)")
     parser.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                         help="worker processes for large batches (default: one per CPU)")
 
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     first = True
     if view is View.JSON:
         out.write(b"[")
-    for item in render_all(query, view, field=args.field, separator=b"\0" if args.null else b"\n", jobs=args.jobs):
+    for item in render_all(query, view, field=args.field, separator=b"\0" if args.null else b"\n", jobs=args.jobs,
+                           cache=not args.no_cache):
         if item.error is not None:
             status = max(status, item.error.exit_status)
             out.flush()
