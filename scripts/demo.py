@@ -60,6 +60,21 @@ def main() -> int:
     built = sorted(str(p.relative_to(ROOT)) for p in (ROOT / EXAMPLE / "out").glob("*/hello.ko"))
     step("what the builds hold (vermagic per kernel)", "info", "-F", "vermagic", *built)
     step("one build in full", "info", built[0])
+
+    # signing and trust
+    keys = ROOT / ".kmodkit" / "keys"
+    if not (keys / "signing_key.pem").exists():
+        step("a development signing key (made once; the private key is 0600 and never printed)",
+             "keys", "new", "--out", str(keys.relative_to(ROOT)), "--cn", "kmodkit demo key")
+    key, cert = str((keys / "signing_key.pem").relative_to(ROOT)), str((keys / "signing_cert.der").relative_to(ROOT))
+    step("sign every build in one call, byte-identical to the kernel's sign-file", "sign", "--replace",
+         "--key", key, "--cert", cert, *built)
+    step("verify against our certificate", "verify", "--cert", cert, *built)
+    newest_build = next(b for b in built if f"/{newest}/" in b)
+    step(f"would {newest} accept it? (its own keys, read from /boot/vmlinuz-{newest})", "verify", "-k", newest,
+         newest_build, allow=(0, 1))
+    step("... and once our certificate is enrolled with mokutil", "verify", "-k", newest, "--mok", cert,
+         newest_build)
     print("\ndemo: done")
     return 0
 
