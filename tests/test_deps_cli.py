@@ -62,3 +62,20 @@ def test_bad_modprobe_d_lines_are_reported_with_file_and_line(generic_tree: Kern
     assert proc.stdout == ref.stdout and proc.returncode == ref.returncode == 0
     assert f"{tmp_path}/bad.conf line 2: ignoring bad line starting with 'bogus'" in proc.stderr
     assert f"{tmp_path}/bad.conf line 3: ignoring bad line starting with 'options'" in proc.stderr
+
+
+@pytest.mark.kernel
+def test_module_missing_from_disk_is_reported(generic_tree: KernelTree, tmp_path: Path) -> None:
+    """A tree whose modules.dep.bin names a file that is gone (the file removed in the test's copy)."""
+    moddir = tmp_path / "lib" / "modules" / generic_tree.release
+    (moddir / "kernel" / "net" / "key").mkdir(parents=True)
+    for name in ("modules.dep.bin", "modules.alias.bin", "modules.symbols.bin", "modules.builtin.bin",
+                 "modules.softdep"):
+        (moddir / name).write_bytes((generic_tree.moddir / name).read_bytes())
+    proc = subprocess.run(KMODKIT + ["deps", "-b", str(tmp_path), "-k", generic_tree.release, "-C", str(tmp_path),
+                                     "af_key"], capture_output=True, text=True)
+    ref = subprocess.run(["modprobe", "-d", str(tmp_path), "-S", generic_tree.release, "-C", str(tmp_path),
+                          "--show-depends", "af_key"], capture_output=True, text=True)
+    assert proc.stdout == ref.stdout  # modprobe prints the plan regardless
+    assert proc.returncode == 1 and "af_key.ko: listed in modules.dep but missing" in proc.stderr
+    assert "xfrm_algo" not in proc.stdout  # libkmod drops a dependency list naming a missing file

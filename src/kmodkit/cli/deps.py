@@ -28,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve every name; 1 when a name is unknown (every name is still reported)."""
+    import os
+
     from kmodkit.cli.output import error_line, print_json
     from kmodkit.errors import UserError
     from kmodkit.index.config import ModprobeConfig
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if chain is not None else 1
     status = 0
     results: list[object] = []
+    exists: dict[str, bool] = {}
     for name in args.names:
         norm = name.replace("-", "_")
         if args.reverse or args.tree:
@@ -75,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
                         error_line(norm, "cycle: " + " -> ".join(cycle))
             continue
         plan = resolver.plan(name)
+        for step in plan.steps:
+            if step.path is not None and step.path not in exists:
+                exists[step.path] = os.path.exists(step.path)
+            if step.path is not None and not exists[step.path]:
+                error_line(step.path, "listed in modules.dep but missing; reinstall the module or rerun kmodkit index")
+                status = 1
         if plan.not_found:
             sys.stderr.write(f"error: Module {name} not found in directory {dirname}\n")
             status = 1

@@ -20,6 +20,7 @@ The result is a :class:`LoadPlan` whose steps a loader executes in order.
 from __future__ import annotations
 
 import enum
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -118,6 +119,7 @@ class Resolver:
         self.tree = tree
         self._softdep_cache: dict[str, tuple[list[FoundModule], list[FoundModule]]] = {}
         self._softdep_table: tuple[dict[str, int], list[int]] | None = None
+        self._exists: dict[str, bool] = {}
 
     def plan(self, request: str) -> LoadPlan:
         """The plan for a name or alias; a plan with no ``found`` modules when nothing matches."""
@@ -144,6 +146,14 @@ class Resolver:
 
     def _dep_modules(self, mod: FoundModule) -> list[FoundModule]:
         deps = self.tree.dependencies(mod.name)
+        # libkmod creates each dependency from its path and gives up the whole
+        # list when one file is missing (kmod_module_parse_depline)
+        for p in deps:
+            ok = self._exists.get(p)
+            if ok is None:
+                ok = self._exists[p] = os.path.exists(p)
+            if not ok:
+                return []
         return [FoundModule(module_name(p), p) for p in reversed(deps)]
 
     def _softdeps(self, mod: FoundModule) -> tuple[list[FoundModule], list[FoundModule]]:
