@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from kmodkit.index.depmod import _config_files, _read_wrapped
+from kmodkit.index.depmodconf import config_files, read_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ModprobeConfig:
         """
         cfg = cls()
         dirs = list(paths) if paths is not None else list(MODPROBE_DIRS)
-        files = _config_files(dirs, (".conf", ".alias"))
+        files = config_files(dirs, (".conf", ".alias"))
         if moddir is not None:
             softdep = os.path.join(moddir, "modules.softdep")
             names = {os.path.basename(f): f for f in files}
@@ -85,7 +85,7 @@ class ModprobeConfig:
 
     def _parse_file(self, fname: str) -> None:
         self.files.append(fname)
-        for lineno, line in _read_wrapped(fname):
+        for lineno, line in read_wrapped(fname):
             if not line or line.startswith("#"):
                 continue
             words = line.replace("\t", " ").split(" ")

@@ -26,14 +26,13 @@ from array import array
 from dataclasses import dataclass, field
 
 from kmodkit.errors import ConfigError, NotFoundError, UserError
+from kmodkit.index.depmodconf import DepmodConfig
 from kmodkit.index.khash import MODULE_BUCKETS, superfast
 from kmodkit.index.scan import CACHE_NAME, ModuleRecord, ScanCache, ScanFailure
 from kmodkit.modfile.module import MODULE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-#: depmod.d directories, in kmod's order (a file name found earlier hides later ones)
-DEPMOD_DIRS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/lib/depmod.d")
 #: symbols the kernel provides without exporting them (added with -E / -F, as depmod does)
 _FAKE_SYMBOLS = (b"__this_module", b"_GLOBAL_OFFSET_TABLE_", b"TOC.")
 
@@ -41,127 +40,6 @@ _FAKE_SYMBOLS = (b"__this_module", b"_GLOBAL_OFFSET_TABLE_", b"TOC.")
 def path_to_modname(path: str) -> str:
     """kmod's ``path_to_modname``: the basename up to its first dot, ``-`` as ``_``."""
     return os.path.basename(path).split(".", 1)[0].replace("-", "_")
-
-
-@dataclass(frozen=True)
-class Search:
-    """One entry of depmod.d's ``search`` list."""
-
-    path: str | None  #: a directory relative to the tree, None for ``built-in`` / ``external``
-    builtin: bool = False  #: the ``built-in`` keyword (the tree itself)
-    external: bool = False  #: the ``external`` keyword (every ``external`` directory)
-
-
-@dataclass(frozen=True)
-class DepmodConfig:
-    """depmod.d settings for one kernel release."""
-
-    searches: tuple[Search, ...] = ()  #: highest priority first
-    overrides: tuple[str, ...] = ()  #: ``SUBDIR/MODNAME`` (no extension), latest first as kmod keeps them
-    externals: tuple[str, ...] = ()  #: external directories, latest first
-    excludes: tuple[str, ...] = ()  #: directory names never descended into
-    problems: tuple[str, ...] = ()  #: ``FILE:LINE: message`` for lines that were ignored
-
-    @classmethod
-    def load(cls, kver: str, paths: list[str] | None = None) -> DepmodConfig:
-        """Read depmod.d files from ``paths`` (default :data:`DEPMOD_DIRS`) for release ``kver``."""
-        files = _config_files(paths if paths is not None else list(DEPMOD_DIRS), (".conf",))
-        searches: list[Search] = []
-        overrides: list[str] = []
-        externals: list[str] = []
-        excludes: list[str] = []
-        problems: list[str] = []
-        for fname in files:
-            for lineno, line in _read_wrapped(fname):
-                words = line.split()
-                if not words or line.startswith("#"):
-                    continue
-                cmd, args = words[0], words[1:]
-                if cmd == "search":
-                    for word in args:
-                        searches.insert(0, Search(None, builtin=True) if word == "built-in" else
-                                        Search(None, external=True) if word == "external" else Search(word))
-                elif cmd == "override" and len(args) >= 3:
-                    if _kernel_matches(kver, args[1]):
-                        overrides.insert(0, f"{args[2]}/{args[0]}")
-                elif cmd == "external" and len(args) >= 2:
-                    if _kernel_matches(kver, args[0]):
-                        externals.insert(0, args[1])
-                elif cmd == "exclude":
-                    excludes.extend(args)
-                elif cmd in ("include", "make_map_files"):
-                    continue
-                else:
-                    problems.append(f"{fname}:{lineno}: ignoring bad line starting with '{cmd}'")
-        if not searches:
-            searches.append(Search("updates"))
-        # kmod prepends each entry: the list is walked latest first
-        return cls(tuple(searches), tuple(overrides), tuple(externals), tuple(excludes), tuple(problems))
-
-
-def _kernel_matches(kver: str, pattern: str) -> bool:
-    if pattern == "*":
-        return True
-    try:
-        return re.search(pattern, kver) is not None
-    except re.error:
-        return False
-
-
-def _config_files(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
-    """kmod's config file list: sorted by file name, the first directory naming a file wins."""
-    chosen: dict[str, str] = {}
-    for path in paths:
-        try:
-            if not os.path.isdir(path):
-                if os.path.exists(path):
-                    chosen.setdefault(os.path.basename(path), path)
-                continue
-            names = os.listdir(path)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith(".") or len(name) < 6 or not name.endswith(suffixes):
-                continue
-            full = os.path.join(path, name)
-            if os.path.isdir(full):
-                continue
-            chosen.setdefault(name, full)
-    return [chosen[name] for name in sorted(chosen, key=os.fsencode)]
-
-
-def _read_wrapped(path: str) -> list[tuple[int, str]]:
-    """Lines as kmod's ``freadline_wrapped`` returns them (backslash-newline joins), with line numbers."""
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except OSError as exc:
-        log.warning("%s: %s", path, exc.strerror)
-        return []
-    out: list[tuple[int, str]] = []
-    lineno = 0
-    buf: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        i += 1
-        if c == "\n":
-            lineno += 1
-            out.append((lineno, "".join(buf)))
-            buf = []
-        elif c == "\\" and i < n:
-            nxt = text[i]
-            i += 1
-            if nxt == "\n":
-                lineno += 1
-                continue
-            buf.append(nxt)
-        else:
-            buf.append(c)
-    if buf:
-        lineno += 1
-        out.append((lineno, "".join(buf)))
-    return out
 
 
 @dataclass
