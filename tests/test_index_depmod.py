@@ -184,3 +184,28 @@ def test_missing_tree_and_bad_release_are_one_line_errors(tmp_path: Path) -> Non
         proc = subprocess.run(KMODKIT + args, capture_output=True, text=True)
         assert proc.returncode == status
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("conf", [
+    "",  # default: "updates" first
+    "search extra built-in updates\n",
+    "search updates built-in\noverride af_key * extra\n",
+    "search built-in\nexclude updates\n",
+])
+def test_duplicate_modules_follow_depmod_d_priorities(cloud_tree: KernelTree, tmp_path: Path, conf: str) -> None:
+    """The same module in kernel/, updates/ and extra/ (copies made in the test), with depmod.d rules."""
+    root = tmp_path / "root"
+    moddir = make_tree(cloud_tree, root)
+    src = next(p for p in cloud_tree.modules() if p.name.startswith("af_key.ko"))
+    for sub in ("updates", "extra"):
+        (moddir / sub).mkdir()
+        shutil.copy(src, moddir / sub / src.name)
+    confdir = tmp_path / "depmod.d"
+    confdir.mkdir()
+    (confdir / "test.conf").write_text(conf)
+    assert depmod(root, cloud_tree.release, "-C", str(confdir)).returncode == 0
+    out = tmp_path / "out"
+    proc = kmodkit_index(root, cloud_tree.release, out, "--no-cache", "-C", str(confdir))
+    assert proc.returncode == 0, proc.stderr
+    assert_same(moddir, out)
