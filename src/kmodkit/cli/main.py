@@ -87,7 +87,8 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for name, label in ((logging.WARNING, "warning"), (logging.INFO, "info"), (logging.DEBUG, "debug")):
+    for name, label in ((logging.CRITICAL, "error"), (logging.ERROR, "error"), (logging.WARNING, "warning"),
+                        (logging.INFO, "info"), (logging.DEBUG, "debug")):
         logging.addLevelName(name, label)
 
 
