@@ -42,6 +42,24 @@ def installed_kernels() -> list[str]:
     return sorted(found, key=lambda r: [int(x) for x in re.findall(r"\d+", r)], reverse=True)
 
 
+def stage_tree(kver: str, module: Path) -> Path:
+    """A root holding lib/modules/KVER: the installed tree's kernel/ and lists, plus ``module`` in extra/."""
+    import shutil
+
+    root = ROOT / ".kmodkit" / "demo-root"
+    tree = root / "lib" / "modules" / kver
+    if tree.exists():
+        shutil.rmtree(root)
+    (tree / "extra").mkdir(parents=True)
+    (tree / "kernel").symlink_to(Path("/lib/modules") / kver / "kernel")
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        src = Path("/lib/modules") / kver / name
+        if src.exists():
+            shutil.copy(src, tree / name)
+    shutil.copy(module, tree / "extra" / module.name)
+    return root
+
+
 def main() -> int:
     kernels = installed_kernels()
     if not kernels:
@@ -75,6 +93,27 @@ def main() -> int:
          newest_build, allow=(0, 1))
     step("... and once our certificate is enrolled with mokutil", "verify", "-k", newest, "--mok", cert,
          newest_build)
+    # the index: the example installed into a copy of the generic kernel's tree
+    generic = next((k for k in kernels if re.search(r"-\d+-amd64$", k)), None)
+    if generic is None:
+        print("demo: error: no generic amd64 kernel installed (scripts/bootstrap setup installs one)", file=sys.stderr)
+        return 3
+    gen_build = next(b for b in built if f"/{generic}/" in b)
+    root = stage_tree(generic, ROOT / gen_build)
+    step(f"index a copy of {generic}'s tree with the example in extra/ (depmod's ten files, byte-identical)",
+         "index", "-b", str(root.relative_to(ROOT)), generic)
+    step("what loading the example takes, as modprobe would do it", "deps", "-b", str(root.relative_to(ROOT)),
+         "-k", generic, "--show-depends", "hello", "af_key")
+    step("why af_key needs xfrm_algo", "deps", "-k", generic, "--why", "af_key", "xfrm_algo")
+
+    # loading, in a really booted kernel
+    step(f"boot {generic} under QEMU, load the signed example with a parameter, read its status, unload it",
+         "vm", "run", "-k", generic, "--", "sh", "-c",
+         f"kmodkit load {gen_build} repeat=2 && kmodkit status hello && kmodkit health --manifest "
+         f"{EXAMPLE}/kmodkit.toml; kmodkit unload hello")
+    step("the same with module.sig_enforce=1: our key is not one the kernel trusts, so it is refused, and why",
+         "vm", "run", "-k", generic, "--append", "module.sig_enforce=1", "--", "kmodkit", "load", gen_build,
+         allow=(0, 1, 2, 3))
     print("\ndemo: done")
     return 0
 
