@@ -42,6 +42,17 @@ def time_cmd(args: Sequence[str], repeat: int = 3, **kw: object) -> float:
     return best_of(lambda: run(args, **kw), repeat)  # type: ignore[arg-type]
 
 
+def newest_generic_tree(who: str) -> str:
+    """The newest generic amd64 tree under /lib/modules (the ~4,000-module one); exit when there is none."""
+    import glob
+    import re
+
+    trees = [t for t in glob.glob("/lib/modules/*") if re.search(r"-\d+-amd64$", t) and glob.glob(f"{t}/kernel")]
+    if not trees:
+        raise SystemExit(f"{who}: no generic amd64 kernel under /lib/modules: run scripts/bootstrap setup")
+    return sorted(trees, key=lambda t: [int(x) for x in re.findall(r"\d+", t)])[-1]
+
+
 def machine() -> str:
     """One line about this machine: CPU model, cores, memory, Python."""
     model = "unknown CPU"

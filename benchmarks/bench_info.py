@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import glob
-import re
 import sys
 
-from _common import KMODKIT, Row, best_of, report, run, time_cmd
-
-
-def newest_generic_tree() -> str:
-    trees = [t for t in glob.glob("/lib/modules/*") if re.search(r"-\d+-amd64$", t) and glob.glob(f"{t}/kernel")]
-    if not trees:
-        raise SystemExit("bench_info: no generic amd64 kernel under /lib/modules: run scripts/bootstrap setup")
-    return sorted(trees, key=lambda t: [int(x) for x in re.findall(r"\d+", t)])[-1]
+from _common import KMODKIT, Row, best_of, newest_generic_tree, report, run, time_cmd
 
 
 def main() -> None:
-    tree = newest_generic_tree()
+    tree = newest_generic_tree("bench_info")
     files = sorted(glob.glob(f"{tree}/**/*.ko*", recursive=True))
     stdin = "\n".join(files).encode()
     rows = []

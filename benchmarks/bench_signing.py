@@ -14,23 +14,15 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import KMODKIT, ROOT, Row, best_of, report, run
+from _common import KMODKIT, ROOT, Row, best_of, newest_generic_tree, report, run
 
 COPIES = 300
-
-
-def newest_generic_tree() -> str:
-    trees = [t for t in glob.glob("/lib/modules/*") if re.search(r"-\d+-amd64$", t) and glob.glob(f"{t}/kernel")]
-    if not trees:
-        raise SystemExit("bench_signing: no generic amd64 kernel under /lib/modules: run scripts/bootstrap setup")
-    return sorted(trees, key=lambda t: [int(x) for x in re.findall(r"\d+", t)])[-1]
 
 
 def sign_file_tool() -> str:
@@ -131,7 +123,7 @@ def bench_verify(tree: str) -> list[Row]:
 
 
 def main() -> None:
-    tree = newest_generic_tree()
+    tree = newest_generic_tree("bench_signing")
     content = unsigned_module(tree)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
