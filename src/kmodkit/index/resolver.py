@@ -59,6 +59,7 @@ class LoadStep:
     options: str  #: module options (``""`` when none); for INSTALL, $CMDLINE_OPTS material
     command: str | None  #: the install command for INSTALL, else None
     reason: Reason  #: why the module is in the plan
+    group: int = 0  #: index in ``LoadPlan.found`` of the module whose probe list holds this step
 
     def show(self) -> str | None:
         """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
@@ -129,13 +130,13 @@ class Resolver:
             found = []
         steps: list[LoadStep] = []
         skipped: list[str] = []
-        for mod in found:
+        for group, mod in enumerate(found):
             if mod.alias is not None and self.tree.config.is_blacklisted(mod.name):
                 skipped.append(mod.name)
                 continue
             probe = _Probe(self.tree)
             self._probe_list(probe, mod, Reason.TARGET)
-            steps += [self._step(probe, m, reason) for m, reason in probe.items]
+            steps += [self._step(probe, m, reason, group) for m, reason in probe.items]
         return LoadPlan(request, tuple(found), tuple(steps), tuple(skipped))
 
     def plan_all(self, requests: list[str]) -> list[LoadPlan]:
@@ -168,6 +169,10 @@ class Resolver:
             post = [m for name in sd.post for m in self._lookup_quiet(name)]
         self._softdep_cache[mod.name] = (pre, post)
         return pre, post
+
+    def softdep(self, name: str) -> Softdep | None:
+        """The softdep line that applies to module ``name`` (the first that matches), None when none does."""
+        return self._first_softdep(name)
 
     def _first_softdep(self, name: str) -> Softdep | None:
         # libkmod takes the first softdep line whose pattern matches; plain
@@ -216,7 +221,7 @@ class Resolver:
         for m in post:
             self._probe_list(probe, m, Reason.SOFTDEP_POST)
 
-    def _step(self, probe: _Probe, mod: FoundModule, reason: Reason) -> LoadStep:
+    def _step(self, probe: _Probe, mod: FoundModule, reason: Reason, group: int) -> LoadStep:
         cfg = self.tree.config
         opts = cfg.options_for(mod.name, mod.alias)
         options = f"{opts} " if opts else ""  # libkmod joins "OPTS" and the (absent) extra options with a space
@@ -224,13 +229,13 @@ class Resolver:
         if command is None:
             command = next((c.command for c in cfg.install if fnmatch(c.module.encode(), mod.name.encode())), None)
         if command is not None and not probe.ignorecmd.get((mod.name, mod.alias), False):
-            return LoadStep(StepKind.INSTALL, mod.name, None, options, command, reason)
+            return LoadStep(StepKind.INSTALL, mod.name, None, options, command, reason, group)
         path = mod.path if mod.path is not None else self.tree.path_of(mod.name)
         if path is not None:
-            return LoadStep(StepKind.INSMOD, mod.name, path, options, None, reason)
+            return LoadStep(StepKind.INSMOD, mod.name, path, options, None, reason, group)
         if mod.builtin or self.tree.is_builtin(mod.name):
-            return LoadStep(StepKind.BUILTIN, mod.name, None, options, None, reason)
-        return LoadStep(StepKind.NONE, mod.name, None, options, None, reason)
+            return LoadStep(StepKind.BUILTIN, mod.name, None, options, None, reason, group)
+        return LoadStep(StepKind.NONE, mod.name, None, options, None, reason, group)
 
     # --- beyond modprobe -------------------------------------------------------------
 
