@@ -1,10 +1,14 @@
-"""``kmodkit load``: load a module and its dependencies, rolling back on failure."""
+"""``kmodkit load``: load a module and its dependencies as modprobe plans them, rolling back on failure."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmodkit.loader.plan import LoadPlan
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -12,6 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("params", nargs="*", metavar="PARAM=VALUE", help="parameters for the module")
     parser.add_argument("-k", "--set-version", dest="kver", metavar="KVER",
                         help="kernel tree to resolve names in (default: the running kernel)")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="kmodkit.toml whose [parameters] defaults apply to its module (default: the "
+                             "project manifest found beside or above a module file)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, load nothing")
     parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")
 
@@ -19,25 +26,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json
     from kmodkit.index.lookup import kernel_dir
+    from kmodkit.kbuild.manifest import Manifest
     from kmodkit.loader.loader import LoadFailed, Loader
-    from kmodkit.loader.plan import DependencyTree, build_plan
+    from kmodkit.loader.plan import Planner
     from kmodkit.runtime.modules import KernelModules
 
     moddir = kernel_dir(args.kver, None)
+    manifest = Manifest.load(args.manifest) if args.manifest else None
     if args.dry_run:
         loaded = KernelModules().loaded_names() if os.path.exists("/proc/modules") else frozenset()
-        plan = build_plan(args.target, args.params, DependencyTree(moddir), loaded)
+        plan: LoadPlan = Planner(moddir, loaded=loaded, manifest=manifest).plan(args.target, args.params)
         if args.json:
             print_json(plan)
         else:
-            for s in plan.steps:
-                extra = f" {' '.join(s.params)}" if s.params else ""
-                print(f"{'skip (loaded)' if s.already_loaded else 'load'} {s.name} {s.path}{extra}")
-            for b in plan.builtin:
-                print(f"builtin {b}")
+            for line in describe_plan(plan):
+                print(line)
         return 0
     loader = Loader()
-    plan = loader.plan(args.target, args.params, moddir)
+    plan = loader.plan(args.target, args.params, moddir, manifest)
     try:
         result = loader.load(plan)
     except LoadFailed as exc:
@@ -56,11 +62,40 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_status
     if args.json:
         print_json({"ok": True, **result.to_json()})
-    else:
-        for name in result.skipped:
-            print(f"already loaded {name}")
-        for name in result.loaded:
-            print(f"loaded {name}")
-        for line in result.kernel_lines:
-            print(f"  kernel: {line}")
+        return 0
+    for name in result.skipped:
+        print(f"already loaded {name}")
+    for run_ in result.installed:
+        print(f"ran install command of {run_.module}: {run_.command}")
+        for line in run_.output.splitlines():
+            print(f"  {line}")
+    for name in result.loaded:
+        print(f"loaded {name}")
+    for why in result.softdep_failures:
+        print(f"softdep {why.module} failed (ignored, as modprobe does): {why.problem}")
+    for line in result.kernel_lines:
+        print(f"  kernel: {line}")
     return 0
+
+
+def describe_plan(plan: LoadPlan) -> list[str]:
+    """One line per step of a load plan: what it does, the module, its file or command, its parameters, why."""
+    from kmodkit.index.resolver import StepKind
+
+    lines = []
+    for s in plan.steps:
+        params = f" {' '.join(s.params)}" if s.params else ""
+        why = s.reason.value if s.required else f"{s.reason.value}, optional"
+        if s.already_loaded:
+            lines.append(f"skip    {s.name} (loaded already)")
+        elif s.kind is StepKind.INSMOD:
+            lines.append(f"load    {s.name} {s.path}{params}  ({why})")
+        elif s.kind is StepKind.INSTALL:
+            lines.append(f"install {s.name}: /bin/sh -c '{s.command_line()}'  ({why})")
+        elif s.kind is StepKind.BUILTIN:
+            lines.append(f"builtin {s.name}  ({why})")
+        else:
+            lines.append(f"none    {s.name}: no file, not built in  ({why})")
+    for name in plan.blacklisted:
+        lines.append(f"blacklisted {name}")
+    return lines

@@ -23,6 +23,7 @@ class Reason(enum.Enum):
     PERMISSION = "permission"
     BUSY = "busy"
     INIT_FAILED = "init-failed"
+    INSTALL_COMMAND = "install-command"
     OTHER = "other"
 
 
@@ -169,6 +170,16 @@ def explain(module: str, err: int, records: list[KmsgRecord], sysfs: str = "/sys
                        f"the module's init function failed with -{name} ({os.strerror(err)})",
                        "read the kernel log (kmodkit vm keeps it) for the module's own messages", lines,
                        enforce, lockdown)
+
+
+def explain_install(module: str, command: str, status: int, output: str, sysfs: str = "/sys") -> Explanation:
+    """The explanation of an install command of modprobe.d that failed with exit ``status``."""
+    tail = output.strip().splitlines()[-1:] if output.strip() else []
+    said = f": {tail[0]}" if tail else ""
+    return Explanation(module, errno.EINVAL, Reason.INSTALL_COMMAND,
+                       f"the install command of modprobe.d '{command}' exited with status {status}{said}",
+                       f"read the 'install {module}' line of modprobe.d (kmodkit deps --show-depends {module})",
+                       (), read_sig_enforce(sysfs), read_lockdown(sysfs))
 
 
 def _yn(value: bool | None) -> str:

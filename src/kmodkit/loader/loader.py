@@ -9,6 +9,18 @@ Kernel rules this follows:
   Otherwise kmodkit decompresses and hands the image to init_module.
 * delete_module with O_NONBLOCK fails with EWOULDBLOCK/EBUSY while the module is
   held; kmodkit checks holders first to name them.
+
+Install commands.  An ``install NAME COMMAND`` line of modprobe.d replaces
+inserting NAME.  kmodkit runs it exactly as modprobe does (libkmod's
+``command_do``): ``/bin/sh -c COMMAND`` with ``$CMDLINE_OPTS`` replaced by
+the module's options and ``MODPROBE_MODULE=NAME`` in the environment; a
+non-zero exit fails the step.  The command is never a kmodkit argument: it
+comes from the system's modprobe.d, which only root writes, and running it
+is what the system asked for (``install cramfs /bin/false`` is how
+administrators forbid a module; skipping the line would load what they
+forbade).  The command's output is captured into the result, not printed.
+What a command loads is not kmodkit's to roll back: only modules this call
+inserted itself are unloaded when a later step fails.
 """
 
 from __future__ import annotations
@@ -16,13 +28,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
 from dataclasses import dataclass, field
 
 from kmodkit.errors import KmodkitError, SyscallError, UserError
 from kmodkit.loader import syscalls
-from kmodkit.loader.explain import Explanation, explain
+from kmodkit.index.resolver import StepKind
+from kmodkit.kbuild.manifest import Manifest
+from kmodkit.loader.explain import Explanation, explain, explain_install
 from kmodkit.loader.kmsg import KmsgWatcher
-from kmodkit.loader.plan import DependencyTree, LoadPlan, PlanStep
+from kmodkit.loader.plan import LoadPlan, Planner, PlanStep
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import ModuleFile, normalize_name
 from kmodkit.runtime.modules import KernelModules
@@ -49,17 +64,35 @@ class LoadFailed(KmodkitError):
 
 
 @dataclass(frozen=True)
+class InstallRun:
+    """An install command of modprobe.d that a load ran."""
+
+    module: str  #: the module the command stands for
+    command: str  #: the command as run (``$CMDLINE_OPTS`` replaced)
+    status: int  #: its exit status (0: success)
+    output: str  #: what it wrote to stdout and stderr
+
+    def to_json(self) -> dict[str, object]:
+        """The run as a JSON object."""
+        return {"module": self.module, "command": self.command, "status": self.status, "output": self.output}
+
+
+@dataclass(frozen=True)
 class LoadResult:
     """What a load did."""
 
     plan: LoadPlan  #: the plan that ran
-    loaded: tuple[str, ...]  #: modules this call loaded, in order
-    skipped: tuple[str, ...]  #: modules that were loaded already
+    loaded: tuple[str, ...]  #: modules this call inserted, in order
+    skipped: tuple[str, ...]  #: modules that were in the kernel already
+    installed: tuple[InstallRun, ...] = field(default=())  #: install commands that ran, in order
+    softdep_failures: tuple[Explanation, ...] = field(default=())  #: softdeps that failed (ignored, as modprobe)
     kernel_lines: tuple[str, ...] = field(default=())  #: warnings the kernel logged meanwhile
 
     def to_json(self) -> dict[str, object]:
         """The result as a JSON object."""
         return {"plan": self.plan.to_json(), "loaded": list(self.loaded), "skipped": list(self.skipped),
+                "installed": [r.to_json() for r in self.installed],
+                "softdep_failures": [e.to_json() for e in self.softdep_failures],
                 "kernel_lines": list(self.kernel_lines)}
 
 
@@ -85,37 +118,78 @@ class Loader:
         self.kernel = KernelModules(procfs, sysfs)
         self._sysfs = sysfs
 
-    def plan(self, target: str, params: list[str], moddir: str) -> LoadPlan:
-        """The plan for ``target`` in the tree ``moddir``, with loaded modules marked."""
-        from kmodkit.loader.plan import build_plan
+    def planner(self, moddir: str, manifest: Manifest | None = None) -> Planner:
+        """A planner for the tree ``moddir`` that knows what the running kernel has loaded."""
+        return Planner(moddir, loaded=self.kernel.loaded_names(), manifest=manifest)
 
-        return build_plan(target, params, DependencyTree(moddir), self.kernel.loaded_names())
+    def plan(self, target: str, params: list[str], moddir: str, manifest: Manifest | None = None) -> LoadPlan:
+        """The plan for ``target`` in the tree ``moddir``, with loaded modules marked."""
+        return self.planner(moddir, manifest).plan(target, params)
 
     def load(self, plan: LoadPlan) -> LoadResult:
-        """Load every step not loaded yet; on a failure unload what was loaded and raise LoadFailed."""
+        """Run every step not loaded yet; when a required one fails, unload what was loaded and raise LoadFailed.
+
+        A softdep that fails is recorded in the result and the load goes on,
+        as modprobe ignores failures of modules that are not required.
+        """
         done: list[str] = []
-        skipped = [s.name for s in plan.steps if s.already_loaded]
-        warnings: list[str] = []
+        skipped: list[str] = []
+        installed: list[InstallRun] = []
+        soft_failures: list[Explanation] = []
         with KmsgWatcher() as kmsg:
-            for step in plan.to_load:
-                try:
-                    self._load_one(step)
-                except SyscallError as exc:
-                    records = kmsg.new_records()
-                    if exc.errno == errno.EEXIST:
-                        # loaded meanwhile (or by the kernel's own request_module): not ours to roll back
+            for step in plan.steps:
+                if step.kind not in (StepKind.INSMOD, StepKind.INSTALL) or step.name in done \
+                        or any(r.module == step.name for r in installed):
+                    continue  # built in, nothing to do, or listed again (a dependency shared with a softdep)
+                if step.already_loaded or step.name in skipped:
+                    if step.name not in skipped:
                         skipped.append(step.name)
-                        continue
-                    why = explain(step.name, exc.errno, records, self._sysfs)
-                    rolled, left = self._rollback(done)
-                    raise LoadFailed(why, rolled, left) from None
-                done.append(step.name)
-                log.info("loaded %s", step.name)
+                    continue
+                why: Explanation | None = None
+                if step.kind is StepKind.INSTALL:
+                    run = self._run_install(step)
+                    installed.append(run)
+                    if run.status != 0:
+                        why = explain_install(step.name, run.command, run.status, run.output, self._sysfs)
+                else:
+                    try:
+                        self._load_one(step)
+                    except SyscallError as exc:
+                        records = kmsg.new_records()
+                        if exc.errno == errno.EEXIST:
+                            # loaded meanwhile (or by the kernel's own request_module): not ours to roll back
+                            skipped.append(step.name)
+                            continue
+                        why = explain(step.name, exc.errno, records, self._sysfs)
+                    else:
+                        done.append(step.name)
+                        log.info("loaded %s", step.name)
+                if why is None:
+                    continue
+                if not step.required:
+                    log.warning("softdep %s failed, going on as modprobe does: %s", step.name, why.problem)
+                    soft_failures.append(why)
+                    continue
+                rolled, left = self._rollback(done)
+                raise LoadFailed(why, rolled, left)
             warnings = [r.message for r in kmsg.new_records() if r.priority <= 4]
-        return LoadResult(plan, tuple(done), tuple(skipped), tuple(warnings))
+        return LoadResult(plan, tuple(done), tuple(skipped), tuple(installed), tuple(soft_failures), tuple(warnings))
+
+    def _run_install(self, step: PlanStep) -> InstallRun:
+        # libkmod's command_do: system(3) runs the line of modprobe.d through /bin/sh -c
+        command = step.command_line() or ""
+        log.info("install %s: %s", step.name, command)
+        env = {**os.environ, "MODPROBE_MODULE": step.name}
+        try:
+            done = subprocess.run(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        except OSError as exc:
+            return InstallRun(step.name, command, 127, f"cannot run /bin/sh: {exc.strerror}")
+        return InstallRun(step.name, command, done.returncode, done.stdout.decode("utf-8", "replace"))
 
     def _load_one(self, step: PlanStep) -> None:
         params = " ".join(step.params)
+        assert step.path is not None, "an insmod step names its file"
         fd = os.open(step.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with ModuleFile.open(step.path) as mf:

@@ -1,202 +1,258 @@
-"""What to load, in which order: a module, its dependencies, and the parameters each one gets.
+"""What to load, in which order, with which parameters: the index's Resolver, made ready for the loader.
 
-Names resolve in the target kernel's tree (``modules.dep``, ``modules.alias``);
-a path resolves its ``depends=`` first among the files beside it (an
-out-of-tree project with several modules), then in the tree.
+A name or alias is planned by :class:`kmodkit.index.resolver.Resolver`
+exactly as ``modprobe`` plans it: modules.dep dependencies, softdeps (from
+modules.softdep and modprobe.d), modprobe.d and kernel command-line options,
+the blacklist (aliases only) and install commands.  A module *file* is
+planned as modprobe would plan it once installed: its ``depends=`` are found
+first among the files beside it (an out-of-tree project with several
+modules), then in the tree, each planned by the Resolver; the softdep and
+options lines of modprobe.d apply by its name; it is always inserted (an
+install line names modules, not files).
+
+On top of the Resolver's steps the plan holds what the loader needs:
+
+* modules in the kernel already are marked.  When a module asked for (or a
+  dependency planned for a file) is loaded, libkmod returns before it builds
+  that module's probe list (``kmod_module_probe_insert_module``), so the plan
+  holds that one step, marked;
+* parameters, joined as :mod:`kmodkit.loader.params` describes;
+* which steps are *required*: the asked module and its modules.dep
+  dependencies.  Softdeps are not: libkmod ignores their failures (a module
+  without ``required`` in the same function), and so does the loader.
+
+A module the Resolver lists twice (a dependency shared with a softdep) stays
+listed twice, as ``modprobe --show-depends`` prints it; the loader skips the
+second one.  How install commands run is described in :mod:`kmodkit.loader.loader`.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kmodkit.errors import NotFoundError, UserError
+from kmodkit.index.config import ModprobeConfig
 from kmodkit.index.lookup import ModuleTree
+from kmodkit.index.resolver import LoadStep, Reason, Resolver, StepKind
+from kmodkit.kbuild.manifest import Manifest
+from kmodkit.loader.params import (check_params, find_manifest, is_module_path, join_params, manifest_defaults,
+                                   split_words)
 from kmodkit.modfile.module import MODULE_SUFFIXES, ModuleFile, module_name, normalize_name
+
+#: steps that change the kernel (the others only say what the kernel has)
+ACTING_KINDS = (StepKind.INSMOD, StepKind.INSTALL)
 
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One module to load."""
+    """One action of a load, in order."""
 
+    kind: StepKind  #: insert a file, run an install command, or nothing (built in / no file)
     name: str  #: the module name (underscores)
-    path: str  #: the module file
-    params: tuple[str, ...] = ()  #: ``key=value`` parameters for this module, in the order given
-    already_loaded: bool = False  #: True when the module is loaded already and the step is skipped
+    path: str | None  #: the module file for INSMOD, else None
+    params: tuple[str, ...]  #: parameter words in the order the kernel gets them (for INSTALL: $CMDLINE_OPTS)
+    command: str | None  #: the install command as modprobe.d writes it, for INSTALL; else None
+    reason: Reason  #: why the module is in the plan
+    required: bool  #: True when a failure stops the load and rolls back; False for softdeps
+    already_loaded: bool = False  #: True when the module is in the kernel already and the step is skipped
+
+    @property
+    def acts(self) -> bool:
+        """Whether running the step changes the kernel (an insert or an install command not skipped)."""
+        return self.kind in ACTING_KINDS and not self.already_loaded
+
+    def command_line(self) -> str | None:
+        """The install command with ``$CMDLINE_OPTS`` replaced by the parameters, as libkmod does; None for others."""
+        if self.command is None:
+            return None
+        return self.command.replace("$CMDLINE_OPTS", " ".join(self.params))
+
+    def show(self) -> str | None:
+        """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
+        opts = " ".join(self.params)
+        opts = f"{opts} " if opts else ""
+        if self.kind is StepKind.INSTALL:
+            return f"install {self.command} {opts}"
+        if self.kind is StepKind.INSMOD:
+            return f"insmod {self.path} {opts}"
+        if self.kind is StepKind.BUILTIN:
+            return f"builtin {self.name}"
+        return None
 
     def to_json(self) -> dict[str, object]:
         """The step as a JSON object."""
-        return {"name": self.name, "path": self.path, "params": list(self.params),
+        return {"kind": self.kind.value, "name": self.name, "path": self.path, "params": list(self.params),
+                "command": self.command, "reason": self.reason.value, "required": self.required,
                 "already_loaded": self.already_loaded}
 
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """Modules in load order: dependencies first, the asked module last."""
+    """Everything a load does, in order: dependencies and softdeps around the asked module."""
 
     target: str  #: what was asked for (name, alias or path)
-    steps: tuple[PlanStep, ...]  #: every module, dependencies first
-    builtin: tuple[str, ...] = field(default=())  #: needed modules built into the kernel (nothing to load)
+    steps: tuple[PlanStep, ...]  #: every step in order, skipped ones included
+    blacklisted: tuple[str, ...] = ()  #: modules an alias reached that modprobe.d blacklists (left out)
+    manifest: str | None = None  #: the kmodkit.toml whose parameter defaults apply, None when none does
 
     @property
     def to_load(self) -> list[PlanStep]:
-        """Steps that are not loaded yet (``[]`` when everything is)."""
-        return [s for s in self.steps if not s.already_loaded]
+        """Steps that change the kernel (``[]`` when everything is loaded or built in)."""
+        return [s for s in self.steps if s.acts]
+
+    @property
+    def builtin(self) -> list[str]:
+        """Names of planned modules the kernel image holds (``[]`` when none)."""
+        return [s.name for s in self.steps if s.kind is StepKind.BUILTIN]
+
+    def show_depends(self) -> list[str]:
+        """The lines ``modprobe --show-depends`` prints for this plan (skipped steps included)."""
+        return [line for line in (s.show() for s in self.steps) if line is not None]
 
     def to_json(self) -> dict[str, object]:
         """The plan as a JSON object."""
-        return {"target": self.target, "steps": [s.to_json() for s in self.steps], "builtin": list(self.builtin)}
+        return {"target": self.target, "steps": [s.to_json() for s in self.steps], "builtin": self.builtin,
+                "blacklisted": list(self.blacklisted), "manifest": self.manifest}
 
 
-class DependencyTree:
-    """Dependencies of the modules of one kernel tree, as ``modules.dep`` lists them."""
+class Planner:
+    """Plans loads in one kernel tree with its modprobe.d configuration.
 
-    def __init__(self, moddir: str) -> None:
-        #: the lookup of names and aliases in the tree
-        self.tree = ModuleTree(moddir)
-        #: ``/lib/modules/KVER``
-        self.moddir = moddir
-
-    @cached_property
-    def _deps(self) -> dict[str, tuple[str, list[str]]]:
-        out: dict[str, tuple[str, list[str]]] = {}
-        try:
-            with open(os.path.join(self.moddir, "modules.dep"), encoding="utf-8", errors="surrogateescape") as f:
-                for line in f:
-                    path, colon, rest = line.partition(":")
-                    if colon:
-                        out.setdefault(module_name(path), (self._abs(path), [self._abs(p) for p in rest.split()]))
-        except FileNotFoundError:
-            pass
-        return out
-
-    def _abs(self, rel: str) -> str:
-        return rel if rel.startswith("/") else f"{self.moddir}/{rel}"
-
-    def resolve(self, target: str) -> list[str]:
-        """Module names for a name or alias, ``[]`` when the tree has none."""
-        return [f.name for f in self.tree.lookup(target)]
-
-    def is_builtin(self, name: str) -> bool:
-        """Whether ``name`` is built into the kernel image."""
-        found = self.tree.lookup_name(name)
-        return found is not None and found.is_builtin
-
-    def chain(self, name: str) -> list[str] | None:
-        """Paths to load for ``name``, dependencies first; None when the tree has no such module file."""
-        entry = self._deps.get(normalize_name(name))
-        if entry is None:
-            return None
-        path, deps = entry
-        # modules.dep lists the closest dependency first: modprobe loads the list backwards
-        return [*reversed(deps), path]
-
-
-def plan_names(tree: DependencyTree, names: list[str]) -> tuple[list[str], list[str]]:
-    """Paths to load for several tree modules in order (no repeats) and the names that are built in.
-
-    Raises NotFoundError for a name the tree does not know.
+    ``config`` defaults to the system's modprobe.d and ``/proc/cmdline``, as
+    modprobe reads them; ``loaded`` names the modules in the kernel;
+    ``manifest`` gives parameter defaults to the module it names (without it,
+    a module file's own project manifest is looked for beside it).  Raises
+    NotFoundError when ``moddir`` does not exist.
     """
-    paths: list[str] = []
-    builtin: list[str] = []
-    for name in names:
-        chain = tree.chain(name)
-        if chain is None:
-            if tree.is_builtin(name):
-                builtin.append(normalize_name(name))
+
+    def __init__(self, moddir: str, config: ModprobeConfig | None = None, loaded: frozenset[str] = frozenset(),
+                 manifest: Manifest | None = None) -> None:
+        #: the tree and the configuration its lookups consult
+        self.tree = ModuleTree(moddir, config if config is not None else ModprobeConfig.load(moddir))
+        #: modprobe's planner over the tree
+        self.resolver = Resolver(self.tree)
+        #: modules in the kernel now
+        self.loaded = loaded
+        #: the manifest given explicitly, None to look for one beside a module file
+        self.manifest = manifest
+
+    def plan(self, target: str, params: Sequence[str] = ()) -> LoadPlan:
+        """The plan for ``target`` (a name, alias or module file), with ``params`` for the module asked for.
+
+        Raises NotFoundError when the target or a dependency cannot be found,
+        UserError when a parameter is not one the module declares or every
+        module an alias names is blacklisted.
+        """
+        if is_module_path(target):
+            plan = self._plan_file(target, list(params))
+        else:
+            plan = self._plan_name(target, list(params))
+        if self.manifest is not None and all(s.name != self.manifest.name for s in plan.steps):
+            raise UserError(str(self.manifest.path), f"is the manifest of module {self.manifest.name}, "
+                            f"which loading {target} does not load", "name that module, or drop --manifest")
+        return plan
+
+    # --- names and aliases: the Resolver ----------------------------------------------
+
+    def _plan_name(self, target: str, params: list[str]) -> LoadPlan:
+        manifest = self.manifest
+        steps, blacklisted = self._resolve(target, Reason.TARGET, True, params, manifest)
+        if steps is None:
+            raise NotFoundError(target, f"no module or alias of that name in {self.tree.dirname}",
+                                "check the name with 'kmodkit deps', or give the module file's path")
+        if not steps and blacklisted:
+            raise UserError(target, f"every module this alias names is blacklisted ({', '.join(blacklisted)})",
+                            "load the module by its own name: modprobe.d blacklists apply to aliases only")
+        return LoadPlan(target, tuple(steps), blacklisted, str(manifest.path) if manifest else None)
+
+    def _resolve(self, request: str, reason: Reason, required: bool, params: list[str],
+                 manifest: Manifest | None) -> tuple[list[PlanStep] | None, tuple[str, ...]]:
+        """Steps for a name or alias planned by the Resolver (None when the tree has nothing by that name),
+        and the blacklisted modules the alias reached."""
+        rplan = self.resolver.plan(request)
+        if rplan.not_found:
+            return None, ()
+        out: list[PlanStep] = []
+        for group, found in enumerate(rplan.found):
+            steps = [s for s in rplan.steps if s.group == group]
+            if not steps:
+                continue  # blacklisted
+            needed = {found.name, *(module_name(p) for p in self.tree.dependencies(found.name))} if required \
+                else set()
+            if found.name in self.loaded:
+                # libkmod stops here: the module asked for is in the kernel, its probe list is not built
+                first = next(s for s in steps if s.reason is Reason.TARGET)
+                out.append(self._step(first, reason, required, params, manifest, loaded=True))
                 continue
-            raise NotFoundError(name, f"no such module in {tree.moddir}", "check the name with 'kmodkit info'")
-        for p in chain:
-            if p not in paths:
-                paths.append(p)
-    return paths, builtin
+            for s in steps:
+                own = s.reason is Reason.TARGET
+                out.append(self._step(s, reason if own else s.reason, s.name in needed, params if own else [],
+                                      manifest))
+        return out, rplan.blacklisted
 
+    def _step(self, s: LoadStep, reason: Reason, required: bool, params: list[str], manifest: Manifest | None,
+              loaded: bool = False) -> PlanStep:
+        defaults = manifest_defaults(manifest) if manifest is not None and manifest.name == s.name else ()
+        file = s.path or (self.tree.path_of(s.name) if s.kind is StepKind.INSTALL else None)
+        if s.kind is StepKind.BUILTIN and params:
+            raise UserError(s.name, "is built into the kernel: its parameters cannot be given at load time",
+                            f"set them on the kernel command line as {s.name}.PARAM=VALUE")
+        if file is not None and os.path.exists(file):
+            if manifest is not None and defaults:
+                check_params(file, defaults, origin=str(manifest.path))
+            check_params(file, params)
+        words = join_params(defaults, split_words(s.options), params)
+        already = loaded or (s.kind in ACTING_KINDS and s.name in self.loaded)
+        return PlanStep(s.kind, s.name, s.path, words, s.command, reason, required, already)
 
-def _is_path(target: str) -> bool:
-    return os.sep in target or target.endswith(MODULE_SUFFIXES)
+    # --- module files ------------------------------------------------------------------
 
-
-def build_plan(target: str, params: list[str], tree: DependencyTree, loaded: frozenset[str] = frozenset()) -> LoadPlan:
-    """The load plan for ``target`` (a name, alias or module file) with ``params`` for the target itself.
-
-    Modules named in ``loaded`` are marked already loaded.  Raises NotFoundError
-    when the target or a dependency cannot be found, UserError when a parameter
-    is not one the module declares.
-    """
-    builtin: list[str] = []
-    if _is_path(target):
+    def _plan_file(self, target: str, params: list[str]) -> LoadPlan:
         if not os.path.isfile(target):
-            raise NotFoundError(target, "no such module file")
-        paths = _chain_of_file(os.path.abspath(target), tree, builtin)
-    else:
-        names = tree.resolve(target)
-        if not names:
-            raise NotFoundError(target, f"no module or alias of that name in {tree.moddir}",
-                                "check the name with 'kmodkit info', or give the module file's path")
-        paths, builtin = plan_names(tree, names[:1])
-        if not paths:
-            return LoadPlan(target, (), tuple(builtin))
-    check_params(paths[-1], params)
-    steps = []
-    for i, p in enumerate(paths):
-        name = module_name(p)
-        steps.append(PlanStep(name, p, tuple(params) if i == len(paths) - 1 else (), name in loaded))
-    return LoadPlan(target, tuple(steps), tuple(builtin))
+            raise NotFoundError(target, "no such module file", "check the path, or name the module instead")
+        path = os.path.abspath(target)
+        with ModuleFile.open(path) as mf:
+            name = mf.name
+        manifest = self.manifest or find_manifest(path, name)
+        directory = os.path.dirname(path)
+        siblings = {module_name(f): os.path.join(directory, f) for f in os.listdir(directory)
+                    if f.endswith(MODULE_SUFFIXES)}
+        steps: list[PlanStep] = []
+        visited: set[str] = set()
 
-
-def _chain_of_file(path: str, tree: DependencyTree, builtin: list[str]) -> list[str]:
-    order: list[str] = []
-    visiting: set[str] = set()
-    siblings = {module_name(f): os.path.join(os.path.dirname(path), f)
-                for f in os.listdir(os.path.dirname(path)) if f.endswith(MODULE_SUFFIXES)}
-
-    def visit(p: str) -> None:
-        if p in order or p in visiting:
-            return
-        visiting.add(p)
-        with ModuleFile.open(p) as mf:
-            depends = mf.depends
-        for dep in depends:
-            dep = normalize_name(dep)
-            if dep in siblings:
-                visit(siblings[dep])
-                continue
-            chain = tree.chain(dep)
-            if chain is None:
-                if tree.is_builtin(dep):
-                    builtin.append(dep)
+        def visit(p: str, reason: Reason) -> None:
+            if p in visited:
+                return
+            visited.add(p)
+            with ModuleFile.open(p) as mf:
+                mname, depends = mf.name, mf.depends
+            own = params if reason is Reason.TARGET else []
+            if mname in self.loaded:
+                steps.append(self._file_step(p, mname, reason, own, manifest, loaded=True))
+                return
+            for dep in (normalize_name(d) for d in depends):
+                if dep in siblings and siblings[dep] != p:
+                    visit(siblings[dep], Reason.DEPENDENCY)
                     continue
-                raise NotFoundError(p, f"needs module '{dep}', found neither beside it nor in {tree.moddir}",
-                                    "put the module beside it or install it in the kernel's tree")
-            for c in chain:
-                if c not in order:
-                    order.append(c)
-        order.append(p)
+                found, _ = self._resolve(dep, Reason.DEPENDENCY, True, [], manifest)
+                if found is None:
+                    raise NotFoundError(p, f"needs module '{dep}', found neither beside it nor in {self.tree.dirname}",
+                                        "put the module beside it or install it in the kernel's tree")
+                steps.extend(found)
+            softdep = self.resolver.softdep(mname)
+            for pre in softdep.pre if softdep else ():
+                steps.extend(self._resolve(pre, Reason.SOFTDEP_PRE, False, [], manifest)[0] or [])
+            steps.append(self._file_step(p, mname, reason, own, manifest))
+            for post in softdep.post if softdep else ():
+                steps.extend(self._resolve(post, Reason.SOFTDEP_POST, False, [], manifest)[0] or [])
 
-    visit(path)
-    return order
+        visit(path, Reason.TARGET)
+        return LoadPlan(target, tuple(steps), (), str(manifest.path) if manifest else None)
 
-
-def check_params(path: str, params: list[str]) -> None:
-    """Refuse ``key=value`` parameters the module at ``path`` does not declare (close names are suggested)."""
-    if not params:
-        return
-    with ModuleFile.open(path) as mf:
-        declared = [p.name for p in mf.parameters]
-        name = mf.name
-    for item in params:
-        key, eq, _ = item.partition("=")
-        if not key:
-            raise UserError(item, "is not a parameter", "write NAME=VALUE")
-        # the kernel compares parameter names with '-' and '_' alike (parameq)
-        if normalize_name(key) in (normalize_name(d) for d in declared):
-            continue
-        if not declared:
-            raise UserError(f"{name}: {key}", "unknown parameter: the module declares no parameters",
-                            "load it without parameters")
-        close = difflib.get_close_matches(key, declared, n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise UserError(f"{name}: {key}", "unknown parameter",
-                        f"{hint}the module declares: {', '.join(declared)}")
+    def _file_step(self, path: str, name: str, reason: Reason, params: list[str], manifest: Manifest | None,
+                   loaded: bool = False) -> PlanStep:
+        options = self.tree.config.options_for(name)
+        step = LoadStep(StepKind.INSMOD, name, path, options, None, reason)
+        return self._step(step, reason, True, params, manifest, loaded)

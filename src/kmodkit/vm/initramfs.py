@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass
 
 from kmodkit.errors import EnvironmentNotReady, NotFoundError
-from kmodkit.loader.plan import DependencyTree, plan_names
+from kmodkit.index.lookup import ModuleTree
 from kmodkit.modfile.module import ModuleFile, module_name
 
 #: the busybox the guest runs; it must be static (the initramfs has no libc)
@@ -101,9 +101,19 @@ def share_modules(moddir: str, share: Share) -> list[tuple[str, bytes]]:
 
     Built-in modules are left out.  Raises NotFoundError when the tree lacks one.
     """
-    tree = DependencyTree(moddir)
-    wanted = list(SHARE_RECIPES[share].modules) + [m for m in OPTIONAL_MODULES if tree.chain(m) is not None]
-    paths, _builtin = plan_names(tree, wanted)
+    tree = ModuleTree(moddir)
+    wanted = list(SHARE_RECIPES[share].modules) + [m for m in OPTIONAL_MODULES if tree.path_of(m) is not None]
+    paths: list[str] = []
+    for name in wanted:
+        path = tree.path_of(name)
+        if path is None:
+            if tree.is_builtin(name):
+                continue
+            raise NotFoundError(name, f"no such module in {moddir}", "check the name with 'kmodkit info'")
+        # modules.dep lists the closest dependency first: load the list backwards
+        for p in [*reversed(tree.dependencies(name)), path]:
+            if p not in paths:
+                paths.append(p)
     out = []
     for p in paths:
         with ModuleFile.open(p) as mf:

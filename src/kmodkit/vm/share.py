@@ -9,7 +9,7 @@ import time
 from typing import IO
 
 from kmodkit.errors import EnvironmentNotReady
-from kmodkit.loader.plan import DependencyTree
+from kmodkit.index.lookup import ModuleTree
 from kmodkit.vm.initramfs import SHARE_RECIPES, Share
 
 #: where distributions install virtiofsd (Debian 12: qemu-system-common; later: the virtiofsd package)
@@ -26,8 +26,8 @@ def find_virtiofsd() -> str | None:
 
 def kernel_has(moddir: str, share: Share) -> bool:
     """Whether the kernel of ``moddir`` has every module (or built-in) ``share`` needs."""
-    tree = DependencyTree(moddir)
-    return all(tree.chain(m) is not None or tree.is_builtin(m) for m in SHARE_RECIPES[share].modules)
+    tree = ModuleTree(moddir)
+    return all(tree.path_of(m) is not None or tree.is_builtin(m) for m in SHARE_RECIPES[share].modules)
 
 
 def choose_share(moddir: str) -> Share:
