@@ -4,12 +4,14 @@ health and exporter against modules built here and modules of the kernel's own t
 Two boots in all (TCG here, about half a minute each): one with the kernel's defaults, one with
 module.sig_enforce=1.  Inside, one script runs every check through kmodkit's CLI entry point and
 reports JSON on its output; the tests below assert on that report, so each check fails on its own.
+In the first boot the guest mounts a tmpfs over its own /etc/modprobe.d (the host's is untouched)
+and writes MODPROBE_CONF there, so plans meet real options, softdep and install lines.  The module
+signed for the second boot is signed by kmodkit with a key kmodkit made.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,9 @@ MODULES_C = {
         static char *greeting = "hello";
         module_param(greeting, charp, 0444);
         MODULE_PARM_DESC(greeting, "what to say");
+        static int repeat = 1;
+        module_param(repeat, int, 0444);
+        MODULE_PARM_DESC(repeat, "how many times");
         static int __init hello_init(void) { pr_info("hello: %s %d\n", greeting, n); return 0; }
         static void __exit hello_exit(void) { }
         module_init(hello_init);
@@ -58,6 +63,17 @@ MODULES_C = {
         MODULE_LICENSE("GPL");
     """,
 }
+
+#: the guest's /etc/modprobe.d: an options line for a module file's name, a softdep whose pre module is an
+#: install command that fails (ignored, as modprobe ignores softdep failures) and whose post module is an
+#: install command that reports its environment
+MODPROBE_CONF = """\
+options hello greeting=conf
+softdep hello pre: kk_fail post: kk_probe
+install kk_fail /bin/false
+install kk_probe echo probed $MODPROBE_MODULE $CMDLINE_OPTS
+options kk_probe x=1
+"""
 
 GUEST_SCRIPT = r'''
 import io, json, os, subprocess, sys, time, urllib.request
@@ -92,9 +108,14 @@ def read(path):
         return None
 
 if sys.argv[2] == "default":
-    report["load_hello"] = kk("load", f"{D}/hello.ko", "n=5", "greeting=hi", "--json")
+    subprocess.run(["mount", "-t", "tmpfs", "kmodkit-test", "/etc/modprobe.d"], check=True)
+    with open("/etc/modprobe.d/kmodkit-test.conf", "w") as f, open(f"{D}/modprobe.conf") as conf:
+        f.write(conf.read())
+    report["load_hello"] = kk("load", f"{D}/hello.ko", "n=5", "--json")
     report["param_n"] = read("/sys/module/hello/parameters/n")
     report["param_greeting"] = read("/sys/module/hello/parameters/greeting")
+    report["param_repeat"] = read("/sys/module/hello/parameters/repeat")
+    report["install_fails"] = kk("load", "kk_fail", "--json")
     report["load_hello_again"] = kk("load", f"{D}/hello.ko", "--json")
     report["bad_param"] = kk("load", f"{D}/hello.ko", "nn=1")
     report["status_hello"] = kk("status", "hello", "--json")
@@ -146,18 +167,15 @@ def _build(src: Path, headers: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _sign_file(headers: Path) -> Path:
-    for cand in (headers / "scripts/sign-file", *Path("/usr/lib").glob("linux-kbuild-*/scripts/sign-file")):
-        if cand.exists():
-            return cand
-    need("sign-file (linux-kbuild)")
-    raise AssertionError("unreachable")
+def _kmodkit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kmodkit", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[KernelTree, Path]:
     """Test modules built for the newest generic kernel (plus hello for another kernel, and signed by
-    a key no kernel trusts), a manifest, and the guest script; under the host's /tmp, which the guest sees."""
+    kmodkit with a key kmodkit made, which no kernel trusts), a manifest, the guest's modprobe.d lines and
+    the guest script; under the host's /tmp, which the guest sees."""
     if shutil.which("qemu-system-x86_64") is None:
         need("qemu-system-x86")
     tree = _newest_generic()
@@ -173,16 +191,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[KernelTree, Path]
     (d / "other/hello.c").write_text(textwrap.dedent(MODULES_C["hello.c"]))
     (d / "other/Kbuild").write_text("obj-m := hello.o\n")
     _build(d / "other", other.headers)  # type: ignore[union-attr, arg-type]
-    # a key of our own: the kernel does not trust it
-    key, cert = d / "untrusted.key", d / "untrusted.crt"
-    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=kmodkit test untrusted", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    os.chmod(key, 0o600)
+    # a key of our own, made and used by kmodkit: the kernel does not trust it
+    made = _kmodkit("keys", "new", "--out", str(d / "keys"), "--cn", "kmodkit test untrusted", "--bits", "2048")
+    assert made.returncode == 0, made.stderr
     (d / "signed").mkdir()
-    subprocess.run([str(_sign_file(tree.headers)), "sha256", str(key), str(cert),  # type: ignore[arg-type]
-                    str(d / "hello.ko"), str(d / "signed/hello.ko")], check=True)
-    (d / "kmodkit.toml").write_text('[module]\nname = "hello"\nversion = "1.2"\n[health]\nallow_taint = "OE"\n')
+    shutil.copy(d / "hello.ko", d / "signed/hello.ko")
+    signed = _kmodkit("sign", "--key", str(d / "keys/signing_key.pem"), "--cert", str(d / "keys/signing_cert.der"),
+                      str(d / "signed/hello.ko"))
+    assert signed.returncode == 0, signed.stderr
+    (d / "kmodkit.toml").write_text('[module]\nname = "hello"\nversion = "1.2"\n'
+                                    '[parameters.repeat]\ntype = "int"\ndefault = 2\n[health]\nallow_taint = "OE"\n')
+    (d / "modprobe.conf").write_text(MODPROBE_CONF)
     (d / "wrong.toml").write_text('[module]\nname = "hello"\nversion = "9.9"\n[health]\nallow_taint = ""\n'
                                   '[[health.modules]]\nname = "not_there"\n')
     (d / "guest.py").write_text(GUEST_SCRIPT)
@@ -224,17 +243,48 @@ def _j(report: dict[str, object], key: str) -> dict[str, object]:
 def test_run_keeps_the_whole_kernel_log(default_boot: dict[str, object]) -> None:
     log = str(default_boot["_kernel_log"])
     assert "Linux version" in log.splitlines()[0]
-    assert "hello: hi 5" in log  # the module's own line, logged while the command ran
+    assert "hello: conf 5" in log  # the module's own line, logged while the command ran
 
 
 def test_load_with_parameters_and_read_them_back(default_boot: dict[str, object]) -> None:
     load = _j(default_boot, "load_hello")
     assert load["rc"] == 0, load["err"]
-    assert load["json"]["loaded"] == ["hello"]  # type: ignore[index]
+    doc = load["json"]
+    assert isinstance(doc, dict)
+    assert doc["loaded"] == ["hello"]
+    # kmodkit.toml's default, then modprobe.d's options line, then the command line
+    [step] = [s for s in doc["plan"]["steps"] if s["name"] == "hello"]
+    assert step["params"] == ["repeat=2", "greeting=conf", "n=5"]
+    assert doc["plan"]["manifest"].endswith("/kmodkit.toml")
     assert default_boot["param_n"] == "5"
-    assert default_boot["param_greeting"] == "hi"
+    assert default_boot["param_greeting"] == "conf"
+    assert default_boot["param_repeat"] == "2"
     again = _j(default_boot, "load_hello_again")
     assert again["rc"] == 0 and again["json"]["skipped"] == ["hello"]  # type: ignore[index]
+    assert again["json"]["installed"] == []  # type: ignore[index]  # a loaded target plans nothing else
+
+
+def test_softdeps_run_install_commands_and_a_failing_softdep_is_ignored(default_boot: dict[str, object]) -> None:
+    doc = _j(default_boot, "load_hello")["json"]
+    assert isinstance(doc, dict)
+    assert [(s["name"], s["kind"], s["reason"], s["required"]) for s in doc["plan"]["steps"]] == [
+        ("kk_fail", "install", "softdep-pre", False), ("hello", "insmod", "target", True),
+        ("kk_probe", "install", "softdep-post", False)]
+    runs = {r["module"]: r for r in doc["installed"]}
+    assert runs["kk_fail"]["status"] == 1
+    # /bin/sh -c with $CMDLINE_OPTS replaced and MODPROBE_MODULE set, as modprobe runs it
+    assert runs["kk_probe"] == {"module": "kk_probe", "command": "echo probed $MODPROBE_MODULE x=1", "status": 0,
+                                "output": "probed kk_probe x=1\n"}
+    [failed] = doc["softdep_failures"]
+    assert failed["module"] == "kk_fail" and failed["reason"] == "install-command"
+
+
+def test_a_failing_install_command_of_the_module_asked_for_fails_the_load(default_boot: dict[str, object]) -> None:
+    fail = _j(default_boot, "install_fails")
+    assert fail["rc"] == 1
+    why = fail["json"]["explanation"]  # type: ignore[index]
+    assert why["reason"] == "install-command" and why["errno"] == "EINVAL"
+    assert "'/bin/false' exited with status 1" in why["problem"]
 
 
 def test_undeclared_parameter_is_refused_before_loading_with_a_suggestion(default_boot: dict[str, object]) -> None:
@@ -329,13 +379,24 @@ def test_module_for_another_kernel_is_explained_with_the_kernels_line(default_bo
     assert default_boot["after_vermagic"] is False
 
 
+def test_kmodkit_signature_verifies_on_the_host_but_the_kernel_would_not_trust_it(
+        workdir: tuple[KernelTree, Path]) -> None:
+    tree, d = workdir
+    ours = _kmodkit("verify", "--cert", str(d / "keys/signing_cert.der"), str(d / "signed/hello.ko"))
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    kernel = _kmodkit("verify", "-k", tree.release, str(d / "signed/hello.ko"))
+    assert kernel.returncode == 1, kernel.stdout + kernel.stderr
+
+
 def test_sig_enforce_refuses_unsigned_and_untrusted_and_loads_debian_signed(enforcing_boot: dict[str, object]) -> None:
     assert enforcing_boot["sig_enforce"] == "Y"
     unsigned = _j(enforcing_boot, "unsigned")["json"]["explanation"]  # type: ignore[index]
     assert unsigned["reason"] == "signature-refused" and unsigned["errno"] == "EKEYREJECTED"
     assert "unsigned module" in unsigned["problem"] and "sig_enforce=1" in unsigned["problem"]
+    # signed by kmodkit: well formed (a malformed one fails with EBADMSG), refused only because the kernel lacks
+    # the key: kernel/module/signing.c turns ENOKEY into "module with unavailable key" and EKEYREJECTED
     untrusted = _j(enforcing_boot, "untrusted")["json"]["explanation"]  # type: ignore[index]
-    assert untrusted["reason"] == "signature-refused"
+    assert untrusted["reason"] == "signature-refused" and untrusted["errno"] == "EKEYREJECTED"
     assert "unavailable key" in untrusted["problem"]
     debian = _j(enforcing_boot, "debian_signed")
     assert debian["rc"] == 0, debian["err"]
