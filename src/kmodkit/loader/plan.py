@@ -19,7 +19,10 @@ On top of the Resolver's steps the plan holds what the loader needs:
 * parameters, joined as :mod:`kmodkit.loader.params` describes;
 * which steps are *required*: the asked module and its modules.dep
   dependencies.  Softdeps are not: libkmod ignores their failures (a module
-  without ``required`` in the same function), and so does the loader.
+  without ``required`` in the same function), and so does the loader.  When
+  an alias reaches several modules, each is required: modprobe goes on to
+  the next one after a failure and exits with the last one's status, while
+  kmodkit stops and rolls back, so a load never half-succeeds.
 
 A module the Resolver lists twice (a dependency shared with a softdep) stays
 listed twice, as ``modprobe --show-depends`` prints it; the loader skips the
