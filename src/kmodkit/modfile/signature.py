@@ -15,6 +15,7 @@ This module only *reads* the trailer; creating and verifying signatures is
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from dataclasses import dataclass
@@ -156,8 +157,25 @@ _CN_OID = bytes.fromhex("550403")
 _SIGNED_DATA_OID = bytes.fromhex("2a864886f70d010702")
 
 
+#: messages parsed before, by length: (the bytes before the signature value, where it starts, the parse).
+#: Modules signed by one key differ only in the signature's bytes, so a tree parses once per key.
+_SEEN: dict[int, list[tuple[bytes, int, Pkcs7Signer]]] = {}
+
+
 def parse_pkcs7(der: bytes, name: str = "<memory>") -> Pkcs7Signer:
     """Parse a module's detached PKCS#7 SignedData; :class:`ModuleFormatError` if it does not parse."""
+    for prefix, start, parsed in _SEEN.get(len(der), ()):
+        if der.startswith(prefix):
+            return dataclasses.replace(parsed, signature=der[start:])
+    signer, start = _parse_pkcs7(der, name)
+    if start + len(signer.signature) == len(der):  # nothing follows the signature: safe to reuse
+        seen = _SEEN.setdefault(len(der), [])
+        if len(seen) < 8:
+            seen.append((der[:start], start, signer))
+    return signer
+
+
+def _parse_pkcs7(der: bytes, name: str) -> tuple[Pkcs7Signer, int]:
     from kmodkit.modfile import der as d
 
     try:
@@ -219,7 +237,7 @@ def parse_pkcs7(der: bytes, name: str = "<memory>") -> Pkcs7Signer:
             signature=der[sig.body:sig.end],
             signed_attrs=signed_attrs,
             certificates=certs,
-        )
+        ), sig.body
     except (ValueError, IndexError) as exc:
         raise ModuleFormatError(name, f"signature is not a valid PKCS#7 message ({exc})") from None
 
