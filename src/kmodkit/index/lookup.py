@@ -86,6 +86,7 @@ class ModuleTree:
         self.dirname = dirname
         #: the modprobe.d configuration lookups consult
         self.config = config or ModprobeConfig()
+        self._deplines: dict[str, str | None] = {}  # a plan asks for the same dependency many times
 
     def _index(self, name: str) -> IndexReader | None:
         return IndexReader.open(os.path.join(self.dirname, name))
@@ -132,10 +133,12 @@ class ModuleTree:
 
     def depline(self, name: str) -> str | None:
         """The modules.dep line of module ``name`` (``PATH: DEP...``), or None."""
-        if self.dep_index is None:
-            return None
-        line = self.dep_index.search(name.encode())
-        return line.decode("utf-8", "surrogateescape") if line is not None else None
+        if name in self._deplines:
+            return self._deplines[name]
+        line = None if self.dep_index is None else self.dep_index.search(name.encode())
+        found = line.decode("utf-8", "surrogateescape") if line is not None else None
+        self._deplines[name] = found
+        return found
 
     def path_of(self, name: str) -> str | None:
         """Absolute path of module ``name`` from modules.dep.bin, or None."""
