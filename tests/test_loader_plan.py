@@ -248,3 +248,18 @@ def test_kmsg_record_parsing() -> None:
     rec = parse_record(b"4,1234,5678901,-;hello: Unknown symbol foo (err -2)\n SUBSYSTEM=module\n")
     assert rec == KmsgRecord(4, 1234, 5678901, "hello: Unknown symbol foo (err -2)")
     assert parse_record(b"garbage") is None
+
+
+def test_install_command_parameters_are_data_not_shell(tmp_path: Path) -> None:
+    """A parameter like $(cmd) reaches an install command as text: the shell expands $CMDLINE_OPTS, never runs it."""
+    from kmodkit.index.resolver import Reason, StepKind
+    from kmodkit.loader.loader import run_install_command
+    from kmodkit.loader.plan import PlanStep
+
+    marker = tmp_path / "ran"
+    step = PlanStep(StepKind.INSTALL, "kk_probe", None, ("x=1", f"y=$(touch {marker})", f"z=`touch {marker}`"),
+                    "echo probing $MODPROBE_MODULE $CMDLINE_OPTS", Reason.TARGET, True)
+    run = run_install_command(step)
+    assert run.status == 0
+    assert run.output == f"probing kk_probe x=1 y=$(touch {marker}) z=`touch {marker}`\n"
+    assert not marker.exists()

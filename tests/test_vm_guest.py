@@ -272,7 +272,7 @@ def test_softdeps_run_install_commands_and_a_failing_softdep_is_ignored(default_
         ("kk_probe", "install", "softdep-post", False)]
     runs = {r["module"]: r for r in doc["installed"]}
     assert runs["kk_fail"]["status"] == 1
-    # /bin/sh -c with $CMDLINE_OPTS replaced and MODPROBE_MODULE set, as modprobe runs it
+    # /bin/sh -c with CMDLINE_OPTS and MODPROBE_MODULE in the environment (the shell expands $CMDLINE_OPTS)
     assert runs["kk_probe"] == {"module": "kk_probe", "command": "echo probed $MODPROBE_MODULE x=1", "status": 0,
                                 "output": "probed kk_probe x=1\n"}
     [failed] = doc["softdep_failures"]

@@ -91,7 +91,8 @@ def describe_plan(plan: LoadPlan) -> list[str]:
         elif s.kind is StepKind.INSMOD:
             lines.append(f"load    {s.name} {s.path}{params}  ({why})")
         elif s.kind is StepKind.INSTALL:
-            lines.append(f"install {s.name}: /bin/sh -c '{s.command_line()}'  ({why})")
+            opts = f" with CMDLINE_OPTS='{' '.join(s.params)}'" if s.params else ""
+            lines.append(f"install {s.name}: /bin/sh -c '{s.command}'{opts}  ({why})")
         elif s.kind is StepKind.BUILTIN:
             lines.append(f"builtin {s.name}  ({why})")
         else:

@@ -68,7 +68,7 @@ class InstallRun:
     """An install command of modprobe.d that a load ran."""
 
     module: str  #: the module the command stands for
-    command: str  #: the command as run (``$CMDLINE_OPTS`` replaced)
+    command: str  #: the command as shown (``$CMDLINE_OPTS`` written out; the shell got it from the environment)
     status: int  #: its exit status (0: success)
     output: str  #: what it wrote to stdout and stderr
 
@@ -147,7 +147,7 @@ class Loader:
                     continue
                 why: Explanation | None = None
                 if step.kind is StepKind.INSTALL:
-                    run = self._run_install(step)
+                    run = run_install_command(step)
                     installed.append(run)
                     if run.status != 0:
                         why = explain_install(step.name, run.command, run.status, run.output, self._sysfs)
@@ -174,18 +174,6 @@ class Loader:
                 raise LoadFailed(why, rolled, left)
             warnings = [r.message for r in kmsg.new_records() if r.priority <= 4]
         return LoadResult(plan, tuple(done), tuple(skipped), tuple(installed), tuple(soft_failures), tuple(warnings))
-
-    def _run_install(self, step: PlanStep) -> InstallRun:
-        # libkmod's command_do: system(3) runs the line of modprobe.d through /bin/sh -c
-        command = step.command_line() or ""
-        log.info("install %s: %s", step.name, command)
-        env = {**os.environ, "MODPROBE_MODULE": step.name}
-        try:
-            done = subprocess.run(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        except OSError as exc:
-            return InstallRun(step.name, command, 127, f"cannot run /bin/sh: {exc.strerror}")
-        return InstallRun(step.name, command, done.returncode, done.stdout.decode("utf-8", "replace"))
 
     def _load_one(self, step: PlanStep) -> None:
         params = " ".join(step.params)
@@ -270,3 +258,22 @@ class Loader:
                     out.add(dep)
                     todo.append(dep)
         return out
+
+
+def run_install_command(step: PlanStep) -> InstallRun:
+    """Run an install step's modprobe.d command as modprobe does; the result holds its status and output.
+
+    libkmod's command_do runs the line through ``/bin/sh -c`` (system(3)).  The line is root's
+    configuration; the parameters may come from whoever runs kmodkit, so unlike libkmod they are not
+    pasted into the line: ``$CMDLINE_OPTS`` is an environment variable the shell expands (split into words
+    the same way, but a value such as ``$(cmd)`` stays text instead of running).
+    """
+    command = step.command_line() or ""
+    log.info("install %s: %s", step.name, command)
+    env = {**os.environ, "MODPROBE_MODULE": step.name, "CMDLINE_OPTS": " ".join(step.params)}
+    try:
+        done = subprocess.run(["/bin/sh", "-c", step.command or ""], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    except OSError as exc:
+        return InstallRun(step.name, command, 127, f"cannot run /bin/sh: {exc.strerror}")
+    return InstallRun(step.name, command, done.returncode, done.stdout.decode("utf-8", "replace"))
