@@ -169,6 +169,8 @@ def parse_pkcs7(der: bytes, name: str = "<memory>") -> Pkcs7Signer:
             return dataclasses.replace(parsed, signature=der[start:])
     signer, start = _parse_pkcs7(der, name)
     if start + len(signer.signature) == len(der):  # nothing follows the signature: safe to reuse
+        if len(_SEEN) >= 256:  # a tree has a handful of keys; garbage input must not grow this forever
+            _SEEN.clear()
         seen = _SEEN.setdefault(len(der), [])
         if len(seen) < 8:
             seen.append((der[:start], start, signer))
