@@ -244,6 +244,21 @@ class ElfImage:
             st_name, value, size, info, _other, shndx = fmt.unpack_from(self.data, sym.offset + pos)
         return Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
 
+    def symbol_values(self) -> list[tuple[int, int]]:
+        """``(st_value, st_shndx)`` of every ``.symtab`` entry, the null one included (index = symbol number).
+
+        Unpacked in C without decoding names: for hot loops that follow relocations.
+        """
+        found = self.symtab()
+        if found is None:
+            return []
+        sym, _strings = found
+        fmt = self.endian + ("6xHQ8x" if self.is64 else "4xI4x2xH")
+        step = 24 if self.is64 else 16
+        data = self.section_data(sym)
+        rows = list(struct.iter_unpack(fmt, data[:len(data) - len(data) % step]))
+        return [(v, i) for i, v in rows] if self.is64 else rows
+
     def symbol_names_by_section(self) -> list[tuple[str, int]]:
         """``(name, shndx)`` for every named symbol (see :meth:`symbol_names_in` for a cheaper subset)."""
         return self.symbol_names_in(_ALL_SECTIONS)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from kmodkit.errors import ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
-from kmodkit.modfile.elf import SHN_UNDEF, ElfImage, Section, Symbol
+from kmodkit.modfile.elf import SHN_UNDEF, ElfImage, Section
 from kmodkit.modfile.signature import Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
 
 #: file-name endings kmod takes for module files (shared/util.c: kmod_exts)
@@ -294,13 +294,13 @@ class ModuleFile:
         if strings_sec is None:
             return {}
         strings = bytes(elf.section_data(strings_sec))
+        values = elf.symbol_values()
         result: dict[str, str] = {}
         for rela_name in (".rela__ksymtab", ".rela__ksymtab_gpl"):
             rela = elf.get_section_by_name(rela_name)
             if rela is None or rela.type != 4:
                 continue
             refs: dict[int, dict[int, int]] = {}
-            targets: dict[int, Symbol | None] = {}
             fmt = elf.endian + ("QQq" if elf.is64 else "IIi")
             data = elf.section_data(rela)
             step = struct.calcsize(fmt)
@@ -309,12 +309,9 @@ class ModuleFile:
                 if field == 0:  # the value offset points at code, not at a string
                     continue
                 symidx = r_info >> 32 if elf.is64 else r_info >> 8
-                if symidx not in targets:
-                    targets[symidx] = elf.symbol(symidx)
-                target = targets[symidx]
-                if target is None or target.shndx != strings_sec.number:
+                if symidx >= len(values) or values[symidx][1] != strings_sec.number:
                     continue
-                off = target.value + addend
+                off = values[symidx][0] + addend
                 refs.setdefault(entry, {})[field] = off
             for fields in refs.values():
                 if 4 in fields and 8 in fields:
