@@ -64,6 +64,7 @@ def test_undefined_symbols_and_build_id_match_binutils(generic_tree: KernelTree)
         build_id = re.search(r"Build ID: ([0-9a-f]+)", notes)
         with ModuleFile.open(path) as mod:
             assert mod.undefined_symbols() == want, path
+            assert sorted({s.name for s in mod.elf.iter_symbols() if s.shndx == 0 and s.name}) == want
             assert mod.build_id == (build_id.group(1) if build_id else None), path
 
 

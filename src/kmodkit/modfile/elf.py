@@ -228,22 +228,6 @@ class ElfImage:
                 st_name, value, size, info, _other, shndx = entry
             yield Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
 
-    def symbol(self, number: int) -> Symbol | None:
-        """The ``.symtab`` entry at position ``number``, or None when out of range or stripped."""
-        found = self.symtab()
-        if found is None or number <= 0:
-            return None
-        sym, strings = found
-        fmt = struct.Struct(self.endian + ("IBBHQQ" if self.is64 else "IIIBBH"))
-        pos = number * fmt.size
-        if pos + fmt.size > sym.size:
-            return None
-        if self.is64:
-            st_name, info, _other, shndx, value, size = fmt.unpack_from(self.data, sym.offset + pos)
-        else:
-            st_name, value, size, info, _other, shndx = fmt.unpack_from(self.data, sym.offset + pos)
-        return Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
-
     def symbol_values(self) -> list[tuple[int, int]]:
         """``(st_value, st_shndx)`` of every ``.symtab`` entry, the null one included (index = symbol number).
 
@@ -258,10 +242,6 @@ class ElfImage:
         data = self.section_data(sym)
         rows = list(struct.iter_unpack(fmt, data[:len(data) - len(data) % step]))
         return [(v, i) for i, v in rows] if self.is64 else rows
-
-    def symbol_names_by_section(self) -> list[tuple[str, int]]:
-        """``(name, shndx)`` for every named symbol (see :meth:`symbol_names_in` for a cheaper subset)."""
-        return self.symbol_names_in(_ALL_SECTIONS)
 
     def symbol_names_in(self, sections: frozenset[int] | set[int]) -> list[tuple[str, int]]:
         """``(name, shndx)`` of the named symbols whose section number is in ``sections``.
@@ -291,14 +271,6 @@ class ElfImage:
         if not strings.isascii():
             out = [(n.encode("latin-1").decode("utf-8", "replace"), i) for n, i in out]
         return out
-
-
-class _AllSections(frozenset[int]):
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_ALL_SECTIONS = _AllSections()
 
 
 def _cstr(table: bytes, offset: int, name: str) -> str:
