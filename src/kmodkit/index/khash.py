@@ -9,15 +9,16 @@ Paul Hsieh's SuperFastHash over the key's bytes, read little-endian.
 
 from __future__ import annotations
 
+import struct
+
 _M = 0xFFFFFFFF
 
 #: buckets of depmod's symbol table and of its module-name table
 SYMBOL_BUCKETS = 2048
 MODULE_BUCKETS = 512
 
-
-def _schar(b: int) -> int:
-    return b - 256 if b >= 128 else b
+# unpackers of a key's 16-bit halves, little-endian, one per length (keys up to 256 bytes)
+_HALVES = [struct.Struct(f"<{n}H") for n in range(0, 129)]
 
 
 def superfast(key: bytes) -> int:
@@ -26,26 +27,33 @@ def superfast(key: bytes) -> int:
     h = n
     rem = n & 3
     end = n - rem
-    i = 0
-    while i < end:
-        h = (h + (key[i] | key[i + 1] << 8)) & _M
-        tmp = (((key[i + 2] | key[i + 3] << 8) << 11) ^ h) & _M
-        h = ((h << 16) & _M) ^ tmp
-        h = (h + (h >> 11)) & _M
-        i += 4
+    if end:
+        pairs = end >> 1
+        unpack = _HALVES[pairs].unpack_from if pairs < len(_HALVES) else struct.Struct(f"<{pairs}H").unpack_from
+        it = iter(unpack(key))
+        for lo, hi in zip(it, it):
+            # +, ^ and << keep the low 32 bits right without a mask; only >> needs one first
+            h += lo
+            h = ((h << 16) ^ (hi << 11) ^ h) & _M
+            h += h >> 11
+    # the tail: kmod reads a lone byte as a (signed) char
     if rem == 3:
-        h = (h + (key[i] | key[i + 1] << 8)) & _M
+        h = (h + (key[end] | key[end + 1] << 8)) & _M
         h ^= (h << 16) & _M
-        h ^= (_schar(key[i + 2]) << 18) & _M
+        k = key[end + 2]
+        h ^= ((k - 256 if k >= 128 else k) << 18) & _M
         h = (h + (h >> 11)) & _M
     elif rem == 2:
-        h = (h + (key[i] | key[i + 1] << 8)) & _M
+        h = (h + (key[end] | key[end + 1] << 8)) & _M
         h ^= (h << 11) & _M
         h = (h + (h >> 17)) & _M
     elif rem == 1:
-        h = (h + _schar(key[i])) & _M
+        k = key[end]
+        h = (h + (k - 256 if k >= 128 else k)) & _M
         h ^= (h << 10) & _M
         h = (h + (h >> 1)) & _M
+    else:
+        h &= _M
     h ^= (h << 3) & _M
     h = (h + (h >> 5)) & _M
     h ^= (h << 4) & _M
