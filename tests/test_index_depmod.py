@@ -19,7 +19,7 @@ from conftest import KernelTree
 from elfwriter import Sec, build, simple_module
 from kmodkit.index.depfiles import INDEX_FILES, render_all, write_index
 from kmodkit.index.depmod import Depmod, DependencyCycleError
-from kmodkit.index.scan import CACHE_NAME
+from kmodkit.index.cache import CACHE_NAME, RECORDS_NAME
 
 KMODKIT = [sys.executable, "-m", "kmodkit"]
 _TREE_FILES = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
@@ -77,7 +77,7 @@ def test_every_file_equals_depmod(which: str, request: pytest.FixtureRequest, tm
     proc = kmodkit_index(tmp_path / "root", tree.release, out, "--no-cache")
     assert proc.returncode == 0, proc.stderr
     assert_same(moddir, out)
-    assert not (out / CACHE_NAME).exists()
+    assert not (out / CACHE_NAME).exists() and not (out / RECORDS_NAME).exists()
 
 
 @pytest.mark.kernel

@@ -28,32 +28,36 @@ def run(args: argparse.Namespace) -> int:
     """Compute and write the index; 1 when modules could not be read or symbols are unknown with -e."""
     import os
 
+    from kmodkit.index.inputs import INDEX_FILES, TreeInputs
+
+    inputs = TreeInputs(args.kver, args.basedir, config_paths=args.config, symvers=args.symvers,
+                        system_map=args.filesyms)
+    outdir = args.outdir or inputs.dirname
+    cache = None
+    if not args.no_cache:
+        from kmodkit.index.cache import IndexCache
+
+        cache = IndexCache.load(outdir)
+    walk = inputs.walk(cache.listings if cache is not None else None)
+    identity = inputs.identity(walk.now_ns)
+    if cache is not None and not args.dry_run and not args.errsyms:
+        # the quick path: same inputs as the index already there, so nothing to write but stats
+        current, read = cache.is_current(identity, walk)
+        if current:
+            cache.save_head(identity, walk)
+            if args.json:
+                from kmodkit.cli.output import print_json
+
+                print_json({"outdir": os.path.abspath(outdir), "modules": len(walk.chosen), "files": [],
+                            "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
+            return 0
+
     from kmodkit.cli.output import error_line, print_json
-    from kmodkit.index.depfiles import INDEX_FILES, render_all, write_index
+    from kmodkit.index.depfiles import render_all, write_index
     from kmodkit.index.depmod import Depmod
 
-    dm = Depmod(args.kver, args.basedir, config_paths=args.config, symvers=args.symvers,
-                system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs)
-    outdir = args.outdir or dm.dirname
-    from kmodkit.index.depfiles import outputs_match
-    from kmodkit.index.scan import CACHE_NAME, ScanCache
-
-    reuse = None
-    cache = ScanCache() if args.no_cache else ScanCache.load(os.path.join(outdir, CACHE_NAME))
-    previous = cache.meta
-    if not args.dry_run and outputs_match(outdir, previous.get("outputs")):
-        fp = previous.get("fingerprint")
-        reuse = fp if isinstance(fp, bytes) else None
-    result = dm.compute(reuse, cache)
-    if result.unchanged:
-        # same inputs as the index already there: refresh the cache's file stats only
-        result.cache.meta = previous
-        write_index({}, outdir, result.cache.dump())
-        if args.json:
-            print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules), "files": [],
-                        "unchanged": list(INDEX_FILES), "read": result.cache.read_count, "failures": [],
-                        "issues": []})
-        return 0
+    dm = Depmod(args.kver, errsyms=args.errsyms, jobs=args.jobs, inputs=inputs)
+    result = dm.compute(walk, cache)
     files = render_all(result)
     for problem in dm.config.problems:
         error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
@@ -64,18 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.buffer.write(files["modules.dep"])
         return 1 if result.failures else 0
-    if args.no_cache:
-        written = write_index(files, outdir, None)
-    else:
-        from kmodkit.index.depfiles import output_stats
-
-        written = write_index(files, outdir, None)
-        result.cache.meta = {"fingerprint": result.fingerprint, "outputs": output_stats(outdir)}
-        write_index({}, outdir, result.cache.dump())
+    written = write_index(files, outdir)
+    if cache is not None:
+        cache.save(identity, walk, result.records)
     if args.json:
         print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules),
                     "files": list(written.files), "unchanged": list(written.unchanged),
-                    "read": result.cache.read_count,
+                    "read": result.read_count,
                     "failures": [{"path": f.path, "reason": f.reason} for f in result.failures],
                     "issues": [str(i) for i in result.issues]})
     return 1 if result.failures or (args.errsyms and result.issues) else 0

@@ -16,18 +16,13 @@ from dataclasses import dataclass
 
 from kmodkit.errors import UserError
 from kmodkit.index.depmod import DepmodResult, Module
+from kmodkit.index.inputs import INDEX_FILES
 from kmodkit.index.khash import SYMBOL_BUCKETS, superfast
-from kmodkit.index.scan import CACHE_NAME
 from kmodkit.index.trie import IndexBuilder
 
 log = logging.getLogger(__name__)
 
-#: the files, in the order depmod writes them
-INDEX_FILES = (
-    "modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin", "modules.softdep",
-    "modules.symbols", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin",
-    "modules.devname",
-)
+__all__ = ["INDEX_FILES", "WrittenIndex", "alias_normalize", "render_all", "write_index"]
 
 
 def alias_normalize(alias: bytes) -> bytes | None:
@@ -282,7 +277,7 @@ class WrittenIndex:
     unchanged: tuple[str, ...]  #: files whose bytes were already identical (left untouched)
 
 
-def write_index(files: dict[str, bytes], outdir: str, cache: bytes | None = None) -> WrittenIndex:
+def write_index(files: dict[str, bytes], outdir: str) -> WrittenIndex:
     """Write ``files`` into ``outdir`` atomically: all to temporary names first, then renamed.
 
     A file whose current bytes are identical is left untouched.  On any
@@ -291,17 +286,14 @@ def write_index(files: dict[str, bytes], outdir: str, cache: bytes | None = None
     os.makedirs(outdir, exist_ok=True)
     temps: list[tuple[str, str]] = []
     unchanged: list[str] = []
-    items = list(files.items())
-    if cache is not None:
-        items.append((CACHE_NAME, cache))
-    for name, _data in items:
+    for name in files:
         if os.path.isdir(os.path.join(outdir, name)):
             raise IsADirectoryError(21, "is a directory, cannot be replaced by an index file",
                                     os.path.join(outdir, name))
     try:
-        for name, data in items:
+        for name, data in files.items():
             final = os.path.join(outdir, name)
-            if name != CACHE_NAME and _same(final, data):
+            if _same(final, data):
                 unchanged.append(name)
                 continue
             tmp = os.path.join(outdir, f".{name}.{os.getpid()}.tmp")
@@ -329,20 +321,3 @@ def _same(path: str, data: bytes) -> bool:
             return f.read() == data
     except OSError:
         return False
-
-
-def output_stats(outdir: str) -> dict[str, tuple[int, int]]:
-    """``name -> (size, mtime_ns)`` of the index files in ``outdir`` (missing ones left out)."""
-    out: dict[str, tuple[int, int]] = {}
-    for name in INDEX_FILES:
-        try:
-            st = os.stat(os.path.join(outdir, name))
-        except OSError:
-            continue
-        out[name] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
-def outputs_match(outdir: str, recorded: object) -> bool:
-    """Whether every index file in ``outdir`` is still the one recorded (size and mtime)."""
-    return isinstance(recorded, dict) and len(recorded) == len(INDEX_FILES) and output_stats(outdir) == recorded

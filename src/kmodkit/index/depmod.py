@@ -18,28 +18,25 @@ A dependency cycle stops the run, as it stops depmod.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kmodkit.errors import ConfigError, NotFoundError, UserError
-from kmodkit.index.depmodconf import DepmodConfig
+from kmodkit.errors import ConfigError, UserError
+from kmodkit.index.inputs import TreeInputs, TreeWalk
 from kmodkit.index.khash import MODULE_BUCKETS, superfast
-from kmodkit.index.scan import CACHE_NAME, ModuleRecord, ScanCache, ScanFailure
-from kmodkit.modfile.module import MODULE_SUFFIXES
+from kmodkit.index.scan import ModuleRecord, ScanFailure, scan_paths
+
+if TYPE_CHECKING:
+    from kmodkit.index.cache import IndexCache
 
 log = logging.getLogger(__name__)
 
 #: symbols the kernel provides without exporting them (added with -E / -F, as depmod does)
 _FAKE_SYMBOLS = (b"__this_module", b"_GLOBAL_OFFSET_TABLE_", b"TOC.")
-
-
-def path_to_modname(path: str) -> str:
-    """kmod's ``path_to_modname``: the basename up to its first dot, ``-`` as ``_``."""
-    return os.path.basename(path).split(".", 1)[0].replace("-", "_")
 
 
 @dataclass
@@ -85,10 +82,10 @@ class DepmodResult:
     symbols: dict[bytes, Module | None]  #: symbol -> owner (None: the kernel itself)
     issues: list[SymbolIssue]  #: unknown / mismatched symbols (filled only with -E/-F and errsyms)
     failures: list[ScanFailure]  #: module files that could not be read
-    cache: ScanCache  #: the records, to store beside the index
     symbol_hashes: dict[bytes, int] = field(default_factory=dict)  #: kmod hash of each symbol name
-    fingerprint: bytes = b""  #: digest of every input of the index (records, order, config, kernel symbols)
-    unchanged: bool = False  #: True when the fingerprint equals the one passed as ``reuse``: nothing resolved
+    walk: TreeWalk | None = None  #: the files the model was built from
+    records: dict[str, bytes] = field(default_factory=dict)  #: path -> marshalled record, for the cache
+    read_count: int = 0  #: how many module files were read (the rest came from the cache)
 
 
 class DependencyCycleError(UserError):
@@ -107,148 +104,69 @@ class Depmod:
 
     ``symvers`` (-E) or ``system_map`` (-F) name the kernel's own symbols;
     ``errsyms`` (-e) collects unknown symbols in :attr:`DepmodResult.issues`.
-    ``cache_dir`` holds the scan cache (None: no cache).
+    ``inputs`` may be given already built (the other arguments then only
+    set ``errsyms`` and ``jobs``).
     """
 
     def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
                  symvers: str | None = None, system_map: str | None = None, errsyms: bool = False,
-                 cache_dir: str | None = None, jobs: int = 2) -> None:
-        if not re.match(r"\d+\.\d+", kver):
-            raise UserError(kver, "is not a kernel release (expected e.g. 6.1.0-13-amd64)")
-        self.kver = kver
-        root = os.path.abspath(basedir) if basedir else ""
+                 jobs: int = 2, inputs: TreeInputs | None = None) -> None:
+        if inputs is None:
+            inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map)
+        #: the tree, its depmod.d rules and kernel symbol files
+        self.inputs = inputs
+        self.kver = inputs.kver
         #: the tree's directory
-        self.dirname = f"{root}/lib/modules/{kver}"
-        if not os.path.isdir(self.dirname):
-            raise NotFoundError(self.dirname, "no such module directory",
-                                "install the kernel's modules or pass the right -b BASEDIR and KVER")
-        for what, path in (("-E", symvers), ("-F", system_map)):
-            if path is not None and not os.path.isfile(path):
-                raise NotFoundError(path, f"no such file (given with {what})")
-        self.config = DepmodConfig.load(kver, config_paths)
-        self.symvers = symvers
-        self.system_map = system_map
-        self.errsyms = errsyms and (symvers is not None or system_map is not None)
-        self.cache_dir = cache_dir
+        self.dirname = inputs.dirname
+        self.config = inputs.config
+        self.symvers = inputs.symvers
+        self.system_map = inputs.system_map
+        self.errsyms = errsyms and (self.symvers is not None or self.system_map is not None)
         self.jobs = jobs
-
-    # --- discovery --------------------------------------------------------------
 
     def find_files(self) -> tuple[dict[str, str], list[str]]:
         """``modname -> path`` of the files that win, and the directories that could not be read."""
-        chosen: dict[str, str] = {}
-        errors: list[str] = []
-        self._walk(self.dirname, chosen, errors, top=True)
-        for ext in self.config.externals:
-            if os.path.isdir(ext):
-                self._walk(ext.rstrip("/"), chosen, errors, top=True)
-        return chosen, errors
-
-    def _walk(self, directory: str, chosen: dict[str, str], errors: list[str], top: bool = False) -> None:
-        try:
-            it = os.scandir(directory)
-        except OSError as exc:
-            errors.append(f"{directory}: {(exc.strerror or str(exc)).lower()}")
-            return
-        excludes = self.config.excludes
-        with it:
-            for entry in it:  # readdir order, as depmod walks
-                name = entry.name
-                if name in ("build", "source") or name in excludes:
-                    continue
-                try:
-                    is_dir = entry.is_dir()
-                    is_file = not is_dir and entry.is_file()
-                except OSError:
-                    continue
-                if is_dir:
-                    self._walk(entry.path, chosen, errors)
-                elif is_file and name.endswith(MODULE_SUFFIXES) and not any(name == s for s in MODULE_SUFFIXES):
-                    self._consider(entry.path, chosen)
-
-    def _consider(self, path: str, chosen: dict[str, str]) -> None:
-        modname = path_to_modname(path)
-        old = chosen.get(modname)
-        if old is not None and self._old_wins(old, path, modname):
-            return
-        chosen.pop(modname, None)
-        chosen[modname] = path
-
-    def _old_wins(self, oldpath: str, newpath: str, modname: str) -> bool:
-        # depmod_module_is_higher_priority: compares "DIR/NAME" without the extension
-        cfg = self.config
-        base = self.dirname + "/"
-
-        def stem(path: str) -> str:
-            d = os.path.dirname(path)
-            return f"{d}/{os.path.basename(path)[:len(modname)]}"
-
-        new_s, old_s = stem(newpath), stem(oldpath)
-        rel_new = new_s[len(base):] if new_s.startswith(base) else None
-        rel_old = old_s[len(base):] if old_s.startswith(base) else None
-        for ov in cfg.overrides:
-            if rel_new == ov:
-                return False
-            if rel_old == ov:
-                return True
-        bprio = oldprio = newprio = -1
-        i = 0
-        for se in cfg.searches:
-            if se.builtin:
-                bprio = i
-            elif se.external:
-                for ext in cfg.externals:
-                    if new_s.startswith(ext.rstrip("/") + "/"):
-                        newprio = i
-                    if old_s.startswith(ext.rstrip("/") + "/"):
-                        oldprio = i
-                    i += 1
-            elif se.path is not None and rel_new is not None and rel_new.startswith(se.path + "/"):
-                newprio = i
-            elif se.path is not None and rel_old is not None and rel_old.startswith(se.path + "/"):
-                oldprio = i
-            i += 1
-        if newprio < 0:
-            newprio = bprio
-        if oldprio < 0:
-            oldprio = bprio
-        return newprio <= oldprio
+        walk = self.inputs.walk()
+        return walk.chosen, walk.errors
 
     # --- the model ----------------------------------------------------------------
 
-    def compute(self, reuse: bytes | None = None, cache: ScanCache | None = None) -> DepmodResult:
+    def compute(self, walk: TreeWalk | None = None, cache: IndexCache | None = None) -> DepmodResult:
         """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop.
 
-        When the inputs' fingerprint equals ``reuse`` (the one of an index
-        already written), stop after the scan: the result is ``unchanged``.
-        ``cache`` is a cache already loaded (default: the one in ``cache_dir``).
+        ``walk`` is a walk of the tree already made (default: walk now);
+        ``cache`` gives the records of files whose stat is unchanged.
         """
-        chosen, dir_errors = self.find_files()
-        stats: dict[str, os.stat_result] = {}
-        failures = [ScanFailure(d, "directory could not be read") for d in dir_errors]
-        for path in chosen.values():
-            try:
-                stats[path] = os.stat(path)
-            except OSError as exc:
-                failures.append(ScanFailure(path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
-        if cache is None:
-            cache = ScanCache.load(os.path.join(self.cache_dir, CACHE_NAME)) if self.cache_dir else ScanCache()
-        records, read_failures = cache.scan(stats, self.jobs)
-        failures += read_failures
+        if walk is None:
+            walk = self.inputs.walk(cache.listings if cache is not None else None)
+        failures = [ScanFailure(d.split(": ", 1)[0], "directory could not be read") for d in walk.errors]
+        failures += [ScanFailure(path, why) for path, why in walk.vanished]
+        blobs: dict[str, bytes] = {}
+        todo: list[str] = []
+        for path, key in walk.stats.items():
+            blob = cache.record_bytes(path, key) if cache is not None else None
+            if blob is None:
+                todo.append(path)
+            else:
+                blobs[path] = blob
+        for path, result in zip(todo, scan_paths(todo, self.jobs)):
+            if isinstance(result, str):
+                failures.append(ScanFailure(path, result))
+            else:
+                blobs[path] = result
+        log.debug("read %d module files, %d from the cache", len(todo), len(blobs) - len(todo))
         empty = ModuleRecord((), (), ())
         base = self.dirname + "/"
         modules: list[Module] = []
-        for name, path in chosen.items():
+        for name, path in walk.chosen.items():
             rel = path[len(base):] if path.startswith(base) else None
-            modules.append(Module(name, path, rel, records.get(path, empty)))
+            blob = blobs.get(path)
+            modules.append(Module(name, path, rel, ModuleRecord.from_bytes(blob) if blob is not None else empty))
         # the walk of depmod's module-name hash table (512 buckets, strcmp within one)
         modules.sort(key=lambda m: (superfast(m.name.encode()) & (MODULE_BUCKETS - 1), m.name.encode()))
         self._apply_order(modules)
         for i, m in enumerate(modules):
             m.idx = i
-        fingerprint = self._fingerprint(modules, cache.digests)
-        if reuse is not None and fingerprint == reuse and not failures:
-            return DepmodResult(self.dirname, modules, {}, [], failures, cache, {}, fingerprint, True)
         symbols: dict[bytes, Module | None] = {}
         crcs: dict[bytes, int] = {}
         hashes: dict[bytes, int] = {}
@@ -263,26 +181,7 @@ class Depmod:
                 hashes[sym] = h
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
-        return DepmodResult(self.dirname, modules, symbols, issues, failures, cache, hashes, fingerprint)
-
-    def _fingerprint(self, modules: list[Module], digests: dict[str, bytes]) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr((self.dirname, self.config, self.errsyms)).encode())
-        for extra in (self.symvers, self.system_map):
-            h.update(repr(extra).encode())
-            if extra is not None:
-                with open(extra, "rb") as f:
-                    h.update(hashlib.blake2b(f.read()).digest())
-        for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
-            try:
-                with open(os.path.join(self.dirname, name), "rb") as f:
-                    h.update(hashlib.blake2b(f.read()).digest())
-            except OSError:
-                h.update(b"-")
-        for m in modules:
-            h.update(f"{m.name}\0{m.path}\0".encode())
-            h.update(digests.get(m.path, b"?"))
-        return h.digest()
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(todo))
 
     def _apply_order(self, modules: list[Module]) -> None:
         try:

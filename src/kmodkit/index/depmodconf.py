@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 DEPMOD_DIRS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/lib/depmod.d")
 
 
-@dataclass(frozen=True)
-class Search:
+# NamedTuples rather than dataclasses: ``kmodkit index`` loads this module on its
+# quick path, where importing dataclasses (and inspect) would be a tenth of the run
+class Search(NamedTuple):
     """One entry of depmod.d's ``search`` list."""
 
     path: str | None  #: a directory relative to the tree, None for ``built-in`` / ``external``
@@ -29,8 +30,7 @@ class Search:
     external: bool = False  #: the ``external`` keyword (every ``external`` directory)
 
 
-@dataclass(frozen=True)
-class DepmodConfig:
+class DepmodConfig(NamedTuple):
     """depmod.d settings for one kernel release."""
 
     searches: tuple[Search, ...] = ()  #: highest priority first

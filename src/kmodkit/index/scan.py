@@ -1,4 +1,4 @@
-"""What depmod reads from each module file, read the way libkmod reads it, with a cache.
+"""What depmod reads from each module file, read the way libkmod reads it.
 
 :func:`read_module` returns a :class:`ModuleRecord`: the ``alias`` and
 ``softdep`` values of ``.modinfo``, the symbols the module exports and the
@@ -10,13 +10,12 @@ tie-breaks in depmod's output, so it is kept exactly):
 * needs: undefined ``.symtab`` symbols in table order, then the
   ``__versions`` entries no symbol named (``module_layout``).
 
-:class:`ScanCache` keeps records keyed on (size, mtime, inode) in a file
-beside the index so a second run re-reads only the modules that changed.
+:func:`scan_paths` reads many files over worker processes and hands records
+back marshalled, the form :mod:`kmodkit.index.cache` stores them in.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import marshal
 import mmap
@@ -26,27 +25,24 @@ import stat
 import struct
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add, itemgetter
+from typing import NamedTuple
 
 from kmodkit.errors import KmodkitError, ModuleFormatError
 from kmodkit.index.khash import superfast
 
 log = logging.getLogger(__name__)
 
-#: the cache file kmodkit keeps beside the index it writes
-CACHE_NAME = "modules.kmodkit-cache"
-_CACHE_VERSION = 3
 
-
-@dataclass(frozen=True)
-class ModuleRecord:
+# A NamedTuple (not a dataclass) so that checking one changed module on the
+# quick path of ``kmodkit index`` does not import dataclasses.
+class ModuleRecord(NamedTuple):
     """What the index needs from one module file.
 
     The needed symbols are kept packed (one NUL-joined name blob, CRCs as
-    64-bit words, weak flags as bytes): a tree holds ~800,000 of them, and
-    the cache loads them as three objects per module.
+    64-bit words, weak flags as bytes): a tree holds ~190,000 of them, and
+    the cache stores them as three objects per module.
     """
 
     aliases: tuple[bytes, ...]  #: ``alias=`` values of .modinfo, in file order
@@ -69,22 +65,26 @@ class ModuleRecord:
         """Just the names of :attr:`needs` (fast)."""
         return self.need_names.split(b"\0") if self.need_names else []
 
-    def to_tuple(self) -> tuple[object, ...]:
-        """A marshal-friendly form (see :meth:`from_tuple`)."""
-        return (self.aliases, self.softdeps, self.exports, self.need_names, self.need_crcs, self.need_weak)
+    def to_bytes(self) -> bytes:
+        """The record marshalled (see :meth:`from_bytes`)."""
+        return marshal.dumps(tuple(self))
 
     @classmethod
-    def from_tuple(cls, t: tuple[object, ...]) -> ModuleRecord:
-        """The record :meth:`to_tuple` produced."""
-        return cls(*t)  # type: ignore[arg-type]
+    def from_bytes(cls, data: bytes) -> ModuleRecord:
+        """The record :meth:`to_bytes` produced; ValueError / TypeError when it is not one."""
+        return cls(*marshal.loads(data))
 
-    @classmethod
-    def packed(cls, aliases: tuple[bytes, ...], softdeps: tuple[bytes, ...],
-               exports: tuple[tuple[bytes, int, int], ...], needs: list[tuple[bytes, int, bool]]) -> ModuleRecord:
-        """A record from unpacked needs."""
-        return cls(aliases, softdeps, exports, b"\0".join(n for n, _c, _w in needs),
-                   array("Q", [c & 0xFFFFFFFFFFFFFFFF for _n, c, _w in needs]).tobytes(),
-                   bytes(1 if w else 0 for _n, _c, w in needs))
+
+class ScanFailure(NamedTuple):
+    """A module file that could not be read."""
+
+    path: str  #: the file
+    reason: str  #: why, as one line
+
+
+def read_module_bytes(path: str) -> bytes:
+    """:func:`read_module`, marshalled."""
+    return read_module(path).to_bytes()
 
 
 def read_module(path: str) -> ModuleRecord:
@@ -129,16 +129,28 @@ def _map_plain_elf(path: str) -> mmap.mmap | None:
 
 
 _SIG_MAGIC = b"~Module signature appended~\n"
+# struct module_signature (include/linux/module_signature.h), just before the magic:
+# algo, hash, id_type, signer_len, key_id_len, 3 bytes of padding, big-endian sig_len
+_SIG_INFO = struct.Struct(">BBBBB3xI")
 
 
 def _content_length(view: memoryview, path: str) -> int:
-    """How much of the file is the module: all of it, unless a signature is appended."""
-    if view[-len(_SIG_MAGIC):] != _SIG_MAGIC:
-        return len(view)
-    from kmodkit.modfile.signature import find_trailer
+    """How much of the file is the module: all of it, unless a signature is appended.
 
-    trailer = find_trailer(view, path)
-    return len(view) if trailer is None else trailer.content_len
+    The same rule as kmodkit.modfile.signature.find_trailer, read here so the
+    index's quick path does not import the whole module reader.
+    """
+    size = len(view)
+    tail = size - len(_SIG_MAGIC)
+    if tail < _SIG_INFO.size or view[tail:] != _SIG_MAGIC:
+        return size
+    _algo, _hash, _id, signer_len, key_id_len, sig_len = _SIG_INFO.unpack_from(view, tail - _SIG_INFO.size)
+    if sig_len == 0:
+        raise ModuleFormatError(path, "signature trailer says the signature is 0 bytes long")
+    content = tail - _SIG_INFO.size - sig_len - key_id_len - signer_len
+    if content < 0:
+        raise ModuleFormatError(path, "signature trailer claims more signature data than the file holds")
+    return int(content)
 
 
 # The reader below runs ~4,000 times per tree, so it avoids a Python object per
@@ -383,19 +395,11 @@ def _versions(img: _Image) -> tuple[list[bytes], list[int]]:
     return names, crcs
 
 
-@dataclass(frozen=True)
-class ScanFailure:
-    """A module file that could not be read."""
-
-    path: str  #: the file
-    reason: str  #: why, as one line
-
-
-def _read_batch(paths: list[str]) -> list[tuple[object, ...] | str]:
-    out: list[tuple[object, ...] | str] = []
+def _read_batch(paths: list[str]) -> list[bytes | str]:
+    out: list[bytes | str] = []
     for path in paths:
         try:
-            out.append(read_module(path).to_tuple())
+            out.append(read_module(path).to_bytes())
         except KmodkitError as exc:
             out.append(str(exc))
         except OSError as exc:
@@ -403,70 +407,16 @@ def _read_batch(paths: list[str]) -> list[tuple[object, ...] | str]:
     return out
 
 
-class ScanCache:
-    """Module records from an earlier run, keyed on path and (size, mtime, inode)."""
+def scan_paths(paths: list[str], jobs: int = 2) -> list[bytes | str]:
+    """For each path its marshalled record, or the one-line reason it could not be read.
 
-    def __init__(self, entries: dict[str, tuple[int, int, int, tuple[object, ...], bytes]] | None = None,
-                 meta: dict[str, object] | None = None) -> None:
-        self._entries = entries or {}
-        self._fresh: dict[str, tuple[int, int, int, tuple[object, ...], bytes]] = {}
-        #: what the last run wrote: ``fingerprint`` of its model and ``outputs`` name -> (size, mtime_ns)
-        self.meta: dict[str, object] = meta or {}
-        #: path -> digest of its record, for the records of the last scan
-        self.digests: dict[str, bytes] = {}
-        #: how many records the last :meth:`scan` read from files (the rest came from the cache)
-        self.read_count = 0
+    Large batches are split over ``jobs`` worker processes.
+    """
+    if jobs <= 1 or len(paths) < 400:
+        return _read_batch(paths)
+    from concurrent.futures import ProcessPoolExecutor
 
-    @classmethod
-    def load(cls, path: str) -> ScanCache:
-        """The cache stored at ``path``; an empty cache when it is missing or unreadable."""
-        try:
-            with open(path, "rb") as f:
-                version, entries, meta = marshal.load(f)
-            if version != _CACHE_VERSION or not isinstance(entries, dict) or not isinstance(meta, dict):
-                return cls()
-            return cls(entries, meta)
-        except (OSError, EOFError, ValueError, TypeError):
-            return cls()
-
-    def scan(self, stats: dict[str, os.stat_result], jobs: int = 2
-             ) -> tuple[dict[str, ModuleRecord], list[ScanFailure]]:
-        """Records for every path of ``stats`` (cached when size, mtime and inode agree)."""
-        records: dict[str, ModuleRecord] = {}
-        todo: list[str] = []
-        for path, st in stats.items():
-            hit = self._entries.get(path)
-            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
-                records[path] = ModuleRecord.from_tuple(hit[3])
-                self._fresh[path] = hit
-                self.digests[path] = hit[4]
-            else:
-                todo.append(path)
-        self.read_count = len(todo)
-        failures: list[ScanFailure] = []
-        if not todo:
-            return records, failures
-        if jobs > 1 and len(todo) >= 400:
-            from concurrent.futures import ProcessPoolExecutor
-
-            size = (len(todo) + jobs * 4 - 1) // (jobs * 4)
-            chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                results = [r for chunk in pool.map(_read_batch, chunks) for r in chunk]
-        else:
-            results = _read_batch(todo)
-        for path, result in zip(todo, results):
-            if isinstance(result, str):
-                failures.append(ScanFailure(path, result))
-                continue
-            st = stats[path]
-            records[path] = ModuleRecord.from_tuple(result)
-            digest = hashlib.blake2b(marshal.dumps(result), digest_size=16).digest()  # type: ignore[arg-type]
-            self._fresh[path] = (st.st_size, st.st_mtime_ns, st.st_ino, result, digest)
-            self.digests[path] = digest
-        log.debug("read %d module files, %d from the cache", len(todo), len(records) - len(todo))
-        return records, failures
-
-    def dump(self) -> bytes:
-        """The cache file's bytes: the records of the last scan only."""
-        return marshal.dumps((_CACHE_VERSION, self._fresh, self.meta))
+    size = (len(paths) + jobs * 4 - 1) // (jobs * 4)
+    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return [r for chunk in pool.map(_read_batch, chunks) for r in chunk]

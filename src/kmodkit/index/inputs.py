@@ -1,0 +1,272 @@
+"""What an index is built from: the tree, its depmod.d rules, the module files that win.
+
+:class:`TreeInputs` names the tree ``BASEDIR/lib/modules/KVER``, its depmod.d
+configuration and the kernel's own symbol files, and is validated when
+built.  :meth:`TreeInputs.walk` walks the tree as depmod does (readdir order,
+``build``/``source`` and ``exclude`` directories skipped), picks the file that
+wins for each module name and stats it.
+
+This module is on ``kmodkit index``'s quick path (nothing changed since the
+last index), so it imports nothing heavy: no module reader, no dataclasses,
+no hashlib.  A directory listing is reused from the last walk while the
+directory's mtime and inode are unchanged (adding, removing or renaming an
+entry changes them); the file stats are always taken afresh.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import time
+from typing import NamedTuple
+
+from kmodkit.errors import NotFoundError, UserError
+from kmodkit.index.depmodconf import DepmodConfig
+
+#: file-name endings kmod takes for module files (shared/util.c: kmod_exts); the
+#: same as kmodkit.modfile.module.MODULE_SUFFIXES, repeated so the quick path
+#: does not import the module reader
+MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
+
+#: the files depmod writes, in the order it writes them
+INDEX_FILES = (
+    "modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin", "modules.softdep",
+    "modules.symbols", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin",
+    "modules.devname",
+)
+
+#: the other files of the tree that depmod reads
+TREE_FILES = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
+
+# A file or directory changed less than this long ago may change again within
+# the same timestamp tick (ext4 stamps with a coarse clock): its stat is not
+# trusted by the next run (the "racy" entries of git's index).
+_RACY_NS = 2_000_000_000
+
+#: (size, mtime_ns, inode) of a file; None when it changed too recently to be trusted later
+StatKey = tuple[int, int, int] | None
+#: a directory's (mtime_ns, inode, [(entry name, is a directory)]) in readdir order
+DirListing = tuple[int, int, list[tuple[str, bool]]]
+
+
+def path_to_modname(path: str) -> str:
+    """kmod's ``path_to_modname``: the basename up to its first dot, ``-`` as ``_``."""
+    return os.path.basename(path).split(".", 1)[0].replace("-", "_")
+
+
+def stat_key(st: os.stat_result, now_ns: int) -> StatKey:
+    """What identifies a file's version: size, mtime and inode; None when changed too recently."""
+    if st.st_mtime_ns >= now_ns - _RACY_NS:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class TreeWalk(NamedTuple):
+    """The module files of a tree, as depmod picks them."""
+
+    chosen: dict[str, str]  #: module name -> path of the file that wins, in walk order
+    stats: dict[str, StatKey]  #: path -> its stat key, for every chosen file
+    errors: list[str]  #: ``DIR: why`` for directories that could not be read
+    vanished: list[tuple[str, str]]  #: (path, why) for chosen files that could not be stat'ed
+    listings: dict[str, DirListing]  #: directory listings to reuse next time (racy ones left out)
+    now_ns: int  #: the wall clock when the walk began
+
+
+class TreeInputs:
+    """The inputs of one tree's index; raises :class:`UserError` / :class:`NotFoundError` when wrong.
+
+    ``symvers`` (-E) or ``system_map`` (-F) name the kernel's own symbols;
+    ``config_paths`` the depmod.d directories or files (None: the system's).
+    """
+
+    def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
+                 symvers: str | None = None, system_map: str | None = None) -> None:
+        if not re.match(r"\d+\.\d+", kver):
+            raise UserError(kver, "is not a kernel release (expected e.g. 6.1.0-13-amd64)")
+        self.kver = kver
+        root = os.path.abspath(basedir) if basedir else ""
+        #: the tree's directory
+        self.dirname = f"{root}/lib/modules/{kver}"
+        if not os.path.isdir(self.dirname):
+            raise NotFoundError(self.dirname, "no such module directory",
+                                "install the kernel's modules or pass the right -b BASEDIR and KVER")
+        for what, path in (("-E", symvers), ("-F", system_map)):
+            if path is not None and not os.path.isfile(path):
+                raise NotFoundError(path, f"no such file (given with {what})")
+        #: depmod.d settings
+        self.config = DepmodConfig.load(kver, config_paths)
+        #: Module.symvers given with -E, or None
+        self.symvers = symvers
+        #: System.map given with -F, or None
+        self.system_map = system_map
+        self._skip = frozenset(("build", "source", *self.config.excludes))
+
+    def identity(self, now_ns: int) -> tuple[object, ...] | None:
+        """Everything but the module files that the index depends on, as plain data to compare.
+
+        The tree's other files and the kernel symbol files count by their stat
+        key; None when one of them changed too recently to be trusted.
+        """
+        files: list[object] = []
+        for path in [os.path.join(self.dirname, name) for name in TREE_FILES] + [self.symvers, self.system_map]:
+            key: object = ()  # missing (or not given)
+            if path is not None:
+                try:
+                    key = stat_key(os.stat(path), now_ns)
+                except OSError:
+                    pass
+                if key is None:
+                    return None
+            files.append((path, key))
+        return (self.dirname, repr(self.config), tuple(files))
+
+    # --- the walk ---------------------------------------------------------------
+
+    def walk(self, listings: dict[str, DirListing] | None = None) -> TreeWalk:
+        """The files that win for each module name; ``listings`` from an earlier walk are reused."""
+        try:
+            w = self._walk_all(listings or {})
+        except _StaleListing:
+            w = self._walk_all({})
+        chosen = set(w.chosen.values())
+        w.vanished[:] = [v for v in w.vanished if v[0] in chosen]
+        return w
+
+    def _walk_all(self, old: dict[str, DirListing]) -> TreeWalk:
+        w = TreeWalk({}, {}, [], [], {}, time.time_ns())
+        self._walk(self.dirname, None, w, old)
+        for ext in self.config.externals:
+            if os.path.isdir(ext):
+                self._walk(ext.rstrip("/"), None, w, old)
+        return w
+
+    def _walk(self, directory: str, parent_fd: int | None, w: TreeWalk, old: dict[str, DirListing]) -> None:
+        # Directories are opened relative to their parent and files stat'ed relative
+        # to their directory: the kernel then resolves one name, not the whole path.
+        try:
+            name = os.path.basename(directory) if parent_fd is not None else directory
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR and old:  # a reused listing said "directory"
+                raise _StaleListing(directory) from None
+            w.errors.append(f"{directory}: {(exc.strerror or str(exc)).lower()}")
+            return
+        try:
+            try:
+                dst = os.fstat(fd)  # before listing: a change made after it shows in the next mtime
+                hit = old.get(directory)
+                if hit is not None and hit[0] == dst.st_mtime_ns and hit[1] == dst.st_ino:
+                    entries = hit[2]
+                else:
+                    entries = _list(fd)
+            except OSError as exc:
+                w.errors.append(f"{directory}: {(exc.strerror or str(exc)).lower()}")
+                return
+            if dst.st_mtime_ns < w.now_ns - _RACY_NS:
+                w.listings[directory] = (dst.st_mtime_ns, dst.st_ino, entries)
+            skip = self._skip
+            chosen, stats = w.chosen, w.stats
+            trusted_before = w.now_ns - _RACY_NS
+            prefix = directory + "/"
+            for entry, is_dir in entries:
+                if entry in skip:
+                    continue
+                path = prefix + entry
+                if is_dir:
+                    self._walk(path, fd, w, old)
+                    continue
+                # the common case inline (4,000 files a run); a second file of the same name goes aside
+                modname = entry.split(".", 1)[0].replace("-", "_")  # path_to_modname
+                if modname in chosen:
+                    self._duplicate(modname, path, entry, fd, w)
+                    continue
+                chosen[modname] = path
+                try:
+                    st = os.stat(entry, dir_fd=fd)
+                except OSError as exc:
+                    w.vanished.append((path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
+                    continue
+                if stat.S_ISDIR(st.st_mode):  # a listing reused while a link changed its target
+                    raise _StaleListing(path)
+                stats[path] = (st.st_size, st.st_mtime_ns, st.st_ino) if st.st_mtime_ns < trusted_before else None
+        finally:
+            os.close(fd)
+
+    def _duplicate(self, modname: str, path: str, entry: str, dir_fd: int, w: TreeWalk) -> None:
+        old = w.chosen[modname]
+        if self._old_wins(old, path, modname):
+            return
+        del w.chosen[modname]
+        w.stats.pop(old, None)
+        w.chosen[modname] = path
+        try:
+            st = os.stat(entry, dir_fd=dir_fd)
+        except OSError as exc:
+            w.vanished.append((path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise _StaleListing(path)
+        w.stats[path] = stat_key(st, w.now_ns)
+
+    def _old_wins(self, oldpath: str, newpath: str, modname: str) -> bool:
+        # depmod_module_is_higher_priority: compares "DIR/NAME" without the extension
+        cfg = self.config
+        base = self.dirname + "/"
+
+        def stem(path: str) -> str:
+            d = os.path.dirname(path)
+            return f"{d}/{os.path.basename(path)[:len(modname)]}"
+
+        new_s, old_s = stem(newpath), stem(oldpath)
+        rel_new = new_s[len(base):] if new_s.startswith(base) else None
+        rel_old = old_s[len(base):] if old_s.startswith(base) else None
+        for ov in cfg.overrides:
+            if rel_new == ov:
+                return False
+            if rel_old == ov:
+                return True
+        bprio = oldprio = newprio = -1
+        i = 0
+        for se in cfg.searches:
+            if se.builtin:
+                bprio = i
+            elif se.external:
+                for ext in cfg.externals:
+                    if new_s.startswith(ext.rstrip("/") + "/"):
+                        newprio = i
+                    if old_s.startswith(ext.rstrip("/") + "/"):
+                        oldprio = i
+                    i += 1
+            elif se.path is not None and rel_new is not None and rel_new.startswith(se.path + "/"):
+                newprio = i
+            elif se.path is not None and rel_old is not None and rel_old.startswith(se.path + "/"):
+                oldprio = i
+            i += 1
+        if newprio < 0:
+            newprio = bprio
+        if oldprio < 0:
+            oldprio = bprio
+        return newprio <= oldprio
+
+
+class _StaleListing(Exception):
+    """A reused directory listing no longer describes the directory."""
+
+
+def _list(fd: int) -> list[tuple[str, bool]]:
+    """The subdirectories and module files of the open directory ``fd``, in readdir order."""
+    out: list[tuple[str, bool]] = []
+    with os.scandir(fd) as it:
+        for entry in it:  # readdir order, as depmod walks
+            name = entry.name
+            try:
+                if entry.is_dir():
+                    out.append((name, True))
+                elif (entry.is_file() and name.endswith(MODULE_SUFFIXES)
+                      and not any(name == s for s in MODULE_SUFFIXES)):
+                    out.append((name, False))
+            except OSError:
+                continue
+    return out
