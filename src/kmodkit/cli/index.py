@@ -55,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import error_line, print_json
     from kmodkit.index.depfiles import render_all, write_index
     from kmodkit.index.depmod import Depmod
+    from kmodkit.index.scan import worker_pool
 
     dm = Depmod(args.kver, errsyms=args.errsyms, jobs=args.jobs, inputs=inputs)
-    result = dm.compute(walk, cache)
-    files = render_all(result)
+    with worker_pool(args.jobs) as pool:
+        result = dm.compute(walk, cache, pool)
+        files = render_all(result, pool)
     for problem in dm.config.problems:
         error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
     for failure in result.failures:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kmodkit.errors import UserError
 from kmodkit.index.depmod import DepmodResult, Module
 from kmodkit.index.inputs import INDEX_FILES
 from kmodkit.index.khash import SYMBOL_BUCKETS, superfast
 from kmodkit.index.trie import IndexBuilder
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +52,24 @@ def alias_normalize(alias: bytes) -> bytes | None:
 
 def _all_deps(result: DepmodResult) -> dict[int, list[Module]]:
     """Every module's transitive dependencies, sorted as depmod sorts them."""
-    memo: dict[int, set[int]] = {}
-    by_id = {id(m): m for m in result.modules}
-
-    def closure(m: Module) -> set[int]:
-        got = memo.get(id(m))
-        if got is not None:
-            return got
+    by_sort_idx = {m.dep_sort_idx: m for m in result.modules}
+    closures: dict[int, set[int]] = {}
+    # a dependency always numbers after its users: going from the highest number
+    # down, every dependency's closure is complete when a user needs it
+    for m in sorted(result.modules, key=lambda m: m.dep_sort_idx, reverse=True):
         acc: set[int] = set()
-        memo[id(m)] = acc  # cycles were rejected before; this only guards recursion
         for d in m.deps:
-            acc.add(id(d))
-            acc |= closure(d)
-        return acc
-
-    out: dict[int, list[Module]] = {}
-    for m in result.modules:
-        deps = [by_id[i] for i in closure(m)]
-        deps.sort(key=lambda d: d.dep_sort_idx)
-        out[id(m)] = deps
-    return out
+            acc.add(d.dep_sort_idx)
+            acc |= closures[d.dep_sort_idx]
+        closures[m.dep_sort_idx] = acc
+    return {id(m): [by_sort_idx[i] for i in sorted(closures[m.dep_sort_idx])] for m in result.modules}
 
 
 def _dep_lines(result: DepmodResult) -> list[bytes]:
     alldeps = _all_deps(result)
-    lines = []
-    for m in result.modules:
-        parts = [m.dep_path.encode() + b":"]
-        parts += [b" " + d.dep_path.encode() for d in alldeps[id(m)]]
-        lines.append(b"".join(parts))
-    return lines
+    path_of = {id(m): m.dep_path.encode() for m in result.modules}
+    return [b" ".join([path_of[id(m)] + b":"] + [path_of[id(d)] for d in alldeps[id(m)]])
+            for m in result.modules]
 
 
 def render_dep(result: DepmodResult, lines: list[bytes]) -> bytes:
@@ -88,33 +79,55 @@ def render_dep(result: DepmodResult, lines: list[bytes]) -> bytes:
 
 def render_dep_bin(result: DepmodResult, lines: list[bytes]) -> bytes:
     """modules.dep.bin: module name -> its modules.dep line."""
-    idx = IndexBuilder()
-    for m, line in zip(result.modules, lines):
-        _insert(idx, m.name.encode(), line, m.idx)
-    return idx.to_bytes()
+    return build_trie(_dep_entries(result, lines))
+
+
+def _dep_entries(result: DepmodResult, lines: list[bytes]) -> list[tuple[bytes, bytes, int]]:
+    return [(m.name.encode(), line, m.idx) for m, line in zip(result.modules, lines)]
 
 
 def render_alias(result: DepmodResult) -> bytes:
     """modules.alias."""
     out = [b"# Aliases extracted from modules themselves.\n"]
     for m in result.modules:
-        name = m.name.encode()
-        out += [b"alias " + a + b" " + name + b"\n" for a in m.record.aliases]
+        if m.record.aliases:
+            tail = b" " + m.name.encode() + b"\n"
+            out += [b"alias " + a + tail for a in m.record.aliases]
     return b"".join(out)
 
 
 def render_alias_bin(result: DepmodResult) -> bytes:
     """modules.alias.bin: normalised alias pattern -> module names."""
+    return build_trie(_alias_entries(result))
+
+
+def build_trie(entries: list[tuple[bytes, bytes, int]]) -> bytes:
+    """A kmod index of ``(key, value, priority)`` entries, inserted in order (7-bit ASCII only)."""
     idx = IndexBuilder()
+    idx.insert_many(_ascii(entries))
+    return idx.to_bytes()
+
+
+def _alias_entries(result: DepmodResult) -> list[tuple[bytes, bytes, int]]:
+    entries = []
     for m in result.modules:
+        aliases = m.record.aliases
+        if not aliases:
+            continue
         name = m.name.encode()
-        for a in m.record.aliases:
+        joined = b"\0".join(aliases)
+        if b"[" not in joined and b"]" not in joined:
+            # no brackets: normalising is "-" -> "_" throughout, done once for all of them
+            keys = joined.replace(b"-", b"_").split(b"\0")
+            entries += [(key, name, m.idx) for key in keys]
+            continue
+        for a in aliases:
             key = alias_normalize(a)
             if key is None:
                 log.warning("Unmatched bracket in %s", a.decode("latin-1"))
                 continue
-            _insert(idx, key, name, m.idx)
-    return idx.to_bytes()
+            entries.append((key, name, m.idx))
+    return entries
 
 
 def render_softdep(result: DepmodResult) -> bytes:
@@ -129,9 +142,12 @@ def render_softdep(result: DepmodResult) -> bytes:
 def _symbol_order(result: DepmodResult) -> list[tuple[bytes, Module]]:
     hashes = result.symbol_hashes
     mask = SYMBOL_BUCKETS - 1
-    owned = [(name, owner) for name, owner in result.symbols.items() if owner is not None]
-    owned.sort(key=lambda item: ((hashes.get(item[0]) or superfast(item[0])) & mask, item[0]))
-    return owned
+    get = hashes.get
+    # (bucket, name, owner): names are unique, so the owners are never compared
+    keyed = [((get(name) or superfast(name)) & mask, name, owner)
+             for name, owner in result.symbols.items() if owner is not None]
+    keyed.sort()
+    return [(name, owner) for _bucket, name, owner in keyed]
 
 
 def render_symbols(result: DepmodResult, order: list[tuple[bytes, Module]]) -> bytes:
@@ -143,10 +159,11 @@ def render_symbols(result: DepmodResult, order: list[tuple[bytes, Module]]) -> b
 
 def render_symbols_bin(result: DepmodResult, order: list[tuple[bytes, Module]]) -> bytes:
     """modules.symbols.bin: ``symbol:NAME`` -> module."""
-    idx = IndexBuilder()
-    for name, owner in order:
-        _insert(idx, b"symbol:" + name, owner.name.encode(), owner.idx)
-    return idx.to_bytes()
+    return build_trie(_symbol_entries(order))
+
+
+def _symbol_entries(order: list[tuple[bytes, Module]]) -> list[tuple[bytes, bytes, int]]:
+    return [(b"symbol:" + name, owner.name.encode(), owner.idx) for name, owner in order]
 
 
 def render_builtin_bin(result: DepmodResult) -> bytes | None:
@@ -218,6 +235,8 @@ def render_devname(result: DepmodResult) -> bytes:
     """modules.devname: modules that name a device node and its major:minor."""
     out: list[bytes] = []
     for m in result.modules:
+        if not any(a.startswith(b"devname:") for a in m.record.aliases):
+            continue
         devname: bytes | None = None
         kind = b""
         major = minor = 0
@@ -244,28 +263,49 @@ def render_devname(result: DepmodResult) -> bytes:
 
 
 def _insert(idx: IndexBuilder, key: bytes, value: bytes, priority: int) -> None:
-    if max(key, default=0) >= 128 or max(value, default=0) >= 128:
-        raise UserError(key.decode("latin-1"), "index keys and values must be 7-bit ASCII (kmod's index format)")
-    idx.insert(key, value, priority)
+    idx.insert_many(_ascii([(key, value, priority)]))
 
 
-def render_all(result: DepmodResult) -> dict[str, bytes]:
-    """Every index file's bytes (an empty file where depmod leaves one empty)."""
-    lines = _dep_lines(result)
+def _ascii(entries: list[tuple[bytes, bytes, int]]) -> list[tuple[bytes, bytes, int]]:
+    """``entries``, checked in one pass to be 7-bit ASCII as kmod's index format needs."""
+    if not b"".join(k + v for k, v, _p in entries).isascii():
+        for key, value, _p in entries:
+            if not (key + value).isascii():
+                raise UserError(key.decode("latin-1"),
+                                "index keys and values must be 7-bit ASCII (kmod's index format)")
+    return entries
+
+
+def render_all(result: DepmodResult, pool: Executor | None = None) -> dict[str, bytes]:
+    """Every index file's bytes (an empty file where depmod leaves one empty), in depmod's order.
+
+    With ``pool`` (:func:`~kmodkit.index.scan.worker_pool`) the three large
+    tries are built by its workers while this process writes the text files.
+    """
+    files: dict[str, bytes | None] = {}
+    pending: dict[str, Future[bytes]] = {}
+
+    def trie(name: str, entries: list[tuple[bytes, bytes, int]]) -> None:
+        if pool is None:
+            files[name] = build_trie(entries)
+        else:
+            pending[name] = pool.submit(build_trie, entries)
+
+    trie("modules.alias.bin", _alias_entries(result))
     order = _symbol_order(result)
-    makers: dict[str, Callable[[], bytes | None]] = {
-        "modules.dep": lambda: render_dep(result, lines),
-        "modules.dep.bin": lambda: render_dep_bin(result, lines),
-        "modules.alias": lambda: render_alias(result),
-        "modules.alias.bin": lambda: render_alias_bin(result),
-        "modules.softdep": lambda: render_softdep(result),
-        "modules.symbols": lambda: render_symbols(result, order),
-        "modules.symbols.bin": lambda: render_symbols_bin(result, order),
-        "modules.builtin.bin": lambda: render_builtin_bin(result),
-        "modules.builtin.alias.bin": lambda: render_builtin_alias_bin(result),
-        "modules.devname": lambda: render_devname(result),
-    }
-    return {name: makers[name]() or b"" for name in INDEX_FILES}
+    trie("modules.symbols.bin", _symbol_entries(order))
+    lines = _dep_lines(result)
+    trie("modules.dep.bin", _dep_entries(result, lines))
+    files["modules.dep"] = render_dep(result, lines)
+    files["modules.alias"] = render_alias(result)
+    files["modules.softdep"] = render_softdep(result)
+    files["modules.symbols"] = render_symbols(result, order)
+    files["modules.builtin.bin"] = render_builtin_bin(result)
+    files["modules.builtin.alias.bin"] = render_builtin_alias_bin(result)
+    files["modules.devname"] = render_devname(result)
+    for name, future in pending.items():
+        files[name] = future.result()
+    return {name: files[name] or b"" for name in INDEX_FILES}
 
 
 @dataclass(frozen=True)

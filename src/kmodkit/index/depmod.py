@@ -31,6 +31,8 @@ from kmodkit.index.khash import MODULE_BUCKETS, superfast
 from kmodkit.index.scan import ModuleRecord, ScanFailure, scan_paths
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from kmodkit.index.cache import IndexCache
 
 log = logging.getLogger(__name__)
@@ -131,11 +133,13 @@ class Depmod:
 
     # --- the model ----------------------------------------------------------------
 
-    def compute(self, walk: TreeWalk | None = None, cache: IndexCache | None = None) -> DepmodResult:
+    def compute(self, walk: TreeWalk | None = None, cache: IndexCache | None = None,
+                pool: Executor | None = None) -> DepmodResult:
         """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop.
 
         ``walk`` is a walk of the tree already made (default: walk now);
-        ``cache`` gives the records of files whose stat is unchanged.
+        ``cache`` gives the records of files whose stat is unchanged;
+        ``pool`` (see :func:`~kmodkit.index.scan.worker_pool`) reads the files.
         """
         if walk is None:
             walk = self.inputs.walk(cache.listings if cache is not None else None)
@@ -149,7 +153,7 @@ class Depmod:
                 todo.append(path)
             else:
                 blobs[path] = blob
-        for path, result in zip(todo, scan_paths(todo, self.jobs)):
+        for path, result in zip(todo, scan_paths(todo, self.jobs, pool)):
             if isinstance(result, str):
                 failures.append(ScanFailure(path, result))
             else:
@@ -251,6 +255,9 @@ class Depmod:
                  crcs: dict[bytes, int]) -> list[SymbolIssue]:
         issues: list[SymbolIssue] = []
         report = self.errsyms
+        if not report:
+            self._link(modules, symbols)
+            return issues
         check = self.symvers is not None
         get = symbols.get
         for m in modules:
@@ -279,6 +286,27 @@ class Depmod:
                 deps.append(owner)
                 owner.users += 1
         return issues
+
+    @staticmethod
+    def _link(modules: list[Module], symbols: dict[bytes, Module | None]) -> None:
+        # _resolve without the reports: each module's dependencies are the distinct
+        # owners of its symbols in order of first use, found with C-level map and
+        # dict.fromkeys (~190,000 symbol uses a tree); -1 is the kernel, None unknown
+        owner_of = {sym: -1 if owner is None else owner.idx for sym, owner in symbols.items()}
+        get = owner_of.get
+        for m in modules:
+            blob = m.record.need_names
+            if not blob:
+                continue
+            names = blob.split(b"\0")
+            if b"\0." in b"\0" + blob:  # ".name" symbols (ppc64 ELFv1 function descriptors)
+                names = [n[1:] if n[:1] == b"." else n for n in names]
+            deps = m.deps
+            for i in dict.fromkeys(map(get, names)):
+                if i is not None and i >= 0:
+                    owner = modules[i]
+                    deps.append(owner)
+                    owner.users += 1
 
     def _toposort(self, modules: list[Module]) -> None:
         users = [m.users for m in modules]

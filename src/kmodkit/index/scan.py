@@ -24,13 +24,17 @@ import re
 import stat
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import accumulate, repeat
 from operator import add, itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kmodkit.errors import KmodkitError, ModuleFormatError
 from kmodkit.index.khash import superfast
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -407,16 +411,32 @@ def _read_batch(paths: list[str]) -> list[bytes | str]:
     return out
 
 
-def scan_paths(paths: list[str], jobs: int = 2) -> list[bytes | str]:
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[Executor | None]:
+    """Worker processes for :func:`scan_paths` and the index renderers; None when ``jobs`` <= 1.
+
+    The processes start at the first task, so a run that reads nothing pays nothing.
+    """
+    if jobs <= 1:
+        yield None
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        yield pool
+
+
+def scan_paths(paths: list[str], jobs: int = 2, pool: Executor | None = None) -> list[bytes | str]:
     """For each path its marshalled record, or the one-line reason it could not be read.
 
-    Large batches are split over ``jobs`` worker processes.
+    Large batches are split over ``jobs`` worker processes (those of ``pool`` when given).
     """
     if jobs <= 1 or len(paths) < 400:
         return _read_batch(paths)
-    from concurrent.futures import ProcessPoolExecutor
-
     size = (len(paths) + jobs * 4 - 1) // (jobs * 4)
     chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    if pool is not None:
         return [r for chunk in pool.map(_read_batch, chunks) for r in chunk]
+    with worker_pool(jobs) as own:
+        assert own is not None
+        return [r for chunk in own.map(_read_batch, chunks) for r in chunk]
