@@ -18,7 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
                        help="build for this kernel (repeatable; default: the manifest's targets, else all installed)")
     which.add_argument("--all-installed", action="store_true", help="build for every installed kernel")
-    parser.add_argument("-j", "--jobs", type=int, metavar="N", help="kernels built at once (default: 2 x CPU count, at most one per kernel)")
+    parser.add_argument("-j", "--jobs", type=int, metavar="N",
+                        help="kernels built at once (default: CPU count + 1, at most one per kernel); their makes "
+                        "share one jobserver of max(N, CPU count + 1) slots")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workdir", metavar="DIR", help="build copies under DIR (default: ~/.cache/kmodkit/build)")
     where.add_argument("--shm", action="store_true", help="build copies in /dev/shm")

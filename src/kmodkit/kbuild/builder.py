@@ -2,9 +2,11 @@
 
 :class:`Build` validates everything when constructed (manifest, kernels, work directory) and
 :meth:`Build.run` builds with a pool of worker threads, each running ``make -C KDIR M=COPY modules``
-(an argument list, never a shell) with the compiler the kernel was built with.  Results land in
-``out/KVER/NAME.ko`` with ``out/KVER/build.json`` and ``out/KVER/build.log``.  When the inputs (the
-project's files, the manifest, the kernel's headers, the compiler) are unchanged, nothing is rebuilt.
+(an argument list, never a shell) with the compiler the kernel was built with.  Every make is a client of
+one jobserver (:mod:`.jobserver`) holding CPU count + 1 slots, so the kernels' builds share the CPUs job
+by job; the kernels whose last build took longest start first.  Results land in ``out/KVER/NAME.ko``
+with ``out/KVER/build.json`` and ``out/KVER/build.log``.  When the inputs (the project's files, the
+manifest, the kernel's headers, the compiler) are unchanged, nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,24 +14,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmodkit import __version__
 from kmodkit.errors import UserError
 from kmodkit.kbuild import buildlog, inputs, kernels as kern
 from kmodkit.kbuild.buildlog import Diagnostic, Severity
+from kmodkit.kbuild.jobserver import Jobserver
 from kmodkit.kbuild.manifest import Manifest
-from kmodkit.kbuild.platform import detect_distro
-from kmodkit.kbuild.signhook import SignOutcome, sign_built_module
+
+if TYPE_CHECKING:
+    from kmodkit.kbuild.signhook import SignOutcome
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +121,8 @@ class Build:
     """A build of one project for some kernels; validated on construction.
 
     ``kernels`` empty and ``all_installed`` false: the manifest's targets, else every installed kernel.
-    ``workdir`` None: a per-user cache directory (``/dev/shm`` with ``shm``).  ``jobs`` None: twice the
-    CPU count, at most the number of kernels.
+    ``workdir`` None: a per-user cache directory (``/dev/shm`` with ``shm``).  ``jobs`` (kernels built at
+    once) None: the CPU count + 1, at most the number of kernels.
     """
 
     project: Path
@@ -153,10 +158,10 @@ class Build:
                             "pass --workdir with a plain path such as /tmp/kmodkit-work")
         cpus = os.cpu_count() or 1
         # a module build is mostly serial steps (make reading the kernel's Makefiles, cc, modpost, ld, BTF),
-        # so more builds than CPUs keep the CPUs busy: 3 kernels on 2 CPUs all start at once
-        self.workers = self.jobs or max(1, min(2 * cpus, len(self.targets)))
-        # each worker's make gets a share of the CPUs
-        self.make_jobs = max(1, cpus // self.workers)
+        # so one slot more than CPUs keeps them busy: 3 kernels on 2 CPUs all start at once, and when one
+        # build ends its slot goes to the others' parallel jobs
+        self.slots = max(cpus + 1, self.jobs or 0)
+        self.workers = max(1, min(self.jobs or self.slots, len(self.targets)))
         self.out = self.project / "out"
 
     def _targets(self) -> list[str]:
@@ -190,37 +195,51 @@ class Build:
 
         start = time.monotonic()
         files = inputs.project_files(self.project)
+        records = {k: _read_record(self.out / k) for k in self.targets}
         for k in self.targets:
             tell(KernelBuild(k, State.QUEUED))
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kbuild") as pool:
-            futures = [pool.submit(self._one, k, files, tell) for k in self.targets]
-            results = tuple(f.result() for f in futures)
-        return BuildReport(self.manifest, results, time.monotonic() - start, self.workers)
+        done: dict[str, KernelBuild] = {}
+        with Jobserver(self.slots) as jobserver, \
+                ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kbuild") as pool:
+            running: dict[str, Future[KernelBuild]] = {}
+            # a kernel's make starts as soon as that kernel is checked; the next kernels are checked
+            # (headers, compiler, the inputs' hash) while it runs
+            for release in _longest_first(self.targets, records):
+                job = self._prepare(release, files, records[release])
+                if isinstance(job, KernelBuild):
+                    done[release] = tell(job)
+                else:
+                    running[release] = pool.submit(self._make, job, jobserver, tell)
+            for release, future in running.items():
+                done[release] = future.result()
+        return BuildReport(self.manifest, tuple(done[k] for k in self.targets), time.monotonic() - start,
+                           self.workers)
 
-    def _one(self, release: str, files: list[Path], tell: Callable[[KernelBuild], KernelBuild]) -> KernelBuild:
+    def _prepare(self, release: str, files: list[Path], record: dict[str, Any] | None) -> KernelBuild | _Job:
+        """What building for ``release`` needs; a BLOCKED or CACHED result when make need not run."""
         k = kern.kernel(release, self.root)
         if not k.headers_complete:
+            from kmodkit.kbuild.platform import detect_distro
+
             distro = detect_distro(self.root)
             what = "no headers" if k.headers is None else f"incomplete headers (missing {', '.join(k.missing)})"
-            return tell(KernelBuild(release, State.BLOCKED, problem=f"{what} for {release}",
-                                    fix=distro.command("headers", kver=release, flavour=k.flavour or "default")
-                                    or "install the kernel's headers"))
+            return KernelBuild(release, State.BLOCKED, problem=f"{what} for {release}",
+                               fix=distro.command("headers", kver=release, flavour=k.flavour or "default")
+                               or "install the kernel's headers")
         assert k.headers is not None
         choice = kern.choose_compiler(kern.kernel_compiler(kern.kernel_config(k.headers)), self.root)
         if choice.program is None:
+            from kmodkit.kbuild.platform import detect_distro
+
             w = choice.wanted
             major = str(w.major) if w and w.major is not None else "?"
-            return tell(KernelBuild(release, State.BLOCKED,
-                                    problem=f"{release} was built with '{w.text if w else '?'}', not on PATH",
-                                    fix=detect_distro(self.root).command("compiler", major=major)
-                                    or f"install gcc {major}"))
-        out = self.out / release
+            return KernelBuild(release, State.BLOCKED,
+                               problem=f"{release} was built with '{w.text if w else '?'}', not on PATH",
+                               fix=detect_distro(self.root).command("compiler", major=major)
+                               or f"install gcc {major}")
         key = self._key(files, k.headers, choice)
-        cached = self._cached(out, key)
-        if cached is not None:
-            return tell(cached)
-        tell(KernelBuild(release, State.BUILDING, compiler=choice.program))
-        return tell(self._make(release, k.headers, choice, files, out, key))
+        cached = self._cached(self.out / release, record, key)
+        return cached if cached is not None else _Job(release, k.headers, choice, files, key)
 
     def _key(self, files: list[Path], headers: Path, choice: kern.CompilerChoice) -> str:
         extra = [f"format={RECORD_FORMAT}", kern.headers_identity(headers),
@@ -231,16 +250,11 @@ class Build:
                          f"{_stamp(self.project / sig.cert) if sig.cert else ''}")
         return inputs.inputs_hash(self.project, files, extra)
 
-    def _cached(self, out: Path, key: str) -> KernelBuild | None:
-        if self.force:
-            return None
-        try:
-            rec = json.loads((out / "build.json").read_text())
-        except (OSError, ValueError):
+    def _cached(self, out: Path, rec: dict[str, Any] | None, key: str) -> KernelBuild | None:
+        if self.force or rec is None:
             return None
         module = out / f"{self.manifest.name}.ko"
-        if not isinstance(rec, dict) or rec.get("inputs") != key or not module.is_file() \
-                or rec.get("module_sha256") != _sha256(module):
+        if rec.get("inputs") != key or not module.is_file() or rec.get("module_sha256") != _sha256(module):
             return None
         diags = tuple(Diagnostic(d["file"], d["line"], Severity(d["severity"]), d["message"])
                       for d in rec.get("diagnostics", []))
@@ -248,50 +262,50 @@ class Build:
                            rec.get("duration", 0.0), rec.get("compiler"), rec.get("vermagic"),
                            rec.get("srcversion"), diags)
 
-    def _make(self, release: str, headers: Path, choice: kern.CompilerChoice, files: list[Path], out: Path,
-              key: str) -> KernelBuild:
+    def _make(self, job: _Job, jobserver: Jobserver, tell: Callable[[KernelBuild], KernelBuild]) -> KernelBuild:
+        release, program = job.release, job.choice.program
+        assert program is not None
         copy = self.work / release
-        inputs.copy_tree(self.project, files, copy)
+        inputs.copy_tree(self.project, job.files, copy)
+        out = self.out / release
         out.mkdir(parents=True, exist_ok=True)
         logpath = out / "build.log"
-        argv = [self.make, "-C", str(headers), f"M={copy}", f"CC={choice.program}", f"-j{self.make_jobs}", "modules"]
+        # no -jN: a -j on the command line would make this make the master of a jobserver of its own
+        argv = [self.make, "-C", str(job.headers), f"M={copy}", f"CC={program}", "modules"]
         # Kbuild unexports LC_ALL, so the compiler's language comes from LANG / LC_MESSAGES / LC_CTYPE
-        env = dict(os.environ, LC_ALL="C", LANG="C", LC_MESSAGES="C", LC_CTYPE="C")
-        env.pop("MAKEFLAGS", None)
+        env = dict(os.environ, LC_ALL="C", LANG="C", LC_MESSAGES="C", LC_CTYPE="C", MAKEFLAGS=jobserver.makeflags())
         log.info("%s: %s", release, " ".join(argv))
-        start = time.monotonic()
-        with open(logpath, "wb") as fh:
-            fh.write(("$ " + " ".join(argv) + "\n").encode())
-            fh.flush()
-            try:
-                proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
-                rc = proc.returncode
-            except OSError as exc:
-                fh.write(f"{self.make}: {exc.strerror}\n".encode())
-                rc = 127
-        duration = time.monotonic() - start
+        with jobserver.slot():
+            tell(KernelBuild(release, State.BUILDING, compiler=program))
+            start = time.monotonic()
+            rc = _run_logged(argv, env, jobserver, logpath)
+            duration = time.monotonic() - start
         diags = tuple(buildlog.parse(logpath.read_text(errors="replace"), copy))
         built = copy / f"{self.manifest.name}.ko"
         if rc != 0 or not built.is_file():
             errors = [d for d in diags if d.severity is Severity.ERROR]
             problem = (f"make exited with {rc}" if rc != 127 else f"{self.make} could not run") \
                 + (f": {errors[0]}" if errors else "")
-            return KernelBuild(release, State.FAILED, None, logpath, None, duration, choice.program,
-                               diagnostics=diags, problem=problem)
+            return tell(KernelBuild(release, State.FAILED, None, logpath, None, duration, program,
+                                    diagnostics=diags, problem=problem))
         module = out / f"{self.manifest.name}.ko"
-        _install(built, module)
-        result = KernelBuild(release, State.BUILT, module, logpath, out / "build.json", duration, choice.program,
+        data = built.read_bytes()
+        _write_atomic(module, data)
+        result = KernelBuild(release, State.BUILT, module, logpath, out / "build.json", duration, program,
                              diagnostics=diags)
         if self.manifest.signing is not None:
-            result = replace(result, signed=sign_built_module(module, self.manifest.signing, self.project))
-        return self._record(result, choice, key)
+            from kmodkit.kbuild.signhook import sign_built_module
 
-    def _record(self, result: KernelBuild, choice: kern.CompilerChoice, key: str) -> KernelBuild:
+            result = replace(result, signed=sign_built_module(module, self.manifest.signing, self.project))
+        return tell(self._record(result, data, job.choice, job.key))
+
+    def _record(self, result: KernelBuild, data: bytes, choice: kern.CompilerChoice, key: str) -> KernelBuild:
+        """Write out/KVER/build.json for a module just built from ``data`` (signing adds only a trailer)."""
         from kmodkit.modfile import ModuleFile
 
         module, record = result.module, result.record
         assert module is not None and record is not None
-        with ModuleFile.open(module) as mod:
+        with ModuleFile.from_bytes(data, str(module)) as mod:
             vermagic, srcversion = mod.get("vermagic"), mod.get("srcversion")
         result = replace(result, vermagic=vermagic, srcversion=srcversion)
         rec = {
@@ -303,12 +317,60 @@ class Build:
             "diagnostics": [{"file": d.file, "line": d.line, "severity": d.severity.value, "message": d.message}
                             for d in result.diagnostics],
             "signed": result.signed.to_json() if result.signed else None,
-            "log": str(result.log), "inputs": key, "module_sha256": _sha256(module),
+            "log": str(result.log), "inputs": key,
+            "module_sha256": _sha256(module) if result.signed else hashlib.sha256(data).hexdigest(),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kmodkit": __version__,
             "record_format": RECORD_FORMAT,
         }
         _write_atomic(record, (json.dumps(rec, indent=2) + "\n").encode())
         return result
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A kernel whose module make must build."""
+
+    release: str  #: the kernel release
+    headers: Path  #: its Kbuild tree
+    choice: kern.CompilerChoice  #: the compiler to build with (its program is never None)
+    files: list[Path]  #: the project's input files, relative to it
+    key: str  #: the hash of the build's inputs, for the record
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    """out/KVER/build.json of the last build, None when absent or unreadable."""
+    try:
+        rec = json.loads((out / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _longest_first(targets: list[str], records: dict[str, dict[str, Any] | None]) -> list[str]:
+    """The order to start the kernels in: never built first (as asked), then by make's last duration, longest first.
+
+    A long build started last would run on alone at the end while the other CPUs have nothing to do.
+    """
+    def last(release: str) -> float:
+        rec = records[release]
+        d = rec.get("duration") if rec else None
+        return float(d) if isinstance(d, (int, float)) else math.inf
+
+    return sorted(targets, key=last, reverse=True)
+
+
+def _run_logged(argv: list[str], env: dict[str, str], jobserver: Jobserver, logpath: Path) -> int:
+    """Run make with its output in ``logpath``; its exit status, 127 when it could not start."""
+    with open(logpath, "wb") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.write(f"# MAKEFLAGS={env['MAKEFLAGS']} (one jobserver shared by every kernel's make)\n".encode())
+        fh.flush()
+        try:
+            return subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, pass_fds=jobserver.fds,
+                                  check=False).returncode
+        except OSError as exc:
+            fh.write(f"{argv[0]}: {exc.strerror}\n".encode())
+            return 127
 
 
 def _stamp(path: Path) -> str:
@@ -321,10 +383,6 @@ def _stamp(path: Path) -> str:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _install(src: Path, dest: Path) -> None:
-    _write_atomic(dest, src.read_bytes())
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -228,7 +229,18 @@ def which(name: str, root: Path = Path("/"), path: str | None = None) -> Path | 
 def version_of(program: Path) -> CompilerId | None:
     """The first line of ``program --version`` parsed; None when it cannot run."""
     try:
-        out = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=20, check=False)
+        st = program.stat()
+    except OSError:
+        return None
+    return _version_of(str(program), st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+# asked once per process and file: kernels built with one compiler share it (a build for three kernels
+# ran gcc-12 --version twice); the file's identity is in the key, so a compiler replaced on disk is asked again
+@functools.lru_cache(maxsize=64)
+def _version_of(program: str, dev: int, ino: int, mtime_ns: int) -> CompilerId | None:
+    try:
+        out = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     first = out.stdout.splitlines()[0] if out.stdout else ""
