@@ -57,6 +57,10 @@ def test_every_installed_kernel_gets_a_module_with_its_vermagic(built_everywhere
         rec = json.loads((project / "out" / r.kernel / "build.json").read_text())
         assert rec["kernel"] == r.kernel and rec["vermagic"] == r.vermagic and rec["srcversion"] == r.srcversion
         assert rec["duration"] > 0 and rec["warnings"] == [] and Path(rec["log"]).is_file()
+        # make was a client of kmodkit's jobserver: no -j of its own, and the pipe reached it
+        log = Path(rec["log"]).read_text()
+        assert "--jobserver-auth=" in log.splitlines()[1] and " -j" not in log.splitlines()[0]
+        assert "jobserver unavailable" not in log and "resetting jobserver mode" not in log
         # the compiler named in the headers' .config, exactly
         headers = kern.kernel(r.kernel).headers
         assert headers is not None
@@ -226,6 +230,23 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "p" / "demo.c").unlink()
     with pytest.raises(UserError, match="does not exist"):
         Build(tmp_path / "p", kernels=["x"])
+
+
+def test_the_build_that_took_longest_last_time_starts_first(tmp_path: Path, kernel_trees: list) -> None:
+    releases = [t.release for t in kernel_trees if t.headers][:2]
+    if len(releases) < 2:
+        pytest.skip("needs two kernels with headers")
+    NewProject("demo", tmp_path / "p").create()
+    # earlier builds' records: the second kernel's make took longest (the inputs differ: both are rebuilt)
+    for release, duration in zip(releases, (1.0, 9.0)):
+        out = tmp_path / "p" / "out" / release
+        out.mkdir(parents=True)
+        (out / "build.json").write_text(json.dumps({"kernel": release, "duration": duration, "inputs": "old"}))
+    events: list[KernelBuild] = []
+    # one kernel at a time, so the order make starts in is the order asked for
+    report = Build(tmp_path / "p", kernels=releases, jobs=1, workdir=tmp_path / "work").run(events.append)
+    assert [e.kernel for e in events if e.state is State.BUILDING] == releases[::-1]
+    assert [r.kernel for r in report.results] == releases and report.ok
 
 
 def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, cloud_tree) -> None:
