@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         # the quick path: same inputs as the index already there, so nothing to write but stats
         current, read = cache.is_current(identity, walk)
         if current:
-            cache.save_head(identity, walk)
+            if read or walk.listings != cache.listings:
+                cache.save_head(identity, walk)
             if args.json:
                 from kmodkit.cli.output import print_json
 

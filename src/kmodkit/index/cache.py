@@ -44,7 +44,10 @@ _FRESH_RACY = (-1, -1, -1)
 
 
 def _flat_keys(keys: Iterable[StatKey], racy: tuple[int, int, int]) -> bytes:
-    return array("q", chain.from_iterable(k or racy for k in keys)).tobytes()
+    listed = list(keys)
+    if None in listed:
+        listed = [k or racy for k in listed]
+    return array("q", chain.from_iterable(listed)).tobytes()  # type: ignore[arg-type]
 
 
 class IndexCache:
@@ -149,11 +152,9 @@ class IndexCache:
         fresh_keys = _flat_keys(walk.stats.values(), _FRESH_RACY)
         if fresh_keys == self.keys:
             return True, 0
-        stored = array("q")
-        stored.frombytes(self.keys)
-        fresh = array("q")
-        fresh.frombytes(fresh_keys)
-        changed = [path for i, path in enumerate(self.paths) if fresh[3 * i:3 * i + 3] != stored[3 * i:3 * i + 3]]
+        stored = struct.iter_unpack("=qqq", self.keys)
+        fresh = struct.iter_unpack("=qqq", fresh_keys)
+        changed = [path for path, old, new in zip(self.paths, stored, fresh) if old != new]
         from kmodkit.index.scan import read_module_bytes
 
         for path in changed:

@@ -136,17 +136,18 @@ class TreeInputs:
 
     def _walk_all(self, old: dict[str, DirListing]) -> TreeWalk:
         w = TreeWalk({}, {}, [], [], {}, time.time_ns())
-        self._walk(self.dirname, None, w, old)
+        self._walk(self.dirname, self.dirname, None, w, old)
         for ext in self.config.externals:
             if os.path.isdir(ext):
-                self._walk(ext.rstrip("/"), None, w, old)
+                self._walk(ext.rstrip("/"), ext.rstrip("/"), None, w, old)
         return w
 
-    def _walk(self, directory: str, parent_fd: int | None, w: TreeWalk, old: dict[str, DirListing]) -> None:
-        # Directories are opened relative to their parent and files stat'ed relative
-        # to their directory: the kernel then resolves one name, not the whole path.
+    def _walk(self, directory: str, name: str, parent_fd: int | None, w: TreeWalk,
+              old: dict[str, DirListing]) -> None:
+        # Directories are opened relative to their parent (``name`` in ``parent_fd``)
+        # and files stat'ed relative to their directory: the kernel then resolves
+        # one name, not the whole path.
         try:
-            name = os.path.basename(directory) if parent_fd is not None else directory
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno == errno.ENOTDIR and old:  # a reused listing said "directory"
@@ -175,7 +176,7 @@ class TreeInputs:
                     continue
                 path = prefix + entry
                 if is_dir:
-                    self._walk(path, fd, w, old)
+                    self._walk(path, entry, fd, w, old)
                     continue
                 # the common case inline (4,000 files a run); a second file of the same name goes aside
                 modname = entry.split(".", 1)[0].replace("-", "_")  # path_to_modname
