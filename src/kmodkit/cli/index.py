@@ -34,33 +34,42 @@ def run(args: argparse.Namespace) -> int:
                         system_map=args.filesyms)
     outdir = args.outdir or inputs.dirname
     cache = None
+    walk = None
     if not args.no_cache:
         from kmodkit.index.cache import IndexCache
 
         cache = IndexCache.load(outdir)
-    walk = inputs.walk(cache.listings if cache is not None else None)
-    identity = inputs.identity(walk.now_ns)
-    if cache is not None and not args.dry_run and not args.errsyms:
-        # the quick path: same inputs as the index already there, so nothing to write but stats
-        current, read = cache.is_current(identity, walk)
-        if current:
-            if read or walk.listings != cache.listings:
-                cache.save_head(identity, walk)
-            if args.json:
-                from kmodkit.cli.output import print_json
+    if cache is not None and cache.paths:
+        walk = inputs.walk(cache.listings)
+        identity = inputs.identity(walk.now_ns)
+        if not args.dry_run and not args.errsyms:
+            # the quick path: same inputs as the index already there, so nothing to write but stats
+            current, read = cache.is_current(identity, walk)
+            if current:
+                if read or walk.listings != cache.listings:
+                    cache.save_head(identity, walk)
+                if args.json:
+                    from kmodkit.cli.output import print_json
 
-                print_json({"outdir": os.path.abspath(outdir), "modules": len(walk.chosen), "files": [],
-                            "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
-            return 0
+                    print_json({"outdir": os.path.abspath(outdir), "modules": len(walk.chosen), "files": [],
+                                "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
+                return 0
 
     from kmodkit.cli.output import error_line, print_json
     from kmodkit.index.depfiles import render_all, write_index
     from kmodkit.index.depmod import Depmod
-    from kmodkit.index.scan import worker_pool
+    from kmodkit.index.scan import Prefetch, worker_pool
 
     dm = Depmod(args.kver, errsyms=args.errsyms, jobs=args.jobs, inputs=inputs)
     with worker_pool(args.jobs) as pool:
-        result = dm.compute(walk, cache, pool)
+        read_early = None
+        if walk is None:  # every file will be read: start while the tree is still being walked
+            prefetch = Prefetch(pool) if pool is not None else None
+            walk = inputs.walk(cache.listings if cache is not None else None,
+                               prefetch.add if prefetch is not None else None)
+            identity = inputs.identity(walk.now_ns)
+            read_early = prefetch.results if prefetch is not None else None
+        result = dm.compute(walk, cache, pool, read_early)
         files = render_all(result, pool)
     for problem in dm.config.problems:
         error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])

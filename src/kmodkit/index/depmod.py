@@ -22,6 +22,7 @@ import logging
 import os
 import re
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -134,43 +135,55 @@ class Depmod:
     # --- the model ----------------------------------------------------------------
 
     def compute(self, walk: TreeWalk | None = None, cache: IndexCache | None = None,
-                pool: Executor | None = None) -> DepmodResult:
+                pool: Executor | None = None,
+                read: Callable[[], dict[str, bytes | str]] | None = None) -> DepmodResult:
         """Scan the tree and resolve every dependency; raises :class:`DependencyCycleError` on a loop.
 
         ``walk`` is a walk of the tree already made (default: walk now);
         ``cache`` gives the records of files whose stat is unchanged;
-        ``pool`` (see :func:`~kmodkit.index.scan.worker_pool`) reads the files.
+        ``pool`` (see :func:`~kmodkit.index.scan.worker_pool`) reads the files;
+        ``read`` returns files being read already (:meth:`~kmodkit.index.scan.Prefetch.results`),
+        called once the module order is known.
         """
         if walk is None:
             walk = self.inputs.walk(cache.listings if cache is not None else None)
         failures = [ScanFailure(d.split(": ", 1)[0], "directory could not be read") for d in walk.errors]
         failures += [ScanFailure(path, why) for path, why in walk.vanished]
-        blobs: dict[str, bytes] = {}
-        todo: list[str] = []
-        for path, key in walk.stats.items():
-            blob = cache.record_bytes(path, key) if cache is not None else None
-            if blob is None:
-                todo.append(path)
-            else:
-                blobs[path] = blob
-        for path, result in zip(todo, scan_paths(todo, self.jobs, pool)):
-            if isinstance(result, str):
-                failures.append(ScanFailure(path, result))
-            else:
-                blobs[path] = result
-        log.debug("read %d module files, %d from the cache", len(todo), len(blobs) - len(todo))
+        # the order needs only the names: it is settled while the files are still being read
         empty = ModuleRecord((), (), ())
         base = self.dirname + "/"
         modules: list[Module] = []
         for name, path in walk.chosen.items():
             rel = path[len(base):] if path.startswith(base) else None
-            blob = blobs.get(path)
-            modules.append(Module(name, path, rel, ModuleRecord.from_bytes(blob) if blob is not None else empty))
+            modules.append(Module(name, path, rel, empty))
         # the walk of depmod's module-name hash table (512 buckets, strcmp within one)
         modules.sort(key=lambda m: (superfast(m.name.encode()) & (MODULE_BUCKETS - 1), m.name.encode()))
         self._apply_order(modules)
         for i, m in enumerate(modules):
             m.idx = i
+        blobs: dict[str, bytes] = {}
+        done = read() if read is not None else {}
+        todo: list[str] = []
+        for path, key in walk.stats.items():
+            if path in done:
+                continue
+            blob = cache.record_bytes(path, key) if cache is not None else None
+            if blob is None:
+                todo.append(path)
+            else:
+                blobs[path] = blob
+        fresh = [(path, done[path]) for path in walk.stats if path in done]
+        fresh += zip(todo, scan_paths(todo, self.jobs, pool))
+        for path, result in fresh:
+            if isinstance(result, str):
+                failures.append(ScanFailure(path, result))
+            else:
+                blobs[path] = result
+        log.debug("read %d module files, %d from the cache", len(fresh), len(walk.stats) - len(fresh))
+        for m in modules:
+            blob = blobs.get(m.path)
+            if blob is not None:
+                m.record = ModuleRecord.from_bytes(blob)
         symbols: dict[bytes, Module | None] = {}
         crcs: dict[bytes, int] = {}
         hashes: dict[bytes, int] = {}
@@ -185,7 +198,7 @@ class Depmod:
                 hashes[sym] = h
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
-        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(todo))
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(fresh))
 
     def _apply_order(self, modules: list[Module]) -> None:
         try:

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from kmodkit.errors import NotFoundError, UserError
@@ -124,26 +125,31 @@ class TreeInputs:
 
     # --- the walk ---------------------------------------------------------------
 
-    def walk(self, listings: dict[str, DirListing] | None = None) -> TreeWalk:
-        """The files that win for each module name; ``listings`` from an earlier walk are reused."""
+    def walk(self, listings: dict[str, DirListing] | None = None,
+             found: Callable[[str], object] | None = None) -> TreeWalk:
+        """The files that win for each module name; ``listings`` from an earlier walk are reused.
+
+        ``found`` is called with each module file as the walk finds it (a file
+        may later lose to another of the same name), so reading can start early.
+        """
         try:
-            w = self._walk_all(listings or {})
+            w = self._walk_all(listings or {}, found)
         except _StaleListing:
-            w = self._walk_all({})
+            w = self._walk_all({}, found)
         chosen = set(w.chosen.values())
         w.vanished[:] = [v for v in w.vanished if v[0] in chosen]
         return w
 
-    def _walk_all(self, old: dict[str, DirListing]) -> TreeWalk:
+    def _walk_all(self, old: dict[str, DirListing], found: Callable[[str], object] | None) -> TreeWalk:
         w = TreeWalk({}, {}, [], [], {}, time.time_ns())
-        self._walk(self.dirname, self.dirname, None, w, old)
+        self._walk(self.dirname, self.dirname, None, w, old, found)
         for ext in self.config.externals:
             if os.path.isdir(ext):
-                self._walk(ext.rstrip("/"), ext.rstrip("/"), None, w, old)
+                self._walk(ext.rstrip("/"), ext.rstrip("/"), None, w, old, found)
         return w
 
     def _walk(self, directory: str, name: str, parent_fd: int | None, w: TreeWalk,
-              old: dict[str, DirListing]) -> None:
+              old: dict[str, DirListing], found: Callable[[str], object] | None) -> None:
         # Directories are opened relative to their parent (``name`` in ``parent_fd``)
         # and files stat'ed relative to their directory: the kernel then resolves
         # one name, not the whole path.
@@ -176,12 +182,13 @@ class TreeInputs:
                     continue
                 path = prefix + entry
                 if is_dir:
-                    self._walk(path, entry, fd, w, old)
+                    self._walk(path, entry, fd, w, old, found)
                     continue
                 # the common case inline (4,000 files a run); a second file of the same name goes aside
                 modname = entry.split(".", 1)[0].replace("-", "_")  # path_to_modname
                 if modname in chosen:
-                    self._duplicate(modname, path, entry, fd, w)
+                    if self._duplicate(modname, path, entry, fd, w) and found is not None:
+                        found(path)
                     continue
                 chosen[modname] = path
                 try:
@@ -192,13 +199,16 @@ class TreeInputs:
                 if stat.S_ISDIR(st.st_mode):  # a listing reused while a link changed its target
                     raise _StaleListing(path)
                 stats[path] = (st.st_size, st.st_mtime_ns, st.st_ino) if st.st_mtime_ns < trusted_before else None
+                if found is not None:
+                    found(path)
         finally:
             os.close(fd)
 
-    def _duplicate(self, modname: str, path: str, entry: str, dir_fd: int, w: TreeWalk) -> None:
+    def _duplicate(self, modname: str, path: str, entry: str, dir_fd: int, w: TreeWalk) -> bool:
+        # True when ``path`` now wins and was stat'ed
         old = w.chosen[modname]
         if self._old_wins(old, path, modname):
-            return
+            return False
         del w.chosen[modname]
         w.stats.pop(old, None)
         w.chosen[modname] = path
@@ -206,10 +216,11 @@ class TreeInputs:
             st = os.stat(entry, dir_fd=dir_fd)
         except OSError as exc:
             w.vanished.append((path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
-            return
+            return False
         if stat.S_ISDIR(st.st_mode):
             raise _StaleListing(path)
         w.stats[path] = stat_key(st, w.now_ns)
+        return True
 
     def _old_wins(self, oldpath: str, newpath: str, modname: str) -> bool:
         # depmod_module_is_higher_priority: compares "DIR/NAME" without the extension

@@ -34,7 +34,7 @@ from kmodkit.errors import KmodkitError, ModuleFormatError
 from kmodkit.index.khash import superfast
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
+    from concurrent.futures import Executor, Future
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,39 @@ def worker_pool(jobs: int) -> Iterator[Executor | None]:
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         yield pool
+
+
+class Prefetch:
+    """Module files read by a pool's workers while the tree is still being walked.
+
+    Pass :meth:`add` as the walk's ``found`` callback; :meth:`results` waits for
+    every batch.
+    """
+
+    def __init__(self, pool: Executor, batch: int = 256) -> None:
+        self._pool = pool
+        self._size = batch
+        self._batch: list[str] = []
+        self._pending: list[tuple[list[str], Future[list[bytes | str]]]] = []
+
+    def add(self, path: str) -> None:
+        """Queue ``path``; a full batch goes to a worker at once."""
+        self._batch.append(path)
+        if len(self._batch) >= self._size:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._batch:
+            self._pending.append((self._batch, self._pool.submit(_read_batch, self._batch)))
+            self._batch = []
+
+    def results(self) -> dict[str, bytes | str]:
+        """path -> marshalled record, or why it could not be read, for every path added."""
+        self._submit()
+        out: dict[str, bytes | str] = {}
+        for paths, future in self._pending:
+            out.update(zip(paths, future.result()))
+        return out
 
 
 def scan_paths(paths: list[str], jobs: int = 2, pool: Executor | None = None) -> list[bytes | str]:
