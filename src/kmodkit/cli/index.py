@@ -28,50 +28,24 @@ def run(args: argparse.Namespace) -> int:
     """Compute and write the index; 1 when modules could not be read or symbols are unknown with -e."""
     import os
 
-    from kmodkit.index.inputs import INDEX_FILES, TreeInputs
+    from kmodkit.index.indexer import Indexer
+    from kmodkit.index.inputs import INDEX_FILES
 
-    inputs = TreeInputs(args.kver, args.basedir, config_paths=args.config, symvers=args.symvers,
-                        system_map=args.filesyms)
-    outdir = args.outdir or inputs.dirname
-    cache = None
-    walk = None
-    if not args.no_cache:
-        from kmodkit.index.cache import IndexCache
+    ix = Indexer(args.kver, args.basedir, outdir=args.outdir, config_paths=args.config, symvers=args.symvers,
+                 system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs, use_cache=not args.no_cache)
+    read = None if args.dry_run else ix.up_to_date()
+    if read is not None:
+        if args.json:
+            from kmodkit.cli.output import print_json
 
-        cache = IndexCache.load(outdir)
-    if cache is not None and cache.paths:
-        walk = inputs.walk(cache.listings)
-        identity = inputs.identity(walk.now_ns)
-        if not args.dry_run and not args.errsyms:
-            # the quick path: same inputs as the index already there, so nothing to write but stats
-            current, read = cache.is_current(identity, walk)
-            if current:
-                if read or walk.listings != cache.listings:
-                    cache.save_head(identity, walk)
-                if args.json:
-                    from kmodkit.cli.output import print_json
-
-                    print_json({"outdir": os.path.abspath(outdir), "modules": len(walk.chosen), "files": [],
-                                "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
-                return 0
+            print_json({"outdir": os.path.abspath(ix.outdir), "modules": ix.module_count, "files": [],
+                        "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
+        return 0
 
     from kmodkit.cli.output import error_line, print_json
-    from kmodkit.index.depfiles import render_all, write_index
-    from kmodkit.index.depmod import Depmod
-    from kmodkit.index.scan import Prefetch, worker_pool
 
-    dm = Depmod(args.kver, errsyms=args.errsyms, jobs=args.jobs, inputs=inputs)
-    with worker_pool(args.jobs) as pool:
-        read_early = None
-        if walk is None:  # every file will be read: start while the tree is still being walked
-            prefetch = Prefetch(pool) if pool is not None else None
-            walk = inputs.walk(cache.listings if cache is not None else None,
-                               prefetch.add if prefetch is not None else None)
-            identity = inputs.identity(walk.now_ns)
-            read_early = prefetch.results if prefetch is not None else None
-        result = dm.compute(walk, cache, pool, read_early)
-        files = render_all(result, pool)
-    for problem in dm.config.problems:
+    result, files = ix.rebuild()
+    for problem in ix.inputs.config.problems:
         error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
     for failure in result.failures:
         error_line(failure.path, failure.reason)
@@ -80,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.buffer.write(files["modules.dep"])
         return 1 if result.failures else 0
-    written = write_index(files, outdir)
-    if cache is not None:
-        cache.save(identity, walk, result.records)
+    written = ix.write(result, files)
     if args.json:
-        print_json({"outdir": os.path.abspath(outdir), "modules": len(result.modules),
+        print_json({"outdir": os.path.abspath(ix.outdir), "modules": len(result.modules),
                     "files": list(written.files), "unchanged": list(written.unchanged),
                     "read": result.read_count,
                     "failures": [{"path": f.path, "reason": f.reason} for f in result.failures],
