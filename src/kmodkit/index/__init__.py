@@ -9,6 +9,16 @@ Writing an index (what ``depmod`` does)::
     result = dm.compute()            # DepmodResult; DependencyCycleError on a loop
     write_index(render_all(result), dm.dirname)   # all files or none
 
+or, as ``kmodkit index`` does, with the cache beside the index (a run that
+finds nothing changed writes nothing) and worker processes::
+
+    from kmodkit.index.indexer import Indexer
+
+    ix = Indexer("6.1.0-13-amd64", basedir="/srv/image")
+    if ix.up_to_date() is None:
+        result, files = ix.rebuild()
+        ix.write(result, files)
+
 ``result.modules`` are :class:`~kmodkit.index.depmod.Module` records in
 modules.dep order (``deps`` = direct dependencies), ``result.symbols`` maps
 each exported symbol to its module (None: the kernel), ``result.issues``
