@@ -31,7 +31,7 @@ from kmodkit.index.inputs import INDEX_FILES, DirListing, StatKey, TreeWalk
 #: the cache files kmodkit keeps beside the index it writes
 CACHE_NAME = "modules.kmodkit-cache"
 RECORDS_NAME = "modules.kmodkit-records"
-_VERSION = 5
+_VERSION = 6
 _RECORDS_MAGIC = b"kmodkit-records\0"
 
 # Stat keys are kept flat, (size, mtime_ns, inode) per file in the order of the

@@ -48,8 +48,9 @@ _RACY_NS = 2_000_000_000
 
 #: (size, mtime_ns, inode) of a file; None when it changed too recently to be trusted later
 StatKey = tuple[int, int, int] | None
-#: a directory's (mtime_ns, inode, [(entry name, is a directory)]) in readdir order
-DirListing = tuple[int, int, list[tuple[str, bool]]]
+#: a directory's (mtime_ns, inode, [(entry name, its module name; None for a directory)]),
+#: its subdirectories and module files in readdir order
+DirListing = tuple[int, int, list[tuple[str, str | None]]]
 
 
 def path_to_modname(path: str) -> str:
@@ -177,26 +178,26 @@ class TreeInputs:
             chosen, stats = w.chosen, w.stats
             trusted_before = w.now_ns - _RACY_NS
             prefix = directory + "/"
-            for entry, is_dir in entries:
+            stat_at, is_dir = os.stat, stat.S_ISDIR
+            for entry, modname in entries:
                 if entry in skip:
                     continue
                 path = prefix + entry
-                if is_dir:
+                if modname is None:
                     self._walk(path, entry, fd, w, old, found)
                     continue
                 # the common case inline (4,000 files a run); a second file of the same name goes aside
-                modname = entry.split(".", 1)[0].replace("-", "_")  # path_to_modname
                 if modname in chosen:
                     if self._duplicate(modname, path, entry, fd, w) and found is not None:
                         found(path)
                     continue
                 chosen[modname] = path
                 try:
-                    st = os.stat(entry, dir_fd=fd)
+                    st = stat_at(entry, dir_fd=fd)
                 except OSError as exc:
                     w.vanished.append((path, f"vanished during the scan: {(exc.strerror or '').lower()}"))
                     continue
-                if stat.S_ISDIR(st.st_mode):  # a listing reused while a link changed its target
+                if is_dir(st.st_mode):  # a listing reused while a link changed its target
                     raise _StaleListing(path)
                 stats[path] = (st.st_size, st.st_mtime_ns, st.st_ino) if st.st_mtime_ns < trusted_before else None
                 if found is not None:
@@ -267,18 +268,18 @@ class _StaleListing(Exception):
     """A reused directory listing no longer describes the directory."""
 
 
-def _list(fd: int) -> list[tuple[str, bool]]:
-    """The subdirectories and module files of the open directory ``fd``, in readdir order."""
-    out: list[tuple[str, bool]] = []
+def _list(fd: int) -> list[tuple[str, str | None]]:
+    """The subdirectories (module name None) and module files of the open directory ``fd``, in readdir order."""
+    out: list[tuple[str, str | None]] = []
     with os.scandir(fd) as it:
         for entry in it:  # readdir order, as depmod walks
             name = entry.name
             try:
                 if entry.is_dir():
-                    out.append((name, True))
+                    out.append((name, None))
                 elif (entry.is_file() and name.endswith(MODULE_SUFFIXES)
                       and not any(name == s for s in MODULE_SUFFIXES)):
-                    out.append((name, False))
+                    out.append((name, name.split(".", 1)[0].replace("-", "_")))  # path_to_modname
             except OSError:
                 continue
     return out
