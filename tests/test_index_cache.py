@@ -51,7 +51,9 @@ def test_unchanged_tree_writes_nothing_and_a_changed_module_rebuilds_as_depmod(
     other = next(p for p in generic_tree.modules() if p.name == "ah4.ko")
     root, out = tmp_path / "root", tmp_path / "out"
     moddir = make_tree(generic_tree, root, copy=rel)
-    for name in (rel, *TREE_FILES):  # copied just now: too recent to be trusted (see the next test)
+    # made just now: too recent to be trusted (see the next test), so aged
+    made = [Path(rel), *Path(rel).parents[:-1], *TREE_FILES]
+    for name in made + [Path(".")]:
         set_mtime(moddir / name, time.time_ns() - _HOUR_NS)
     assert index(root, generic_tree.release, out)["read"] == len(generic_tree.modules())
     stamps = {name: (out / name).stat().st_mtime_ns for name in INDEX_FILES}
