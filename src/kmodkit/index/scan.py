@@ -16,7 +16,6 @@ back marshalled, the form :mod:`kmodkit.index.cache` stores them in.
 
 from __future__ import annotations
 
-import logging
 import marshal
 import mmap
 import os
@@ -35,8 +34,6 @@ from kmodkit.index.khash import superfast
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
-
-log = logging.getLogger(__name__)
 
 
 # A NamedTuple (not a dataclass) so that checking one changed module on the
@@ -315,8 +312,10 @@ def _exports(img: _Image, syms: _Symbols, strtab: bytes) -> tuple[tuple[bytes, i
     hits = starts.intersection(names)
     if not hits:
         return _ksymtab_strings(img)
+    # a few exports: list.index per name; many: one pass over every symbol is cheaper
+    found = _positions(names, hits) if len(hits) <= 64 else [k for k, n in enumerate(names) if n in hits]
     out = []
-    for k in sorted(k for k, n in enumerate(names) if n in hits) if len(hits) > 64 else _positions(names, hits):
+    for k in found:
         end = strtab.find(b"\0", names[k])
         name = strtab[names[k] + 6:end if end >= 0 else None]
         out.append((name, _resolve_crc(img, syms.values[k], syms.shndx[k]), superfast(name)))
