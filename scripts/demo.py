@@ -102,6 +102,8 @@ def main() -> int:
     root = stage_tree(generic, ROOT / gen_build)
     step(f"index a copy of {generic}'s tree with the example in extra/ (depmod's ten files, byte-identical)",
          "index", "-b", str(root.relative_to(ROOT)), generic)
+    step("index it again: nothing changed, so nothing is read or written", "index", "--json", "-b",
+         str(root.relative_to(ROOT)), generic)
     step("what loading the example takes, as modprobe would do it", "deps", "-b", str(root.relative_to(ROOT)),
          "-k", generic, "--show-depends", "hello", "af_key")
     step("why af_key needs xfrm_algo", "deps", "-k", generic, "--why", "af_key", "xfrm_algo")
