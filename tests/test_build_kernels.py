@@ -88,6 +88,26 @@ def test_nothing_changed_nothing_rebuilt(built_everywhere: tuple[Path, list], tm
     assert [r.vermagic for r in report.results] == [r.vermagic for r in results]
 
 
+def test_reading_a_few_config_options_agrees_with_the_whole_config(kernel_trees: list, tmp_path: Path) -> None:
+    names = ("CONFIG_CC_VERSION_TEXT", "CONFIG_MODULE_SIG", "CONFIG_MODULE_SIG_HASH", "CONFIG_EXT4_FS",
+             "CONFIG_MODULE_SIG_FORCE", "CONFIG_NO_SUCH_OPTION")
+    trees = [t for t in kernel_trees if t.headers]
+    if not trees:
+        pytest.skip("no kernel headers installed")
+    for t in trees:
+        headers = kern.kernel(t.release).headers
+        assert headers is not None
+        whole = kern.kernel_config(headers)
+        assert kern.kernel_config(headers, only=names) == {n: whole[n] for n in names if n in whole}
+    # a tree with only autoconf.h (no .config, no auto.conf): a module option comes back as 'm'
+    fake = tmp_path / "headers" / "include" / "generated"
+    fake.mkdir(parents=True)
+    (fake / "autoconf.h").write_text('#define CONFIG_EXT4_FS_MODULE 1\n#define CONFIG_MODULE_SIG 1\n'
+                                     '#define CONFIG_MODULE_SIG_HASH "sha512"\n')
+    assert kern.kernel_config(tmp_path / "headers", only=names) == {
+        "CONFIG_EXT4_FS": "m", "CONFIG_MODULE_SIG": "y", "CONFIG_MODULE_SIG_HASH": "sha512"}
+
+
 def _one(tmp_path: Path, tree, name: str = "demo", **kw) -> tuple[Path, Build]:
     NewProject(name, tmp_path / "p").create()
     return tmp_path / "p", Build(tmp_path / "p", kernels=[tree.release], workdir=tmp_path / "work", **kw)

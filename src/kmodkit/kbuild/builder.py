@@ -202,8 +202,8 @@ class Build:
         with Jobserver(self.slots) as jobserver, \
                 ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kbuild") as pool:
             running: dict[str, Future[KernelBuild]] = {}
-            # a kernel's make starts as soon as that kernel is checked; the next kernels are checked
-            # (headers, compiler, the inputs' hash) while it runs
+            # a kernel's make starts as soon as that kernel is checked and its copy made; the next
+            # kernels are checked (headers, compiler, the inputs' hash) while it runs
             for release in _longest_first(self.targets, records):
                 job = self._prepare(release, files, records[release])
                 if isinstance(job, KernelBuild):
@@ -216,7 +216,7 @@ class Build:
                            self.workers)
 
     def _prepare(self, release: str, files: list[Path], record: dict[str, Any] | None) -> KernelBuild | _Job:
-        """What building for ``release`` needs; a BLOCKED or CACHED result when make need not run."""
+        """What building for ``release`` needs, its copy made; a BLOCKED or CACHED result when make need not run."""
         k = kern.kernel(release, self.root)
         if not k.headers_complete:
             from kmodkit.kbuild.platform import detect_distro
@@ -227,7 +227,8 @@ class Build:
                                fix=distro.command("headers", kver=release, flavour=k.flavour or "default")
                                or "install the kernel's headers")
         assert k.headers is not None
-        choice = kern.choose_compiler(kern.kernel_compiler(kern.kernel_config(k.headers)), self.root)
+        wanted = kern.kernel_compiler(kern.kernel_config(k.headers, only=("CONFIG_CC_VERSION_TEXT",)))
+        choice = kern.choose_compiler(wanted, self.root)
         if choice.program is None:
             from kmodkit.kbuild.platform import detect_distro
 
@@ -239,7 +240,11 @@ class Build:
                                or f"install gcc {major}")
         key = self._key(files, k.headers, choice)
         cached = self._cached(self.out / release, record, key)
-        return cached if cached is not None else _Job(release, k.headers, choice, files, key)
+        if cached is not None:
+            return cached
+        copy = self.work / release
+        inputs.copy_tree(self.project, files, copy)
+        return _Job(release, k.headers, choice, copy, key)
 
     def _key(self, files: list[Path], headers: Path, choice: kern.CompilerChoice) -> str:
         extra = [f"format={RECORD_FORMAT}", kern.headers_identity(headers),
@@ -263,10 +268,8 @@ class Build:
                            rec.get("srcversion"), diags)
 
     def _make(self, job: _Job, jobserver: Jobserver, tell: Callable[[KernelBuild], KernelBuild]) -> KernelBuild:
-        release, program = job.release, job.choice.program
+        release, program, copy = job.release, job.choice.program, job.copy
         assert program is not None
-        copy = self.work / release
-        inputs.copy_tree(self.project, job.files, copy)
         out = self.out / release
         out.mkdir(parents=True, exist_ok=True)
         logpath = out / "build.log"
@@ -333,7 +336,7 @@ class _Job:
     release: str  #: the kernel release
     headers: Path  #: its Kbuild tree
     choice: kern.CompilerChoice  #: the compiler to build with (its program is never None)
-    files: list[Path]  #: the project's input files, relative to it
+    copy: Path  #: the project's copy make builds in (M=...)
     key: str  #: the hash of the build's inputs, for the record
 
 

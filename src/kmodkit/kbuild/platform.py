@@ -90,12 +90,6 @@ class Platform:
     dmi: dict[str, str] = field(default_factory=dict)  #: DMI field -> value, only the fields present
 
 
-def under(root: Path, path: str | Path) -> Path:
-    """``path`` (absolute) re-rooted below ``root``."""
-    p = Path(path)
-    return root / p.relative_to("/") if p.is_absolute() else root / p
-
-
 @functools.cache
 def families() -> tuple[Family, ...]:
     """Every distro family of ``distros.toml``, in table order."""
