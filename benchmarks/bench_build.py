@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=3, help="re-runs of a disturbed run (default 3)")
     args = parser.parse_args()
     kernels = pick_kernels(3)
+    ncpu = os.cpu_count() or 1
     print(f"kernels: {', '.join(k[0] for k in kernels)}; CPUs: {os.cpu_count()}; runs: {args.runs}")
     clean: list[tuple[float, float, float]] = []
     disturbed: list[tuple[float, float, float]] = []
@@ -147,7 +148,8 @@ def main() -> int:
             (disturbed if noisy else clean).append((ref_t.wall, cold_t.wall, noop_t.wall))
             print(f"  run {i + 1}{'.' + str(attempt) if attempt else ''}: make x3 sequential {ref_t.wall:.2f} s, "
                   f"kmodkit build {cold_t.wall:.2f} s, speed-up {ref_t.wall / cold_t.wall:.2f}x, "
-                  f"no-op {noop_t.wall:.3f} s (CPU {ref_t.cpu:.2f} / {cold_t.cpu:.2f} s; "
+                  f"no-op {noop_t.wall:.3f} s (CPU {ref_t.cpu:.2f} / {cold_t.cpu:.2f} s, kmodkit kept "
+                  f"{cold_t.cpu / (ncpu * cold_t.wall):.0%} of the CPUs busy; "
                   f"CPUs {busy:.0%} busy before; others took {ref_t.others:.2f} / "
                   f"{cold_t.others:.2f} s of CPU{'; disturbed' if noisy else ''})", flush=True)
             if not noisy:
