@@ -6,4 +6,5 @@
 * :mod:`.project`: ``kmodkit new``, a project that builds as it is.
 * :mod:`.manifest`: ``kmodkit.toml``.
 * :mod:`.builder`: ``kmodkit build``, parallel over kernels, cached.
+* :mod:`.jobserver`: one GNU make jobserver shared by every kernel's make.
 """
