@@ -72,7 +72,7 @@ def _new(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json
-    from kmodkit.signing.fileio import write_atomic
+    from kmodkit.fileio import write_atomic
     from kmodkit.signing.kernel import kernel_keys
     from kmodkit.signing.trust import make_trusted_cert
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from itertools import chain
 
 from kmodkit.errors import KmodkitError
+from kmodkit.fileio import write_atomic
 from kmodkit.index.inputs import INDEX_FILES, DirListing, StatKey, TreeWalk
 
 #: the cache files kmodkit keeps beside the index it writes
@@ -192,7 +193,7 @@ class IndexCache:
             offset += len(blob)
         self.paths, self.keys, self.spans = paths, _flat_keys(keys, _STORED_RACY), spans.tobytes()
         self._records, self._index = b"".join(parts), None
-        _write_atomic(self.outdir, RECORDS_NAME, self._records)
+        write_atomic(os.path.join(self.outdir, RECORDS_NAME), self._records, durable=False)
         self.save_head(identity, walk)
 
     def save_head(self, identity: object, walk: TreeWalk) -> None:
@@ -201,7 +202,7 @@ class IndexCache:
         self.outputs = output_stats(self.outdir)
         head = (_VERSION, self.generation, identity, self.paths, self.keys, self.spans, self.listings,
                 self.outputs)
-        _write_atomic(self.outdir, CACHE_NAME, marshal.dumps(head))  # type: ignore[arg-type]
+        write_atomic(os.path.join(self.outdir, CACHE_NAME), marshal.dumps(head), durable=False)  # type: ignore[arg-type]
 
 
 def output_stats(outdir: str) -> dict[str, tuple[int, int]]:
@@ -214,17 +215,3 @@ def output_stats(outdir: str) -> dict[str, tuple[int, int]]:
             continue
         out[name] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def _write_atomic(outdir: str, name: str, data: bytes) -> None:
-    tmp = os.path.join(outdir, f".{name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(outdir, name))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

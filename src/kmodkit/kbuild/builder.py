@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from kmodkit import __version__
 from kmodkit.errors import UserError
+from kmodkit.fileio import write_atomic
 from kmodkit.kbuild import buildlog, inputs, kernels as kern
 from kmodkit.kbuild.buildlog import Diagnostic, Severity
 from kmodkit.kbuild.jobserver import Jobserver
@@ -293,7 +294,7 @@ class Build:
                                     diagnostics=diags, problem=problem))
         module = out / f"{self.manifest.name}.ko"
         data = built.read_bytes()
-        _write_atomic(module, data)
+        write_atomic(module, data, durable=False)
         result = KernelBuild(release, State.BUILT, module, logpath, out / "build.json", duration, program,
                              diagnostics=diags)
         if self.manifest.signing is not None:
@@ -325,7 +326,7 @@ class Build:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kmodkit": __version__,
             "record_format": RECORD_FORMAT,
         }
-        _write_atomic(record, (json.dumps(rec, indent=2) + "\n").encode())
+        write_atomic(record, (json.dumps(rec, indent=2) + "\n").encode(), durable=False)
         return result
 
 
@@ -386,9 +387,3 @@ def _stamp(path: Path) -> str:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)

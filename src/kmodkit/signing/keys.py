@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kmodkit.errors import UserError, from_oserror
 from kmodkit.signing.algorithms import CURVES, HashAlgorithm, KeyType
-from kmodkit.signing.fileio import write_atomic
+from kmodkit.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 

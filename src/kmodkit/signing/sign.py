@@ -26,7 +26,7 @@ from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
 from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
-from kmodkit.signing.fileio import commit_temps, write_temp
+from kmodkit.fileio import commit_temps, write_temp
 from kmodkit.signing.keys import public_keys_match
 from kmodkit.signing.pkcs7 import SignedDataTemplate
 from kmodkit.signing.source import KeySource

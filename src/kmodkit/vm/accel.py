@@ -14,6 +14,8 @@ import os
 import subprocess
 import tempfile
 
+from kmodkit.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 #: seconds the probe waits for the guest's word under KVM (a working KVM answers in about one)
@@ -77,10 +79,7 @@ def probe_kvm(qemu: str, kernel: str) -> bool:
             works = False
     log.info("KVM %s on this host", "works" if works else "does not work")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = f"{cache}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("kvm\n" if works else "tcg\n")
-    os.replace(tmp, cache)
+    write_atomic(cache, b"kvm\n" if works else b"tcg\n", durable=False)
     return works
 
 

@@ -18,6 +18,8 @@ import struct
 import subprocess
 import zlib
 
+from kmodkit.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -80,8 +82,5 @@ def boot_image(vmlinuz: str, config: str) -> str:
     if not elf or not elf.startswith(b"\x7fELF"):
         return vmlinuz
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = f"{cached}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(elf)
-    os.replace(tmp, cached)
+    write_atomic(cached, elf, durable=False)
     return cached

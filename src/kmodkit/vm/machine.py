@@ -8,7 +8,6 @@ lines from the init script), ``qemu.log`` and ``result.json``.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os

@@ -1,23 +1,39 @@
-"""Writing files so that a crash leaves either the old file or the whole new one."""
+"""Writing files so that a crash leaves either the old file or the whole new one.
+
+Every domain writes through here: signed modules and keys (durable, mode and
+owner kept), the index and its cache, build records, cached kernel images.
+A temp file in the target's directory is written, then renamed over it.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-import secrets
 
 from kmodkit.errors import from_oserror
 
+_serial = itertools.count()
 
-def write_atomic(path: str, data: bytes | memoryview, mode: int, exclusive: bool = False,
-                 sync_dir: bool = True, owner: tuple[int, int] | None = None) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory: fsync, chmod ``mode``, rename.
+
+def _temp_name(path: str) -> str:
+    # O_EXCL makes a clash an error, never a shared file; pid + counter keep clashes away
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{next(_serial)}.tmp")
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, mode: int = 0o644,
+                 exclusive: bool = False, durable: bool = True, owner: tuple[int, int] | None = None) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same directory: chmod ``mode``, rename.
 
     The temp file is created with ``mode`` already set (``os.open``), so a
     private key is never readable by others, not even for an instant.  With
-    ``exclusive``, an existing ``path`` is left alone and FileExistsError raised.
+    ``durable`` the file and the directory are fsynced (a crash then keeps the
+    new file, not only a whole one).  With ``exclusive``, an existing ``path``
+    is left alone and FileExistsError raised.
     """
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
@@ -31,7 +47,8 @@ def write_atomic(path: str, data: bytes | memoryview, mode: int, exclusive: bool
             while view:
                 done = os.write(fd, view)
                 view = view[done:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if exclusive:
@@ -45,7 +62,7 @@ def write_atomic(path: str, data: bytes | memoryview, mode: int, exclusive: bool
         except OSError:
             pass
         raise
-    if sync_dir:
+    if durable:
         fsync_dir(directory)
 
 
@@ -69,8 +86,7 @@ def write_temp(path: str, data: bytes | memoryview, mode: int, owner: tuple[int,
     Pair with :func:`commit_temps`, which makes a batch of them durable with
     one filesystem sync and then renames each over its target.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         if owner is not None and (owner[0] != os.geteuid() or owner[1] != os.getegid()):
