@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from kmodkit.errors import UserError
+from kmodkit.fileio import write_atomic
 from kmodkit.kbuild.manifest import MANIFEST, NAME_RE
 
 #: template -> path in the project ({name} is the module name); the mode is 0755 for scripts
@@ -68,10 +69,7 @@ class NewProject:
         for rel, (text, mode) in self.render().items():
             path = self.directory / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(text)
-            os.chmod(tmp, mode & ~_umask() | (mode & stat.S_IXUSR))
-            os.replace(tmp, path)
+            write_atomic(path, text.encode(), mode & ~_umask() | (mode & stat.S_IXUSR), durable=False)
             written.append(path)
         return written
 
