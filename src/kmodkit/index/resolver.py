@@ -49,6 +49,17 @@ class Reason(enum.Enum):
     SOFTDEP_POST = "softdep-post"  #: a ``softdep ... post:`` module
 
 
+def show_line(kind: StepKind, name: str, path: str | None, command: str | None, options: str) -> str | None:
+    """The line ``modprobe --show-depends`` prints for a step (``options`` as printed), None when it prints none."""
+    if kind is StepKind.INSTALL:
+        return f"install {command} {options}"
+    if kind is StepKind.INSMOD:
+        return f"insmod {path} {options}"
+    if kind is StepKind.BUILTIN:
+        return f"builtin {name}"
+    return None
+
+
 @dataclass(frozen=True)
 class LoadStep:
     """One action of a plan, in order."""
@@ -63,13 +74,7 @@ class LoadStep:
 
     def show(self) -> str | None:
         """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
-        if self.kind is StepKind.INSTALL:
-            return f"install {self.command} {self.options}"
-        if self.kind is StepKind.INSMOD:
-            return f"insmod {self.path} {self.options}"
-        if self.kind is StepKind.BUILTIN:
-            return f"builtin {self.name}"
-        return None
+        return show_line(self.kind, self.name, self.path, self.command, self.options)
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from kmodkit.errors import NotFoundError, UserError
 from kmodkit.index.config import ModprobeConfig
 from kmodkit.index.lookup import ModuleTree
-from kmodkit.index.resolver import LoadStep, Reason, Resolver, StepKind
+from kmodkit.index.resolver import LoadStep, Reason, Resolver, StepKind, show_line
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.loader.params import (check_params, find_manifest, is_module_path, join_params, manifest_defaults,
                                    split_words)
@@ -75,14 +75,7 @@ class PlanStep:
     def show(self) -> str | None:
         """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
         opts = " ".join(self.params)
-        opts = f"{opts} " if opts else ""
-        if self.kind is StepKind.INSTALL:
-            return f"install {self.command} {opts}"
-        if self.kind is StepKind.INSMOD:
-            return f"insmod {self.path} {opts}"
-        if self.kind is StepKind.BUILTIN:
-            return f"builtin {self.name}"
-        return None
+        return show_line(self.kind, self.name, self.path, self.command, f"{opts} " if opts else "")
 
     def to_json(self) -> dict[str, object]:
         """The step as a JSON object."""
