@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from kmodkit.vm.accel import choose_accel, Accel
-from kmodkit.vm.initramfs import CpioWriter, find_busybox
+from kmodkit.vm.initramfs import minimal_initramfs
 from kmodkit.vm.machine import Vm, VmSpec
 
 GUEST = r'''
@@ -56,16 +56,9 @@ print("BENCH " + json.dumps(r))
 
 
 def bare_boot(kernel: str) -> float:
-    cpio = CpioWriter()
-    for d in ("bin", "dev"):
-        cpio.directory(d)
-    with open(find_busybox(), "rb") as f:
-        cpio.file("bin/busybox", f.read(), 0o755)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.file("init", b"#!/bin/busybox sh\necho up\n/bin/busybox poweroff -f\n", 0o755)
     accel = choose_accel(Accel.AUTO, "/usr/bin/qemu-system-x86_64", kernel)
     with tempfile.NamedTemporaryFile(suffix=".cpio") as initrd:
-        initrd.write(cpio.to_bytes())
+        initrd.write(minimal_initramfs(b"echo up"))
         initrd.flush()
         t = time.monotonic()
         subprocess.run(["qemu-system-x86_64", "-accel", accel.value, "-m", "1024M", "-nodefaults", "-no-user-config",

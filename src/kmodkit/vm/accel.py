@@ -56,18 +56,11 @@ def probe_kvm(qemu: str, kernel: str) -> bool:
             return f.read().strip() == "kvm"
     except OSError:
         pass
-    from kmodkit.vm.initramfs import CpioWriter, find_busybox
+    from kmodkit.vm.initramfs import minimal_initramfs
 
-    cpio = CpioWriter()
-    for d in ("bin", "dev"):
-        cpio.directory(d)
-    with open(find_busybox(), "rb") as f:
-        cpio.file("bin/busybox", f.read(), 0o755)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.file("init", b"#!/bin/busybox sh\necho " + PROBE_WORD + b"\n/bin/busybox poweroff -f\n", 0o755)
     works = False
     with tempfile.NamedTemporaryFile(suffix=".cpio") as initrd:
-        initrd.write(cpio.to_bytes())
+        initrd.write(minimal_initramfs(b"echo " + PROBE_WORD))
         initrd.flush()
         args = [qemu, "-accel", "kvm", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
                 "-no-reboot", "-kernel", kernel, "-initrd", initrd.name, "-serial", "stdio",

@@ -96,6 +96,18 @@ def find_busybox() -> str:
     raise EnvironmentNotReady("busybox", "no static busybox found", "install it: apt-get install busybox-static")
 
 
+def minimal_initramfs(script: bytes) -> bytes:
+    """A busybox-only initramfs whose init runs ``script`` (shell lines) and powers off: for probes and baselines."""
+    cpio = CpioWriter()
+    for d in ("bin", "dev"):
+        cpio.directory(d)
+    with open(find_busybox(), "rb") as f:
+        cpio.file("bin/busybox", f.read(), 0o755)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.file("init", b"#!/bin/busybox sh\n" + script + b"\n/bin/busybox poweroff -f\n", 0o755)
+    return cpio.to_bytes()
+
+
 def share_modules(moddir: str, share: Share) -> list[tuple[str, bytes]]:
     """(name, uncompressed module image) for what the guest loads to reach ``share``, in load order.
 
