@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from kmodkit.index.depmodconf import config_files, read_wrapped
+from kmodkit.index.glob import alias_normalize
 
 log = logging.getLogger(__name__)
 
@@ -172,26 +173,7 @@ def _rest_after(line: str, nwords: int) -> str | None:
 
 def _underscores(s: str | None) -> str | None:
     """kmod's ``underscores``: ``-`` to ``_`` outside brackets; None for a bad bracket or no word."""
-    if s is None:
-        return None
-    out = []
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if c == "]":
-            return None
-        if c == "[":
-            end = s.find("]", i)
-            if end < 0:
-                return None
-            out.append(s[i:end])
-            i = end
-            out.append("]")
-            i += 1
-            continue
-        out.append("_" if c == "-" else c)
-        i += 1
-    return "".join(out)
+    return None if s is None else alias_normalize(s)
 
 
 def _parse_softdep(module: str, text: str) -> Softdep:

@@ -91,3 +91,23 @@ def fnmatch(pattern: bytes, string: bytes) -> bool:
 def is_pattern(text: bytes) -> bool:
     """Whether ``text`` holds a glob character (``*``, ``?`` or ``[``)."""
     return b"*" in text or b"?" in text or b"[" in text
+
+
+def alias_normalize(alias: str) -> str | None:
+    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
+    out = []
+    i, n = 0, len(alias)
+    while i < n:
+        c = alias[i]
+        if c == "]":
+            return None
+        if c == "[":
+            end = alias.find("]", i)
+            if end < 0:
+                return None
+            out.append(alias[i:end + 1])
+            i = end + 1
+            continue
+        out.append("_" if c == "-" else c)
+        i += 1
+    return "".join(out)

@@ -23,7 +23,7 @@ from functools import cached_property
 
 from kmodkit.errors import NotFoundError, UserError
 from kmodkit.index.config import ModprobeConfig
-from kmodkit.index.glob import fnmatch
+from kmodkit.index.glob import alias_normalize, fnmatch
 from kmodkit.index.trie import IndexReader
 from kmodkit.modfile.module import normalize_name, split_modinfo
 
@@ -49,26 +49,6 @@ def kernel_dir(kver: str | None, basedir: str | None) -> str:
     """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release)."""
     release = kver or os.uname().release
     return f"{basedir or ''}/lib/modules/{release}"
-
-
-def alias_normalize(alias: str) -> str | None:
-    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
-    out = []
-    i, n = 0, len(alias)
-    while i < n:
-        c = alias[i]
-        if c == "]":
-            return None
-        if c == "[":
-            end = alias.find("]", i)
-            if end < 0:
-                return None
-            out.append(alias[i:end + 1])
-            i = end + 1
-            continue
-        out.append("_" if c == "-" else c)
-        i += 1
-    return "".join(out)
 
 
 class ModuleTree:
