@@ -228,20 +228,30 @@ class ElfImage:
                 st_name, value, size, info, _other, shndx = entry
             yield Symbol(_cstr(strings, st_name, self.name), value, size, info >> 4, info & 0xF, shndx)
 
+    def _symtab_fields(self, fmt64: str, fmt32: str, skip_null: bool = False
+                       ) -> tuple[Iterator[tuple[int, ...]], bytes] | None:
+        """Chosen fields of every ``.symtab`` entry, unpacked in C (formats for 64- and 32-bit entries),
+        and the string table; None when stripped."""
+        found = self.symtab()
+        if found is None:
+            return None
+        sym, strings = found
+        step = 24 if self.is64 else 16
+        data = self.section_data(sym)
+        start = step if skip_null else 0
+        fmt = self.endian + (fmt64 if self.is64 else fmt32)
+        return struct.iter_unpack(fmt, data[start:len(data) - len(data) % step]), strings
+
     def symbol_values(self) -> list[tuple[int, int]]:
         """``(st_value, st_shndx)`` of every ``.symtab`` entry, the null one included (index = symbol number).
 
         Unpacked in C without decoding names: for hot loops that follow relocations.
         """
-        found = self.symtab()
+        found = self._symtab_fields("6xHQ8x", "4xI4x2xH")
         if found is None:
             return []
-        sym, _strings = found
-        fmt = self.endian + ("6xHQ8x" if self.is64 else "4xI4x2xH")
-        step = 24 if self.is64 else 16
-        data = self.section_data(sym)
-        rows = list(struct.iter_unpack(fmt, data[:len(data) - len(data) % step]))
-        return [(v, i) for i, v in rows] if self.is64 else rows
+        # the 64-bit entry holds st_shndx before st_value
+        return [(r[1], r[0]) for r in found[0]] if self.is64 else [(r[0], r[1]) for r in found[0]]
 
     def symbol_names_in(self, sections: frozenset[int] | set[int]) -> list[tuple[str, int]]:
         """``(name, shndx)`` of the named symbols whose section number is in ``sections``.
@@ -249,21 +259,17 @@ class ElfImage:
         Cheap on purpose: the table is unpacked in C and only the chosen
         symbols' names are decoded (``{SHN_UNDEF}`` gives the undefined ones).
         """
-        found = self.symtab()
+        found = self._symtab_fields("I2xH16x", "I8x2xH", skip_null=True)
         if found is None:
             return []
-        sym, strings = found
-        fmt = self.endian + ("I2xH16x" if self.is64 else "I8x2xH")
-        step = 24 if self.is64 else 16
-        data = self.section_data(sym)
-        usable = len(data) - len(data) % step
+        rows, strings = found
         # one decode of the table, then slicing: symbol names are ASCII in practice and
         # latin-1 keeps byte offsets valid; non-ASCII bytes are re-decoded as UTF-8 below
         text = strings.decode("latin-1")
         try:
             out = [
                 (text[st_name:text.index("\0", st_name)], shndx)
-                for st_name, shndx in struct.iter_unpack(fmt, data[step:usable])
+                for st_name, shndx in rows
                 if shndx in sections and st_name
             ]
         except ValueError:
