@@ -143,6 +143,8 @@ class Vm:
         Raises EnvironmentNotReady when the guest cannot reach the host's root.
         """
         spec = self.spec
+        # first, so that a corrupt image (or a decompression bomb) is refused before anything starts
+        image = boot_image(self.kernel, os.path.join(spec.boot_dir, f"config-{spec.kver}"))
         share = spec.share or choose_share(self.moddir)
         accel = choose_accel(spec.accel, self.qemu, self.kernel)
         runs = spec.runs_dir or _default_runs_dir()
@@ -156,7 +158,7 @@ class Vm:
         daemon: subprocess.Popen[bytes] | None = None
         qlog = open(os.path.join(run_dir, "qemu.log"), "wb")
         try:
-            args = self._qemu_args(run_dir, initrd, accel, share)
+            args = self._qemu_args(image, run_dir, initrd, accel)
             if share is Share.VIRTIOFS:
                 sock = os.path.join(sock_dir, "fs.sock")
                 daemon = start_virtiofsd(sock, qlog)
@@ -187,9 +189,8 @@ class Vm:
                        **result.to_json()}, f, indent=2)
         return result
 
-    def _qemu_args(self, run_dir: str, initrd: str, accel: Accel, share: Share) -> list[str]:
+    def _qemu_args(self, image: str, run_dir: str, initrd: str, accel: Accel) -> list[str]:
         spec = self.spec
-        image = boot_image(self.kernel, os.path.join(spec.boot_dir, f"config-{spec.kver}"))
         cmdline = ["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "8250.nr_uarts=4", *spec.append]
         return [
             self.qemu, "-accel", accel.value, "-m", f"{spec.memory_mb}M", "-smp", "1",
