@@ -24,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
                      help="how the host's root reaches the guest (default: virtiofs, else 9p)")
     run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
-    run.add_argument("--json", action="store_true", help="print the run's result as JSON on stderr at the end")
+    run.add_argument("--json", action="store_true",
+                     help="print the run's result as JSON on stdout at the end (the command's output then goes "
+                          "to stderr)")
     run.add_argument("guest_command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run inside")
 
 
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
     spec = VmSpec(kver, tuple(command), tuple(args.append), args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir)
-    out = sys.stdout.buffer
+    # with --json, stdout carries the result alone
+    out = sys.stderr.buffer if args.json else sys.stdout.buffer
 
     def stream(chunk: bytes) -> None:
         out.write(chunk)
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = Vm(spec).run(stream)
     if args.json:
-        sys.stderr.write(json.dumps(result.to_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         sys.stderr.write(f"kmodkit vm: exit {result.exit_status}{' (timed out)' if result.timed_out else ''}; "
                          f"{result.accel.value}, {result.share.value}, booted in {result.boot_seconds} s; "
