@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from kmodkit.errors import KmodkitError, from_oserror
 from kmodkit.modfile import der as _der
 from kmodkit.fileio import write_atomic
-from kmodkit.signing.kimage import image_for_release, system_certificates
+from kmodkit.kimage import image_for_release
+from kmodkit.signing.kimage import system_certificates
 
 log = logging.getLogger(__name__)
 
