@@ -84,17 +84,14 @@ def tree_modules(dirname: str) -> list[str]:
 
 def summarize(paths: list[str], jobs: int | None = None) -> TreeSummary:
     """Summarize the modules at ``paths``; unreadable files are listed in ``errors``, not raised."""
-    jobs = jobs if jobs is not None else min(os.cpu_count() or 1, 8)
-    if jobs <= 1 or len(paths) < 64:
-        return _summarize_chunk(paths)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from kmodkit._util.pool import Cost, chunks, fan_out, jobs_for
 
-    step = -(-len(paths) // (jobs * 4))
+    jobs = jobs_for(len(paths), Cost.READ, jobs)
+    if not jobs:
+        return _summarize_chunk(paths)
     total = TreeSummary()
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        for part in pool.map(_summarize_chunk, [paths[i:i + step] for i in range(0, len(paths), step)]):
-            total.merge(part)
+    for part in fan_out(_summarize_chunk, chunks(paths, jobs), jobs):
+        total.merge(part)
     return total
 
 
