@@ -42,9 +42,10 @@ def test_first_write_into_a_directory_removes_temps_of_dead_processes_only(tmp_p
 
 def test_commit_files_replaces_the_set_and_leaves_no_journal(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"old a")
-    fileio.commit_files(str(tmp_path), {"a": b"new a", "b": b"new b"})
-    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
-    assert (tmp_path / "a").read_bytes() == b"new a" and (tmp_path / "b").read_bytes() == b"new b"
+    fileio.commit_files(str(tmp_path), {"a": b"new a", "key.pem": b"secret"}, mode={"key.pem": 0o600})
+    assert sorted(os.listdir(tmp_path)) == ["a", "key.pem"]
+    assert (tmp_path / "a").read_bytes() == b"new a" and (tmp_path / "key.pem").read_bytes() == b"secret"
+    assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600 and (tmp_path / "a").stat().st_mode & 0o777 == 0o644
 
 
 def _half_done_commit(directory: Path, pid: int) -> None:

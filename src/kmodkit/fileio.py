@@ -235,8 +235,11 @@ def _sync_all(temps: list[str]) -> list[OSError | None]:
         return list(pool.map(sync, temps))
 
 
-def commit_files(directory: str, files: Mapping[str, bytes], mode: int = 0o644) -> None:
+def commit_files(directory: str, files: Mapping[str, bytes], mode: int | Mapping[str, int] = 0o644) -> None:
     """Replace the files ``files`` names (names in ``directory`` -> bytes) together.
+
+    ``mode`` is one mode for all, or name -> mode (0o644 for a name it lacks):
+    a private key's temp is created 0600, never readable by others.
 
     Each is written to a temp name and fsynced; then a journal naming the
     set is made durable, each temp renamed over its target, the directory
@@ -253,7 +256,7 @@ def commit_files(directory: str, files: Mapping[str, bytes], mode: int = 0o644) 
     try:
         for name, data in files.items():
             target = os.path.join(directory, name)
-            temps.append((write_temp(target, data, mode), target))
+            temps.append((write_temp(target, data, mode if isinstance(mode, int) else mode.get(name, 0o644)), target))
         for err in _sync_all([tmp for tmp, _ in temps]):
             if err is not None:
                 raise err
