@@ -82,17 +82,37 @@ def test_fake_journal_naming_files_elsewhere_is_refused(tmp_path: Path) -> None:
         fileio.finish_commit(str(tmp_path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write a read-only directory")
-def test_fake_half_done_commit_in_a_read_only_directory_makes_readers_refuse(tmp_path: Path) -> None:
+def test_fake_half_done_commit_a_user_cannot_finish_makes_readers_refuse() -> None:
+    import shutil
+    import tempfile
+
     from kmodkit.index.lookup import ModuleTree
 
-    _half_done_commit(tmp_path, dead_pid())
-    tmp_path.chmod(0o555)
+    # a directory the reader may read but not write: root's, read by `nobody` in a forked child
+    # (as root the test itself could write anywhere), or a read-only one when not root
+    directory = Path(tempfile.mkdtemp(prefix="kmodkit-ro-"))
     try:
-        with pytest.raises(EnvironmentNotReady, match="half replaced"):
-            ModuleTree(str(tmp_path))
+        _half_done_commit(directory, dead_pid())
+        directory.chmod(0o755 if os.geteuid() == 0 else 0o555)
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only when the reader refuses with the expected error
+            status = 1
+            try:
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                ModuleTree(str(directory))
+            except EnvironmentNotReady as exc:
+                status = 0 if "half replaced" in str(exc) else 2
+            except BaseException:
+                status = 3
+            os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (directory / "modules.dep.bin").read_bytes() == b"old bin"  # left for a user who may write it
     finally:
-        tmp_path.chmod(0o755)
+        directory.chmod(0o755)
+        shutil.rmtree(directory)
 
 
 def test_fake_half_done_index_commit_is_finished_before_a_reader_opens_the_tree(tmp_path: Path) -> None:
@@ -102,3 +122,22 @@ def test_fake_half_done_index_commit_is_finished_before_a_reader_opens_the_tree(
     ModuleTree(str(tmp_path))
     assert (tmp_path / "modules.dep.bin").read_bytes() == b"new bin"
     assert not (tmp_path / fileio.JOURNAL_NAME).exists()
+
+
+@pytest.mark.kernel
+def test_walkers_skip_the_temp_copies_a_killed_run_leaves(sample_module: Path, tmp_path: Path) -> None:
+    # a killed sign leaves a full-size copy of the module under a temp name; `find -name '*.ko*'`
+    # matches it, the walkers must not: temp names end in .tmp, which no module suffix matches
+    from kmodkit.index.indexer import Indexer
+    from kmodkit.modfile.summary import tree_modules
+    from kmodkit.signing.sign import find_modules
+
+    moddir = tmp_path / "lib" / "modules" / "6.1.0-kmodkit-test"
+    (moddir / "kernel").mkdir(parents=True)
+    module = moddir / "kernel" / sample_module.name
+    module.write_bytes(sample_module.read_bytes())
+    temp = fileio.write_temp(str(module), sample_module.read_bytes(), 0o644)
+    assert fileio.is_temp_name(temp)
+    assert find_modules([str(moddir)]) == tree_modules(str(moddir)) == [str(module)]
+    _result, files = Indexer(moddir.name, str(tmp_path), outdir=str(tmp_path / "out"), use_cache=False).rebuild()
+    assert files["modules.dep"].decode().splitlines() == [f"kernel/{sample_module.name}:"]

@@ -36,7 +36,12 @@ _parent: int | None = None
 
 
 def is_temp_name(name: str) -> bool:
-    """Whether the file name (or path) ``name`` is one of kmodkit's temp files, never a module or index file."""
+    """Whether the file name (or path) ``name`` is one of kmodkit's temp files, never a module or index file.
+
+    Temp names end in ``.tmp``, so walkers that take only kmod's module
+    suffixes (.ko, .ko.xz, ...) skip them already; use this where a walker
+    takes other names.
+    """
     return _TEMP_RE.fullmatch(os.path.basename(name)) is not None
 
 
