@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from kmodkit.errors import KmodkitError, ModuleFormatError, UserError, from_oserror
+from kmodkit.errors import ItemError, KmodkitError, ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
@@ -56,12 +56,12 @@ class SignResult:
     path: str  #: the file, as named
     status: SignStatus  #: signed, replaced or failed
     compression: Compression  #: the file's compression (kept as it was)
-    error: str | None = None  #: ``subject: problem; fix`` when it failed, else None
+    error: ItemError | None = None  #: why it failed, else None
 
     def to_json(self) -> dict[str, object]:
         """The result as JSON-ready data."""
         return {"path": self.path, "status": self.status.value, "compression": self.compression.value,
-                "error": self.error}
+                "error": str(self.error) if self.error else None}
 
 
 def module_signature_trailer(sig_len: int) -> bytes:
@@ -175,7 +175,7 @@ class ModuleSigner:
         for (i, _, _), err in zip(pending, errors):
             if err is not None:
                 r = results[i]
-                results[i] = SignResult(r.path, SignStatus.FAILED, r.compression, str(from_oserror(err, r.path)))
+                results[i] = SignResult(r.path, SignStatus.FAILED, r.compression, ItemError.from_error(r.path, from_oserror(err, r.path)))
         return results
 
     def _prepare(self, path: str) -> tuple[SignResult, tuple[str, str] | None]:
@@ -200,7 +200,7 @@ class ModuleSigner:
             except OSError as exc:
                 raise from_oserror(exc, path) from None
         except KmodkitError as exc:
-            return SignResult(path, SignStatus.FAILED, kind, str(exc)), None
+            return SignResult(path, SignStatus.FAILED, kind, ItemError.from_error(path, exc)), None
         return SignResult(path, SignStatus.REPLACED if replaced else SignStatus.SIGNED, kind), (tmp, real)
 
     def sign_files(self, paths: Sequence[str], jobs: int | None = None) -> list[SignResult]:
