@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,20 @@ def test_walkers_skip_the_temp_copies_a_killed_run_leaves(sample_module: Path, t
     assert find_modules([str(moddir)]) == tree_modules(str(moddir)) == [str(module)]
     _result, files = Indexer(moddir.name, str(tmp_path), outdir=str(tmp_path / "out"), use_cache=False).rebuild()
     assert files["modules.dep"].decode().splitlines() == [f"kernel/{sample_module.name}:"]
+
+
+def test_temps_of_a_zombie_are_stale(tmp_path: Path) -> None:
+    # a SIGKILLed worker is a zombie until its reaper gets to it; it will never rename its temp
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    try:
+        stale = tmp_path / f".m.ko.kmodkit-{proc.pid}-0.tmp"
+        stale.write_bytes(b"x")
+        assert fileio.remove_stale_temps(str(tmp_path)) == [stale.name]
+    finally:
+        proc.wait()

@@ -72,8 +72,14 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # EPERM: it exists, owned by someone else
-    return True
+        pass  # EPERM: it exists, owned by someone else
+    # a killed worker stays a zombie until its new parent reaps it (some container inits are slow
+    # to): it will never write again
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temps(directory: str) -> list[str]:
