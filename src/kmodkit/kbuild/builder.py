@@ -179,8 +179,9 @@ class Build:
             return Path(self.workdir).resolve() / tag
         if self.shm:
             return Path("/dev/shm") / f"kmodkit-{os.getuid()}" / tag
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(cache) / "kmodkit" / "build" / tag
+        from kmodkit._util.cachedir import cache_dir
+
+        return Path(cache_dir("build", tag))
 
     # --- running --------------------------------------------------------------------------
 

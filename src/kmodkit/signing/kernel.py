@@ -34,8 +34,9 @@ class KernelKeys:
 
 def cache_dir() -> str:
     """Where extracted certificate lists are cached."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "kmodkit", "kernel-certs")
+    from kmodkit._util.cachedir import cache_dir as _base
+
+    return _base("kernel-certs")
 
 
 def _cache_path(image: str) -> str:

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "kmodkit", "vmlinux")
+    from kmodkit._util.cachedir import cache_dir
+
+    return cache_dir("vmlinux")
 
 
 def _has_pvh(config: str) -> bool:

@@ -120,8 +120,9 @@ class VmResult:
 
 
 def _default_runs_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "kmodkit", "vm-runs")
+    from kmodkit._util.cachedir import cache_dir
+
+    return cache_dir("vm-runs")
 
 
 def _guest_env(extra: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
