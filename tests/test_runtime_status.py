@@ -99,7 +99,7 @@ def test_health_manifest_errors(tmp_path: Path) -> None:
         read_manifest(str(tmp_path / "none.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text('[module]\nname = 3\n')
-    with pytest.raises(ConfigError, match="name must be a string"):
+    with pytest.raises(ConfigError, match="module.name: must be a string"):
         read_manifest(str(bad))
     bad.write_text('[other]\n')
     with pytest.raises(ConfigError, match="expects no module"):

@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.runtime.modules import KernelModules
 
     listen = Listen.parse(args.listen)
+    expectations = [e for m in args.manifest for e in read_manifest(m)]  # a bad manifest is the user's error first
     kernel = KernelModules()
     kernel.proc_modules()  # fail now, with the fix, where the kernel has no module support
-    expectations = [e for m in args.manifest for e in read_manifest(m)]
     reg = registry(kernel, expectations)
     if args.once:
         sys.stdout.buffer.write(render(reg))
