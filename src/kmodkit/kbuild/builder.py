@@ -146,6 +146,10 @@ class Build:
         if self.workdir is not None and self.shm:
             raise UserError("--workdir/--shm", "give one work directory, not both")
         self.targets = self._targets()
+        for release in self.targets:
+            problem = kern.release_problem(release)
+            if problem is not None:
+                raise UserError(f"-k {release!r}", problem, "name a kernel as /lib/modules does")
         if not self.targets:
             raise UserError(str(self.root / "lib/modules"), "no kernel is installed to build for",
                             "install a kernel's headers or name one with -k")

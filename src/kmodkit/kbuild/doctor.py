@@ -18,7 +18,7 @@ from typing import Any
 
 from kmodkit.errors import UserError
 from kmodkit.kbuild import kernels as kern
-from kmodkit.kbuild.platform import Platform, detect
+from kmodkit.kbuild.platform import Platform, ShellText, detect
 
 #: efivars file of the Secure Boot variable (EFI global variable GUID)
 SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
@@ -199,7 +199,8 @@ class Doctor:
                 targets.insert(0, running)
         if not targets:
             findings.append(Finding("kernels", "", Status.FAIL, "no kernel installed under /lib/modules",
-                                    distro.command("headers", kver=running or "$(uname -r)", flavour="default")))
+                                    distro.command("headers", kver=running or ShellText("$(uname -r)"),
+                                                   flavour="default")))
 
         tools = {name: self._which(name) for name in TOOLS}
         for name, (purpose, needed) in TOOLS.items():

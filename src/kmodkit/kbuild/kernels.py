@@ -45,6 +45,17 @@ class Kernel:
         return m.group(1) if m else ""
 
 
+def release_problem(release: str) -> str | None:
+    """Why ``release`` cannot be a kernel release (a directory name under /lib/modules), or None when it can."""
+    if not release or release in (".", ".."):
+        return "is not a kernel release"
+    if "/" in release:
+        return "holds a /: a kernel release is one directory name under /lib/modules"
+    if any(not c.isprintable() or c.isspace() for c in release):
+        return "holds blanks or control characters"
+    return None
+
+
 def under(root: Path, path: str | Path) -> Path:
     """``path`` (absolute) re-rooted below ``root``."""
     p = Path(path)

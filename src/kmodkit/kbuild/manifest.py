@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kmodkit.errors import ConfigError, NotFoundError, UserError
+from kmodkit.kbuild.kernels import release_problem
 from kmodkit.kbuild.names import name_problem
 
 MANIFEST = "kmodkit.toml"
@@ -271,10 +272,15 @@ def _manifest(r: Document) -> Manifest:
     signing = Signing(key, r.string("signing", "cert", default=""), r.string("signing", "hash", default="sha256")) \
         if key else None
     script = r.string("test", "script", default="") or None
+    targets = r.strings("kernels", "targets", default=[])
+    for t in targets:
+        problem = release_problem(t)
+        if problem is not None:
+            raise r.error("kernels", "targets", f"{t!r} {problem}", 'name releases as /lib/modules does, or "running"')
     return Manifest(
         path=r.path, name=name, version=r.string("module", "version", default="0.1.0"),
         description=r.string("module", "description", default=""), license=r.string("module", "license", default=""),
-        sources=tuple(sources), parameters=tuple(params), targets=tuple(r.strings("kernels", "targets", default=[])),
+        sources=tuple(sources), parameters=tuple(params), targets=tuple(targets),
         signing=signing, test_script=script,
     )
 

@@ -21,6 +21,10 @@ from kmodkit.errors import ConfigError
 DMI_FIELDS = ("sys_vendor", "product_name", "product_version", "bios_vendor", "bios_version", "chassis_asset_tag")
 
 
+class ShellText(str):
+    """Shell text that a fix command holds as written, e.g. ``$(uname -r)``; never a value from the user."""
+
+
 @dataclass(frozen=True)
 class Family:
     """A distro family and the commands that install what a module build needs."""
@@ -57,11 +61,16 @@ class Distro:
         return self.family.manager_by_version.get(major, self.family.manager)
 
     def command(self, which: str, **values: str) -> str | None:
-        """The install command of template ``which`` (headers, compiler, tool) filled in; None for an unknown distro."""
+        """The install command of template ``which`` (headers, compiler, tool) filled in; None for an unknown distro.
+
+        Every value is shell-quoted, since a user pastes the command into a shell and a kernel release may come
+        from a manifest; a :class:`ShellText` value is inserted as written.
+        """
         if self.family is None:
             return None
         template: str = getattr(self.family, which)
-        return template.format(manager=self.manager, **values)
+        quoted = {k: v if isinstance(v, ShellText) else shlex.quote(v) for k, v in values.items()}
+        return template.format(manager=self.manager, **quoted)
 
     def tool_command(self, tool: str) -> str | None:
         """The command installing ``tool`` (make, gcc, kmod, openssl, pahole); None for an unknown distro."""
