@@ -38,8 +38,8 @@ def test_fix_line_of_a_hostile_target_is_one_quoted_word(tmp_path: Path) -> None
     run = tmp_path / "run"
     run.mkdir()
     # the shell a user pastes into, with the package manager replaced by printf: what would it be given?
-    proc = subprocess.run(["sh", "-c", "apt_get() { printf '%s\\n' \"$@\"; }; " + result.fix.replace("apt-get", "apt_get", 1)],
-                          cwd=run, capture_output=True, text=True, check=True)
+    script = "apt_get() { printf '%s\\n' \"$@\"; }; " + result.fix.replace("apt-get", "apt_get", 1)
+    proc = subprocess.run(["sh", "-c", script], cwd=run, capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines() == ["install", f"linux-headers-{HOSTILE}"]
     assert not (run / "PWNED").exists() and not (run / "PWNED2").exists()
 
@@ -54,7 +54,8 @@ def test_cli_summary_prints_the_quoted_fix(tmp_path: Path) -> None:
 
 def test_plain_release_stays_unquoted() -> None:
     distro = detect_distro(ROOTS / "debian12-ec2")
-    assert distro.command("headers", kver="6.1.0-18-cloud-amd64") == "apt-get install linux-headers-6.1.0-18-cloud-amd64"
+    plain = distro.command("headers", kver="6.1.0-18-cloud-amd64")
+    assert plain == "apt-get install linux-headers-6.1.0-18-cloud-amd64"
     assert distro.command("headers", kver=ShellText("$(uname -r)")) == "apt-get install linux-headers-$(uname -r)"
 
 

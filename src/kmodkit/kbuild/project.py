@@ -125,7 +125,8 @@ def _text_problem(value: str) -> str | None:
         # Co private use, Cn unassigned, Zl/Zp line and paragraph separators
         category = unicodedata.category(c)
         if category[0] == "C" or category in ("Zl", "Zp"):
-            what = "a byte that is not UTF-8" if category == "Cs" else f"the control or invisible character U+{ord(c):04X}"
+            what = ("a byte that is not UTF-8" if category == "Cs"
+                    else f"the control or invisible character U+{ord(c):04X}")
             return f"holds {what}"
     return None
 
