@@ -16,6 +16,7 @@ from kmodkit.kbuild.builder import Build, State
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.kbuild.platform import ShellText, detect_distro
 from kmodkit.kbuild.project import NewProject
+from kmodkit.sysroot import Root
 
 ROOTS = Path(__file__).parent / "fixtures" / "roots"
 #: a target that runs a command and ends a quote if pasted verbatim
@@ -33,7 +34,7 @@ def _project(tmp_path: Path, target: str) -> Path:
 def test_fix_line_of_a_hostile_target_is_one_quoted_word(tmp_path: Path) -> None:
     project = _project(tmp_path, HOSTILE)
     assert Manifest.load(project).targets == (HOSTILE,)
-    result = Build(project, workdir=tmp_path / "work", root=ROOTS / "debian12-ec2").run().results[0]
+    result = Build(project, workdir=tmp_path / "work", root=Root(ROOTS / "debian12-ec2")).run().results[0]
     assert result.state is State.BLOCKED and result.fix is not None
     run = tmp_path / "run"
     run.mkdir()
@@ -53,7 +54,7 @@ def test_cli_summary_prints_the_quoted_fix(tmp_path: Path) -> None:
 
 
 def test_plain_release_stays_unquoted() -> None:
-    distro = detect_distro(ROOTS / "debian12-ec2")
+    distro = detect_distro(Root(ROOTS / "debian12-ec2"))
     plain = distro.command("headers", kver="6.1.0-18-cloud-amd64")
     assert plain == "apt-get install linux-headers-6.1.0-18-cloud-amd64"
     assert distro.command("headers", kver=ShellText("$(uname -r)")) == "apt-get install linux-headers-$(uname -r)"

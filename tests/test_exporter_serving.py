@@ -17,6 +17,7 @@ import pytest
 from kmodkit.errors import EnvironmentNotReady, UserError
 from kmodkit.runtime.exporter import Listen, make_server, registry
 from kmodkit.runtime.modules import KernelModules
+from kmodkit.sysroot import Root
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -30,7 +31,7 @@ def fake_kernel(tmp_path: Path) -> KernelModules:
     (proc / "modules").write_text("hello 16384 0 - Live 0x0000000000000000 (OE)\n")
     (proc / "sys/kernel/tainted").write_text("12288\n")
     (sys / "module/hello").mkdir(parents=True)
-    return KernelModules(str(proc), str(sys))
+    return KernelModules.of(Root(tmp_path))
 
 
 def _serve(host: str, kernel: KernelModules, timeout: float = 10.0) -> Iterator[tuple[WSGIServer, Listen]]:

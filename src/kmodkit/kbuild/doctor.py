@@ -19,9 +19,10 @@ from typing import Any
 from kmodkit.errors import UserError
 from kmodkit.kbuild import kernels as kern
 from kmodkit.kbuild.platform import Platform, ShellText, detect
+from kmodkit.sysroot import HOST, Root
 
 #: efivars file of the Secure Boot variable (EFI global variable GUID)
-SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 #: below this much free space in /dev/shm, --shm builds are discouraged
 SHM_LOW = 512 * 1024 * 1024
 #: tools a module build or its checks use: name -> (what for, whether a build cannot go on without it)
@@ -156,12 +157,14 @@ class Doctor:
     (only on the real root, and only through apt-cache, which answers from its local cache).
     """
 
-    def __init__(self, root: str | Path = "/", kernels: list[str] | None = None, probe_archive: bool = True) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+    def __init__(self, root: Root | str | Path = HOST, kernels: list[str] | None = None,
+                 probe_archive: bool = True) -> None:
+        #: the machine checked
+        self.root = Root.of(root)
+        if not self.root.path.is_dir():
             raise UserError(str(root), "is not a directory", "pass --root the directory a machine's / is copied to")
         self.requested = list(dict.fromkeys(kernels or []))
-        self.probe_archive = probe_archive and self.root == Path("/")
+        self.probe_archive = probe_archive and self.root.is_host
 
     def run(self) -> DoctorReport:
         """Run every check and return the report."""
@@ -294,20 +297,20 @@ class Doctor:
 
     def _runtime_findings(self) -> list[DoctorFinding]:
         out = []
-        enforce = _read(self.root / "sys/module/module/parameters/sig_enforce")
+        enforce = _read(self.root.join("/sys/module/module/parameters/sig_enforce"))
         if enforce is not None:
             on = enforce.strip().upper() == "Y"
             out.append(DoctorFinding("sig-enforce", "", Status.WARN if on else Status.OK,
                                "module.sig_enforce=1: the running kernel loads only signed modules" if on
                                else "module.sig_enforce=0", "sign modules before loading (kmodkit sign)" if on else None))
-        lockdown = _read(self.root / "sys/kernel/security/lockdown")
+        lockdown = _read(self.root.join("/sys/kernel/security/lockdown"))
         if lockdown is not None:
             mode = next((w.strip("[]") for w in lockdown.split() if w.startswith("[")), "none")
             out.append(DoctorFinding("lockdown", "", Status.OK if mode == "none" else Status.WARN,
                                f"kernel lockdown: {mode}" + ("" if mode == "none" else
                                                             " (unsigned modules are refused)")))
-        if (self.root / "sys/firmware/efi").is_dir():
-            raw = _read_bytes(self.root / SECURE_BOOT_VAR)
+        if self.root.join("/sys/firmware/efi").is_dir():
+            raw = _read_bytes(self.root.join(SECURE_BOOT_VAR))
             if raw is None or len(raw) < 5:
                 out.append(DoctorFinding("secure-boot", "", Status.INFO, "EFI boot; Secure Boot state not visible"))
             else:
@@ -324,7 +327,7 @@ class Doctor:
         return kern.which(name, self.root)
 
     def _shm_free(self) -> int | None:
-        shm = self.root / "dev/shm"
+        shm = self.root.join("/dev/shm")
         if not shm.is_dir():
             return None
         try:
@@ -334,10 +337,10 @@ class Doctor:
         return st.f_bavail * st.f_frsize
 
     def _cpus(self) -> int | None:
-        text = _read(self.root / "sys/devices/system/cpu/online")
+        text = _read(self.root.join("/sys/devices/system/cpu/online"))
         if text is not None:
             return _count_cpus(text)
-        return (os.cpu_count() or None) if self.root == Path("/") else None
+        return (os.cpu_count() or None) if self.root.is_host else None
 
 
 def _meta_flavour(k: kern.Kernel) -> str:
