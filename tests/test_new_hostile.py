@@ -5,7 +5,6 @@ make, modinfo as the oracle; the VM script runs with stand-ins for insmod/rmmod/
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 from pathlib import Path
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmodkit.errors import ConfigError, NotFoundError, UserError
+from kmodkit.errors import ConfigError, NotFoundError, from_oserror
 from kmodkit.kbuild.kernels import release_problem
 from kmodkit.kbuild.names import name_problem
 
@@ -166,14 +166,14 @@ def _read_bytes(p: Path) -> bytes:
     except FileNotFoundError:
         raise NotFoundError(str(p), "no such manifest",
                             "run 'kmodkit new NAME', or pass a kmodkit.toml or its project directory") from None
-    except OSError as exc:
-        raise ConfigError(str(p), (exc.strerror or str(exc)).lower()) from None
+    except OSError as exc:  # EACCES: not ready (exit 3), as every reader says it
+        raise from_oserror(exc, str(p)) from None
     try:
         _check_file(p, os.fstat(fd))
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(str(p), (exc.strerror or str(exc)).lower()) from None
+        raise from_oserror(exc, str(p)) from None
     finally:
         os.close(fd)
     if len(data) > MAX_BYTES:
