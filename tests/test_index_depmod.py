@@ -167,6 +167,16 @@ def test_corrupt_module_made_in_test_is_reported_and_index_still_written(tmp_pat
     assert (moddir / "modules.dep").read_text() == ref  # depmod lists the unreadable file too
 
 
+def test_unreadable_module_made_in_test_is_named_once_on_its_error_line(tmp_path: Path) -> None:
+    moddir = tmp_path / "lib" / "modules" / "6.1.0-kmodkit-test"
+    (moddir / "kernel").mkdir(parents=True)
+    broken = moddir / "kernel" / "broken.ko"
+    broken.write_bytes(b"\x7fELF" + b"\0" * 10)
+    proc = subprocess.run(KMODKIT + ["index", "-b", str(tmp_path), "6.1.0-kmodkit-test"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: {broken}: not an ELF file (no \\x7fELF magic)"]
+
+
 def test_failed_write_leaves_previous_index_intact(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -176,7 +176,8 @@ class Depmod:
         fresh += zip(todo, scan_paths(todo, self.jobs, pool))
         for path, result in fresh:
             if isinstance(result, str):
-                failures.append(ScanFailure(path, result))
+                # the reader's message names the file: the failure names it once, in ``path``
+                failures.append(ScanFailure(path, result.removeprefix(f"{path}: ")))
             else:
                 blobs[path] = result
         log.debug("read %d module files, %d from the cache", len(fresh), len(walk.stats) - len(fresh))
