@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from kmodkit.index.depmodconf import config_files, read_wrapped
+from kmodkit.index.depmodconf import config_files, pem_problem, read_wrapped
 from kmodkit.index.glob import alias_normalize
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,13 @@ class ModprobeConfig:
 
     def _parse_file(self, fname: str) -> None:
         self.files.append(fname)
-        for lineno, line in read_wrapped(fname):
+        lines = read_wrapped(fname)
+        pem = pem_problem(fname, lines, "modprobe.d")
+        if pem is not None:
+            self.problems.append(pem)
+            log.warning("%s", pem)
+            return
+        for lineno, line in lines:
             if not line or line.startswith("#"):
                 continue
             words = line.replace("\t", " ").split(" ")
