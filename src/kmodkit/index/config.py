@@ -34,6 +34,18 @@ class Softdep:
 
 
 @dataclass(frozen=True)
+class Weakdep:
+    """A ``weakdep MODULE MODULES...`` line (kmod 33 and later): modules an initramfs should carry along.
+
+    modprobe never loads them: they matter to tools that gather modules
+    (``kmod_module_get_weakdeps``), not to ``--show-depends``.
+    """
+
+    module: str  #: the module name (a glob pattern, matched with fnmatch)
+    weak: tuple[str, ...]  #: names/aliases it may use
+
+
+@dataclass(frozen=True)
 class Command:
     """An ``install`` or ``remove`` line."""
 
@@ -51,6 +63,7 @@ class ModprobeConfig:
     install: list[Command] = field(default_factory=list)  #: install commands
     remove: list[Command] = field(default_factory=list)  #: remove commands
     softdeps: list[Softdep] = field(default_factory=list)  #: soft dependencies
+    weakdeps: list[Weakdep] = field(default_factory=list)  #: weak dependencies (kmod 33+)
     problems: list[str] = field(default_factory=list)  #: "FILE line N: ..." for skipped lines
     files: list[str] = field(default_factory=list)  #: the files read, in order
 
@@ -66,11 +79,10 @@ class ModprobeConfig:
         dirs = list(paths) if paths is not None else list(MODPROBE_DIRS)
         files = config_files(dirs, (".conf", ".alias"))
         if moddir is not None:
-            softdep = os.path.join(moddir, "modules.softdep")
             names = {os.path.basename(f): f for f in files}
-            names.setdefault("modules.softdep", softdep)
-            # modules.softdep is listed first, so it hides a same-named file
-            names["modules.softdep"] = softdep
+            # the tree's files are listed first, so each hides a same-named file (modules.weakdep: kmod 33+)
+            for own in ("modules.softdep", "modules.weakdep"):
+                names[own] = os.path.join(moddir, own)
             files = [names[n] for n in sorted(names, key=os.fsencode)]
         for fname in files:
             if os.path.exists(fname):
@@ -113,7 +125,7 @@ class ModprobeConfig:
                 ok = mod is not None
                 if mod is not None:
                     self.blacklist.append(mod)
-            elif cmd in ("options", "install", "remove", "softdep"):
+            elif cmd in ("options", "install", "remove", "softdep", "weakdep"):
                 mod = _underscores(_word(words, 1))
                 ok = mod is not None and rest is not None
                 if mod is not None and rest is not None:
@@ -123,6 +135,8 @@ class ModprobeConfig:
                         self.install.append(Command(mod, rest))
                     elif cmd == "remove":
                         self.remove.append(Command(mod, rest))
+                    elif cmd == "weakdep":
+                        self.weakdeps.append(Weakdep(mod, tuple(rest.split())))
                     else:
                         self.softdeps.append(_parse_softdep(mod, rest))
             elif cmd in ("include", "config"):

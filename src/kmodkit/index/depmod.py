@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kmodkit.errors import ConfigError, UserError
-from kmodkit.index.inputs import TreeInputs, TreeWalk
+from kmodkit.index.inputs import KmodCompat, TreeInputs, TreeWalk
 from kmodkit.index.khash import MODULE_BUCKETS, superfast
 from kmodkit.index.scan import ModuleRecord, ScanFailure, scan_paths
 
@@ -55,6 +55,7 @@ class Module:
     dep_sort_idx: int = 0  #: topological number (modules nobody needs come first)
     deps: list[Module] = field(default_factory=list)  #: direct dependencies, first use first
     users: int = 0  #: how many modules depend on this one
+    weakdeps: tuple[bytes, ...] = ()  #: ``weakdep=`` values of .modinfo (read only for kmod 34's index)
 
     @property
     def dep_path(self) -> str:
@@ -89,6 +90,7 @@ class DepmodResult:
     walk: TreeWalk | None = None  #: the files the model was built from
     records: dict[str, bytes] = field(default_factory=dict)  #: path -> marshalled record, for the cache
     read_count: int = 0  #: how many module files were read (the rest came from the cache)
+    compat: KmodCompat = KmodCompat.KMOD30  #: whose depmod the files are rendered as
 
 
 class DependencyCycleError(UserError):
@@ -113,9 +115,10 @@ class Depmod:
 
     def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
                  symvers: str | None = None, system_map: str | None = None, errsyms: bool = False,
-                 jobs: int = 2, inputs: TreeInputs | None = None) -> None:
+                 jobs: int = 2, inputs: TreeInputs | None = None, compat: KmodCompat | None = None) -> None:
         if inputs is None:
-            inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map)
+            inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map,
+                                compat=compat)
         #: the tree, its depmod.d rules and kernel symbol files
         self.inputs = inputs
         self.kver = inputs.kver
@@ -197,9 +200,14 @@ class Depmod:
                 symbols[sym] = m
                 crcs[sym] = crc
                 hashes[sym] = h
+        if self.inputs.compat.weakdep:
+            for m in modules:
+                if m.path in blobs:
+                    m.weakdeps = read_weakdeps(m.path)
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
-        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(fresh))
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(fresh),
+                            self.inputs.compat)
 
     def _apply_order(self, modules: list[Module]) -> None:
         try:
@@ -336,6 +344,26 @@ class Depmod:
                     stack.append(dst.idx)
         if n_sorted < len(modules):
             raise DependencyCycleError(_find_cycles([m for m, u in zip(modules, users) if u > 0]))
+
+
+def read_weakdeps(path: str) -> tuple[bytes, ...]:
+    """The ``weakdep=`` values of a module file's .modinfo, in file order; ``()`` when none or unreadable.
+
+    kmod 33 added them (kmod commit 05828b4a, "libkmod: add weak dependecies").
+    """
+    from kmodkit.errors import KmodkitError
+    from kmodkit.modfile.module import ModuleFile
+
+    try:
+        if path.endswith(".ko"):
+            # the common case: no module says weakdep, and a byte search of the file says so at once
+            with open(path, "rb") as f:
+                if b"weakdep=" not in f.read():
+                    return ()
+        with ModuleFile.open(path) as mf:
+            return tuple(item[8:] for item in mf.modinfo_raw if item.startswith(b"weakdep="))
+    except (OSError, KmodkitError):
+        return ()  # the scan reports the file
 
 
 def _find_cycles(candidates: list[Module]) -> list[list[str]]:
