@@ -77,3 +77,75 @@ def test_private_key_given_as_depmod_d_file_is_a_warning_not_an_error(tmp_path: 
         f"warning: {tmp_path}/key.conf: looks like a PEM private key/certificate, not a depmod.d file; "
         "file ignored"]
     assert body[:20] not in proc.stderr
+
+
+# --- issue 10 item 7: a non-ASCII alias or file name -------------------------------------
+
+
+def test_non_ascii_alias_made_in_test_is_indexed_as_depmod_does_with_a_warning_naming_the_file(
+        tmp_path: Path) -> None:
+    tree = {"plain_mod": (("alias", b"plain-alias"),), "odd_mod": (("alias", "caf\u00e9".encode()),)}
+    ref = make_tree(tmp_path / "ref", tree)
+    mine = make_tree(tmp_path / "mine", tree)
+    make_module(ref, "n\u00e4me", filename="n\u00e4me.ko")
+    make_module(mine, "n\u00e4me", filename="n\u00e4me.ko")
+    assert subprocess.run(["depmod", "-b", str(tmp_path / "ref"), KVER], capture_output=True).returncode == 0
+    proc = kmodkit("index", "--kmod-compat", "30", "-b", str(tmp_path / "mine"), KVER)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stderr.splitlines()) == sorted([
+        f"warning: {mine}/kernel/odd_mod.ko: alias 'caf\u00e9' is not 7-bit ASCII (kmod's index format); "
+        "indexed as it is",
+        f"warning: {mine}/kernel/n\u00e4me.ko: module file name is not 7-bit ASCII (kmod's index format); "
+        "indexed as it is"])
+    for name in ("modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin"):
+        assert (mine / name).read_bytes() == (ref / name).read_bytes(), name
+    found = kmodkit("deps", "--no-cmdline", "-C", str(tmp_path / "none"), "-b", str(tmp_path / "mine"), "-k", KVER,
+                    "caf\u00e9")
+    assert found.stdout == f"insmod {mine}/kernel/odd_mod.ko \n"
+
+
+# --- issue 9: modprobe's answers where a name leads nowhere ------------------------------
+
+
+def _modprobe(root: Path, conf: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["modprobe", "-C", str(conf), "-d", str(root), "-S", KVER, "--show-depends", name],
+                          capture_output=True, text=True)
+
+
+def _deps(root: Path, conf: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return kmodkit("deps", "--no-cmdline", "-C", str(conf), "-b", str(root), "-k", KVER, name)
+
+
+def test_alias_to_a_module_that_does_not_exist_shows_nothing_and_succeeds_as_modprobe(tmp_path: Path) -> None:
+    """The tree made in the test has no modules.builtin, so depmod writes the built-in indexes empty."""
+    root = tmp_path / "root"
+    make_tree(root, {"solo": ()})
+    assert subprocess.run(["depmod", "-b", str(root), KVER], capture_output=True).returncode == 0
+    conf = tmp_path / "ghost.conf"
+    conf.write_text("alias ghost nothere\n")
+    ref = _modprobe(root, conf, "ghost")
+    mine = _deps(root, conf, "ghost")
+    assert (ref.stdout, ref.returncode) == ("", 0)
+    assert (mine.stdout, mine.returncode, mine.stderr) == ("", 0, "")
+
+
+def test_missing_module_files_made_in_test_keep_modprobe_stdout_and_status(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    moddir = root / "lib" / "modules" / KVER
+    make_module(moddir, "base", exports=("base_fn",))
+    make_module(moddir, "user", needs=("base_fn",))
+    make_module(moddir, "other", needs=("base_fn",))
+    assert subprocess.run(["depmod", "-b", str(root), KVER], capture_output=True).returncode == 0
+    assert (moddir / "modules.dep").read_text().count("kernel/base.ko") == 3
+    (moddir / "kernel" / "user.ko").unlink()  # its own file missing: modprobe lists it all the same
+    conf = tmp_path / "none"
+    ref, mine = _modprobe(root, conf, "user"), _deps(root, conf, "user")
+    assert ref.stdout == f"insmod {moddir}/kernel/base.ko \ninsmod {moddir}/kernel/user.ko \n"
+    assert (mine.stdout, mine.returncode) == (ref.stdout, ref.returncode) == (ref.stdout, 0)
+    assert mine.stderr == (f"warning: {moddir}/kernel/user.ko: listed in modules.dep but missing; "
+                           "reinstall the module or rerun kmodkit index\n")
+    (moddir / "kernel" / "base.ko").unlink()  # a dependency missing: libkmod drops the module's dependencies
+    ref, mine = _modprobe(root, conf, "other"), _deps(root, conf, "other")
+    assert ref.stdout == f"insmod {moddir}/kernel/other.ko \n"
+    assert (mine.stdout, mine.returncode) == (ref.stdout, ref.returncode) == (ref.stdout, 0)
+    assert f"warning: {moddir}/kernel/base.ko: listed in modules.dep but missing" in mine.stderr

@@ -14,8 +14,7 @@ import pytest
 from conftest import KernelTree
 from kmodkit.errors import ConfigError, EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.index.config import ModprobeConfig
-from kmodkit.index.resolver import Reason as StepReason
-from kmodkit.index.resolver import StepKind
+from kmodkit.index.resolver import StepKind, StepReason
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.loader.explain import KMSG_RULES, LOAD_ERRNO, Reason, explain, explain_install
 from kmodkit.loader.kmsg import KmsgRecord, parse_record
@@ -252,13 +251,13 @@ def test_kmsg_record_parsing() -> None:
 
 def test_install_command_parameters_are_data_not_shell(tmp_path: Path) -> None:
     """A parameter like $(cmd) reaches an install command as text: the shell expands $CMDLINE_OPTS, never runs it."""
-    from kmodkit.index.resolver import Reason, StepKind
+    from kmodkit.index.resolver import StepKind, StepReason
     from kmodkit.loader.loader import run_install_command
     from kmodkit.loader.plan import PlanStep
 
     marker = tmp_path / "ran"
     step = PlanStep(StepKind.INSTALL, "kk_probe", None, ("x=1", f"y=$(touch {marker})", f"z=`touch {marker}`"),
-                    "echo probing $MODPROBE_MODULE $CMDLINE_OPTS", Reason.TARGET, True)
+                    "echo probing $MODPROBE_MODULE $CMDLINE_OPTS", StepReason.TARGET, True)
     run = run_install_command(step)
     assert run.status == 0
     assert run.output == f"probing kk_probe x=1 y=$(touch {marker}) z=`touch {marker}`\n"
