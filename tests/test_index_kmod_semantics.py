@@ -149,3 +149,23 @@ def test_missing_module_files_made_in_test_keep_modprobe_stdout_and_status(tmp_p
     assert ref.stdout == f"insmod {moddir}/kernel/other.ko \n"
     assert (mine.stdout, mine.returncode) == (ref.stdout, ref.returncode) == (ref.stdout, 0)
     assert f"warning: {moddir}/kernel/base.ko: listed in modules.dep but missing" in mine.stderr
+
+
+# --- issue 9: dependency cycles, reported as depmod reports them ---------------------------
+
+
+def test_cycles_sharing_a_module_made_in_test_are_all_reported_as_depmod_does(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    moddir = root / "lib" / "modules" / KVER
+    make_module(moddir, "cy_a", needs=("cy_b_fn",), exports=("cy_a_fn",))
+    make_module(moddir, "cy_b", needs=("cy_a_fn", "cy_c_fn"), exports=("cy_b_fn",))  # in both loops
+    make_module(moddir, "cy_c", needs=("cy_b_fn",), exports=("cy_c_fn",))
+    make_module(moddir, "cy_d", needs=("cy_a_fn",))  # uses a loop, is not in one
+    make_module(moddir, "cy_e", exports=("cy_e_fn",))
+    ref = subprocess.run(["depmod", "-b", str(root), KVER], capture_output=True, text=True)
+    ref_lines = [line.removeprefix("depmod: ERROR: ") for line in ref.stderr.splitlines() if "ERROR" in line]
+    assert ref_lines[-1] == "Found 3 modules in dependency cycles!" and len(ref_lines) == 3
+    proc = kmodkit("index", "-b", str(root), KVER)
+    assert proc.returncode == ref.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: {line}" for line in ref_lines]
+    assert not (moddir / "modules.dep").exists()

@@ -48,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     from kmodkit.cli.output import error_line, print_json
 
-    result, files = ix.rebuild()
+    from kmodkit.index.depmod import DependencyCycleError
+
+    try:
+        result, files = ix.rebuild()
+    except DependencyCycleError as exc:  # depmod's lines and status; nothing is written
+        sys.stderr.writelines(f"error: {line}\n" for line in exc.lines())
+        return exc.exit_status
     for problem in ix.inputs.config.problems:  # skipped lines: the run goes on and may exit 0
         sys.stderr.write(f"warning: {problem}\n")
     for failure in result.failures:
