@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from kmodkit.errors import UserError
 from kmodkit.index.depmod import DepmodResult, Module
+from kmodkit.index.glob import alias_normalize
 from kmodkit.index.inputs import INDEX_FILES, KmodCompat
 from kmodkit.index.khash import SYMBOL_BUCKETS, superfast
 from kmodkit.index.trie import IndexBuilder
@@ -27,29 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INDEX_FILES", "WrittenIndex", "alias_normalize", "render_all", "write_index"]
+__all__ = ["INDEX_FILES", "WrittenIndex", "render_all", "write_index"]
 
 
-def alias_normalize(alias: bytes) -> bytes | None:
-    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
-    if b"[" not in alias and b"]" not in alias:
-        return alias.replace(b"-", b"_")
-    out = bytearray()
-    i, n = 0, len(alias)
-    while i < n:
-        c = alias[i]
-        if c == 0x5D:  # ']'
-            return None
-        if c == 0x5B:  # '['
-            end = alias.find(b"]", i)
-            if end < 0:
-                return None
-            out += alias[i:end + 1]
-            i = end + 1
-            continue
-        out.append(0x5F if c == 0x2D else c)
-        i += 1
-    return bytes(out)
+def _normalized(alias: bytes) -> bytes | None:
+    # the one alias_normalize (index.glob), on the bytes of the files: latin-1 maps each byte to one character
+    norm = alias_normalize(alias.decode("latin-1"))
+    return None if norm is None else norm.encode("latin-1")
 
 
 def _all_deps(result: DepmodResult) -> dict[int, list[Module]]:
@@ -142,7 +127,7 @@ def _alias_entries(result: DepmodResult) -> list[tuple[bytes, bytes, int]]:
             entries += [(key, name, m.idx) for key in keys]
             continue
         for a in aliases:
-            key = alias_normalize(a)
+            key = _normalized(a)
             if key is None:
                 log.warning("Unmatched bracket in %s", a.decode("latin-1"))
                 continue
@@ -249,7 +234,7 @@ def render_builtin_alias_bin(result: DepmodResult) -> bytes | None:
         value, ok = upto(0)
         if not ok or not value:
             continue
-        alias = alias_normalize(value)
+        alias = _normalized(value)
         if alias is None:
             log.warning("Unmatched bracket in %s", value.decode("latin-1"))
             continue
