@@ -137,6 +137,15 @@ class Planner:
         #: the manifest given explicitly, None to look for one beside a module file
         self.manifest = manifest
 
+    @classmethod
+    def for_running_kernel(cls, moddir: str, manifest: Manifest | None = None, procfs: str = "/proc") -> Planner:
+        """The planner a load in the running kernel uses, ``--dry-run`` or not: the system's modprobe.d and
+        /proc/cmdline, the modules ``procfs`` lists as loaded (none when the kernel has no module support)."""
+        from kmodkit.runtime.modules import KernelModules
+
+        loaded = KernelModules(procfs).loaded_names() if os.path.exists(f"{procfs}/modules") else frozenset()
+        return cls(moddir, loaded=loaded, manifest=manifest)
+
     def plan(self, target: str, params: Sequence[str] = ()) -> LoadPlan:
         """The plan for ``target`` (a name, alias or module file), with ``params`` for the module asked for.
 
