@@ -169,3 +169,14 @@ def test_cycles_sharing_a_module_made_in_test_are_all_reported_as_depmod_does(tm
     assert proc.returncode == ref.returncode == 1
     assert proc.stderr.splitlines() == [f"error: {line}" for line in ref_lines]
     assert not (moddir / "modules.dep").exists()
+
+
+def test_softdep_loop_in_deps_tree_made_in_test_is_a_warning_when_the_exit_is_0(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_tree(root, {"loop_a": (), "loop_b": ()})
+    assert kmodkit("index", "-b", str(root), KVER).returncode == 0
+    conf = tmp_path / "loop.conf"
+    conf.write_text("softdep loop_a pre: loop_b\nsoftdep loop_b post: loop_a\n")
+    proc = kmodkit("deps", "--tree", "--no-cmdline", "-C", str(conf), "-b", str(root), "-k", KVER, "loop_a")
+    assert proc.returncode == 0 and proc.stdout == "loop_a\n"
+    assert proc.stderr == "warning: loop_a: cycle: loop_a -> loop_b -> loop_a\n"
