@@ -16,7 +16,6 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kmodkit.errors import UserError
 from kmodkit.index.depmod import DepmodResult, Module
 from kmodkit.index.glob import alias_normalize
 from kmodkit.index.inputs import INDEX_FILES, KmodCompat
