@@ -119,3 +119,15 @@ def sample_module(generic_tree: KernelTree) -> Path:
     if not hits:
         need("af_key.ko in the generic tree")
     return hits[0]
+
+
+#: kmod 34 from Debian 13 (trixie), unpacked by scripts/bootstrap (install_kmod34) and run with trixie's ld.so
+KMOD34_RUN = Path(__file__).resolve().parent.parent / ".cache" / "kmod34" / "run"
+
+
+@pytest.fixture(scope="session")
+def kmod34() -> list[str]:
+    """The command prefix that runs a kmod 34 tool: ``kmod34 + ["depmod", "-b", ...]`` (skip/fail when absent)."""
+    if not os.access(KMOD34_RUN, os.X_OK):
+        need("kmod 34 (Debian 13's kmod, the second oracle)")
+    return [str(KMOD34_RUN)]

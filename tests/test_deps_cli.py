@@ -77,5 +77,6 @@ def test_module_missing_from_disk_is_reported(generic_tree: KernelTree, tmp_path
     ref = subprocess.run(["modprobe", "-d", str(tmp_path), "-S", generic_tree.release, "-C", str(tmp_path),
                           "--show-depends", "af_key"], capture_output=True, text=True)
     assert proc.stdout == ref.stdout  # modprobe prints the plan regardless
-    assert proc.returncode == 1 and "af_key.ko: listed in modules.dep but missing" in proc.stderr
+    assert proc.returncode == ref.returncode == 0  # modprobe exits 0: a warning, not a failure
+    assert "warning: " in proc.stderr and "af_key.ko: listed in modules.dep but missing" in proc.stderr
     assert "xfrm_algo" not in proc.stdout  # libkmod drops a dependency list naming a missing file

@@ -146,11 +146,11 @@ def test_dependency_cycle_made_in_test_is_named_and_nothing_is_written(tmp_path:
     assert ref.returncode != 0 and "Cycle detected" in ref.stderr  # the oracle agrees it is a cycle
     with pytest.raises(DependencyCycleError) as info:
         Depmod("6.1.0-kmodkit-test", str(tmp_path), config_paths=[]).compute()
-    assert info.value.cycles == [["cyc_a", "cyc_b", "cyc_a"]]
+    assert info.value.cycles == [["cyc_b", "cyc_a", "cyc_b"]]  # depmod's start and order
     (moddir / "modules.dep").write_text("previous\n")
     proc = subprocess.run(KMODKIT + ["index", "-b", str(tmp_path), "6.1.0-kmodkit-test"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: dependency cycle: cyc_a -> cyc_b -> cyc_a")
+    assert proc.returncode == ref.returncode == 1
+    assert proc.stderr.startswith("error: Cycle detected: cyc_b -> cyc_a -> cyc_b\n")
     assert "Traceback" not in proc.stderr
     assert (moddir / "modules.dep").read_text() == "previous\n"
 
@@ -165,6 +165,16 @@ def test_corrupt_module_made_in_test_is_reported_and_index_still_written(tmp_pat
     ref = (moddir / "modules.dep").read_text()
     assert depmod(tmp_path, "6.1.0-kmodkit-test").returncode == 0
     assert (moddir / "modules.dep").read_text() == ref  # depmod lists the unreadable file too
+
+
+def test_unreadable_module_made_in_test_is_named_once_on_its_error_line(tmp_path: Path) -> None:
+    moddir = tmp_path / "lib" / "modules" / "6.1.0-kmodkit-test"
+    (moddir / "kernel").mkdir(parents=True)
+    broken = moddir / "kernel" / "broken.ko"
+    broken.write_bytes(b"\x7fELF" + b"\0" * 10)
+    proc = subprocess.run(KMODKIT + ["index", "-b", str(tmp_path), "6.1.0-kmodkit-test"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: {broken}: not an ELF file (no \\x7fELF magic)"]
 
 
 def test_failed_write_leaves_previous_index_intact(tmp_path: Path) -> None:

@@ -59,3 +59,34 @@ def test_unwritable_cache_degrades_to_no_cache(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     docs = json.loads(r.stdout)
     assert len(docs) == 2 and docs[0]["modinfo"]["license"] == "GPL"
+
+
+def test_cached_documents_are_keyed_on_the_format_and_one_target_reads_them_like_many(tmp_path: Path) -> None:
+    """Entries planted in the cache (module made in the test): another format's is never served; one target
+    and two targets print the same document."""
+    import sqlite3
+
+    from elfwriter import build, simple_module
+    from kmodkit.modfile.cache import InfoCache, file_key
+    from kmodkit.modfile.info import json_format
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    mod = tmp_path / "tiny.ko"
+    mod.write_bytes(build(simple_module()))
+    cold = _json([str(mod)], env)
+    (db_path,) = (tmp_path / "cache" / "kmodkit").glob("info-*.sqlite")
+    key = file_key(os.stat(mod))
+    old = InfoCache(str(db_path), fmt="an older shape")
+    old.put(key, {"name": "stale", "shape": "old"})
+    old.close()
+    assert _json([str(mod)], env) == _json([str(mod), str(mod)], env)[:1] == cold
+    # an entry in the current format is what both read: it is data, rebuilt with the path asked for
+    store = InfoCache(str(db_path), fmt=json_format())
+    store.put(key, {**{k: v for k, v in cold[0].items() if k != "filename"}, "name": "from-cache"})
+    store.close()
+    one, two = _json([str(mod)], env), _json([str(mod), str(mod)], env)
+    assert one[0]["name"] == two[0]["name"] == two[1]["name"] == "from-cache"
+    assert one[0]["filename"] == str(mod) and list(one[0]) == list(cold[0])
+    with sqlite3.connect(db_path) as db:
+        formats = {row[0] for row in db.execute("SELECT format FROM docs")}
+    assert formats == {"an older shape", json_format()}

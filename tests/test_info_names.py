@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,34 @@ def test_info_unknown_name_fails_like_modinfo(generic_tree: KernelTree) -> None:
     ref, mine = _pair(generic_tree, "no_such_module_zz")
     assert ref.returncode != 0 and mine.returncode != 0
     assert b"no_such_module_zz" in mine.stderr and b"Traceback" not in mine.stderr
+
+
+def test_filename_field_of_a_name_whose_file_is_gone_made_in_test_prints_the_index_path(tmp_path: Path) -> None:
+    """modinfo -F filename NAME answers from the index without opening the file (tree and removal made in the test)."""
+    from test_index_kmod_semantics import KVER, make_tree
+
+    moddir = make_tree(tmp_path, {"gone_mod": (), "kept_mod": ()})
+    assert subprocess.run(["depmod", "-b", str(tmp_path), KVER], capture_output=True).returncode == 0
+    (moddir / "kernel" / "gone_mod.ko").unlink()
+    junk = tmp_path / "junk.ko"
+    junk.write_bytes(b"not a module")  # a path is stat'ed, not read
+    for args in (["gone_mod", "kept_mod"], ["-0", "gone_mod"], [str(junk)], [str(tmp_path / "absent.ko")]):
+        ref = subprocess.run(["modinfo", "-b", str(tmp_path), "-k", KVER, "-F", "filename", *args], capture_output=True)
+        mine = subprocess.run(KMODKIT + ["info", "-b", str(tmp_path), "-k", KVER, "-F", "filename", *args],
+                              capture_output=True)
+        assert (mine.stdout, mine.returncode != 0) == (ref.stdout, ref.returncode != 0), args
+
+
+def test_module_reader_never_imports_the_index() -> None:
+    """Name resolution lives in kmodkit.names, above both: modfile → index would be an import cycle."""
+    import re
+
+    import kmodkit.modfile
+
+    package = Path(kmodkit.modfile.__file__).parent
+    imports = {p.name: re.findall(r"^\s*(?:from|import) kmodkit\.index\b.*$", p.read_text(), re.M)
+               for p in sorted(package.glob("*.py"))}
+    assert {name: found for name, found in imports.items() if found} == {}
+    code = "import sys, kmodkit.names; print(sorted(m for m in sys.modules if m.startswith('kmodkit.index')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout == "[]\n"  # and the resolver above them loads the index only when a name is looked up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -14,8 +15,7 @@ import pytest
 from conftest import KernelTree
 from kmodkit.errors import ConfigError, EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.index.config import ModprobeConfig
-from kmodkit.index.resolver import Reason as StepReason
-from kmodkit.index.resolver import StepKind
+from kmodkit.index.resolver import StepKind, StepReason
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.loader.explain import KMSG_RULES, LOAD_ERRNO, Reason, explain, explain_install
 from kmodkit.loader.kmsg import KmsgRecord, parse_record
@@ -252,14 +252,31 @@ def test_kmsg_record_parsing() -> None:
 
 def test_install_command_parameters_are_data_not_shell(tmp_path: Path) -> None:
     """A parameter like $(cmd) reaches an install command as text: the shell expands $CMDLINE_OPTS, never runs it."""
-    from kmodkit.index.resolver import Reason, StepKind
+    from kmodkit.index.resolver import StepKind, StepReason
     from kmodkit.loader.loader import run_install_command
     from kmodkit.loader.plan import PlanStep
 
     marker = tmp_path / "ran"
     step = PlanStep(StepKind.INSTALL, "kk_probe", None, ("x=1", f"y=$(touch {marker})", f"z=`touch {marker}`"),
-                    "echo probing $MODPROBE_MODULE $CMDLINE_OPTS", Reason.TARGET, True)
+                    "echo probing $MODPROBE_MODULE $CMDLINE_OPTS", StepReason.TARGET, True)
     run = run_install_command(step)
     assert run.status == 0
     assert run.output == f"probing kk_probe x=1 y=$(touch {marker}) z=`touch {marker}`\n"
     assert not marker.exists()
+
+
+def test_dry_run_shows_the_plan_the_library_makes_for_a_load(generic_tree: KernelTree, tmp_path: Path) -> None:
+    """One planning path (Planner.for_running_kernel) for --dry-run and the real load, and the plan wraps the
+    Resolver's probe list instead of deriving it again."""
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "load", "--dry-run", "--json", "-k", generic_tree.release,
+                           "af_key"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    plan = Planner.for_running_kernel(str(generic_tree.moddir)).plan("af_key")
+    assert json.loads(done.stdout) == json.loads(json.dumps(plan.to_json()))
+    fake_proc = tmp_path / "proc"  # stands for a /proc whose kernel has xfrm_algo loaded
+    fake_proc.mkdir()
+    (fake_proc / "modules").write_text("xfrm_algo 16384 1 af_key, Live 0x0000000000000000\n")
+    plan = Planner.for_running_kernel(str(generic_tree.moddir), procfs=str(fake_proc)).plan("af_key")
+    assert plan.probe is not None and plan.probe.request == "af_key"
+    assert [(s.name, s.required, s.already_loaded) for s in plan.steps] == [
+        (p.name, p.required, p.name == "xfrm_algo") for p in plan.probe.steps]

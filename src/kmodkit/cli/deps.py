@@ -27,9 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve every name; 1 when a name is unknown (every name is still reported)."""
-    import os
-
+    """Resolve every name; 1 when a name is unknown (every name is still reported), as modprobe exits."""
     from kmodkit.cli.output import error_line, print_json
     from kmodkit.errors import UserError
     from kmodkit.index.config import ModprobeConfig
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if chain is not None else 1
     status = 0
     results: list[object] = []
-    exists: dict[str, bool] = {}
+    warned: set[str] = set()
     for name in args.names:
         norm = name.replace("-", "_")
         if args.reverse or args.tree:
@@ -74,16 +72,15 @@ def run(args: argparse.Namespace) -> int:
                 results.append({"module": norm, "tree": lines, "cycles": cycles})
                 if not args.json:
                     out.writelines(f"{line}\n" for line in lines)
-                    for cycle in cycles:
-                        error_line(norm, "cycle: " + " -> ".join(cycle))
+                    for cycle in cycles:  # reported, not a failure: the exit status stays 0
+                        sys.stderr.write(f"warning: {norm}: cycle: {' -> '.join(cycle)}\n")
             continue
-        plan = resolver.plan(name)
-        for step in plan.steps:
-            if step.path is not None and step.path not in exists:
-                exists[step.path] = os.path.exists(step.path)
-            if step.path is not None and not exists[step.path]:
-                error_line(step.path, "listed in modules.dep but missing; reinstall the module or rerun kmodkit index")
-                status = 1
+        plan = resolver.probe_list(name)
+        for path in plan.missing:  # modprobe lists what it can and exits 0: a warning, not a failure
+            if path not in warned:
+                warned.add(path)
+                sys.stderr.write(f"warning: {path}: listed in modules.dep but missing; "
+                                 "reinstall the module or rerun kmodkit index\n")
         if plan.not_found:
             sys.stderr.write(f"error: Module {name} not found in directory {dirname}\n")
             status = 1

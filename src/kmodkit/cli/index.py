@@ -21,6 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--dry-run", action="store_true", help="write modules.dep to stdout, nothing else")
     parser.add_argument("--no-cache", action="store_true", help="read every module, ignoring the cache")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="processes reading modules (default 2)")
+    parser.add_argument("--kmod-compat", choices=("30", "34"), metavar="30|34",
+                        help="write the files as this kmod's depmod does: 30 (Debian 12) or 34 (Debian 13: "
+                             "modules.weakdep, pre-order tries); default: the kmod installed here")
     parser.add_argument("--json", action="store_true", help="print a summary as JSON")
 
 
@@ -29,24 +32,31 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from kmodkit.index.indexer import Indexer
-    from kmodkit.index.inputs import INDEX_FILES
+    from kmodkit.index.inputs import KmodCompat
 
     ix = Indexer(args.kver, args.basedir, outdir=args.outdir, config_paths=args.config, symvers=args.symvers,
-                 system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs, use_cache=not args.no_cache)
+                 system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs, use_cache=not args.no_cache,
+                 compat=KmodCompat(args.kmod_compat) if args.kmod_compat else None)
     read = None if args.dry_run else ix.up_to_date()
     if read is not None:
         if args.json:
             from kmodkit.cli.output import print_json
 
             print_json({"outdir": os.path.abspath(ix.outdir), "modules": ix.module_count, "files": [],
-                        "unchanged": list(INDEX_FILES), "read": read, "failures": [], "issues": []})
+                        "unchanged": list(ix.inputs.compat.index_files), "read": read, "failures": [], "issues": []})
         return 0
 
     from kmodkit.cli.output import error_line, print_json
 
-    result, files = ix.rebuild()
-    for problem in ix.inputs.config.problems:
-        error_line(problem.split(": ", 1)[0], problem.split(": ", 1)[-1])
+    from kmodkit.index.depmod import DependencyCycleError
+
+    try:
+        result, files = ix.rebuild()
+    except DependencyCycleError as exc:  # depmod's lines and status; nothing is written
+        sys.stderr.writelines(f"error: {line}\n" for line in exc.lines())
+        return exc.exit_status
+    for problem in ix.inputs.config.problems:  # skipped lines: the run goes on and may exit 0
+        sys.stderr.write(f"warning: {problem}\n")
     for failure in result.failures:
         error_line(failure.path, failure.reason)
     for issue in result.issues:

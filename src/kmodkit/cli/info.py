@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kmodkit.modfile.info import InfoQuery
+    from kmodkit.modfile.info import Rendered
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +37,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import error_line
     from kmodkit.errors import UserError
-    from kmodkit.modfile.info import InfoQuery, View, render_all
+    from kmodkit.modfile.info import View, render_all
+    from kmodkit.names import ModuleQuery
 
     if args.summary:
         return _summary(args)
     if not args.modules:
         raise UserError("info", "no module given", "name module files, names or aliases (or use --summary -k KVER)")
 
-    query = InfoQuery(
+    query = ModuleQuery(
         targets=args.modules,
         kver=args.kver,
         basedir=args.basedir,
@@ -52,15 +53,16 @@ def run(args: argparse.Namespace) -> int:
         cwd=_cwd(),
     )
     view = View.JSON if args.json else View.MODINFO
+    items = render_all(query, view, field=args.field, separator=b"\0" if args.null else b"\n", jobs=args.jobs,
+                       cache=not args.no_cache)
     if view is View.JSON and len(query.targets) == 1:
-        return _one_json(query)
+        return _one_json(list(items)[0])  # the whole generator: the cache is written when it ends
     out = sys.stdout.buffer
     status = 0
     first = True
     if view is View.JSON:
         out.write(b"[")
-    for item in render_all(query, view, field=args.field, separator=b"\0" if args.null else b"\n", jobs=args.jobs,
-                           cache=not args.no_cache):
+    for item in items:
         if item.error is not None:
             status = max(status, item.error.exit_status)
             out.flush()
@@ -98,23 +100,15 @@ def _summary(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-def _one_json(query: InfoQuery) -> int:
-    """One target: indented JSON, for people reading it."""
+def _one_json(item: Rendered) -> int:
+    """One target (rendered as every batch is, cache included): indented JSON, for people reading it."""
     from kmodkit.cli.output import error_line, print_json
-    from kmodkit.errors import KmodkitError
 
-    target = query.targets[0]
-    try:
-        infos = query.resolve(target)
-        try:
-            docs = [info.to_json() for info in infos]
-        finally:
-            for info in infos:
-                info.close()
-    except KmodkitError as exc:
-        error_line(exc.subject or target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
+    exc = item.error
+    if exc is not None:
+        error_line(exc.subject or item.target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
         return exc.exit_status
-    print_json(docs)
+    print_json(list(item.docs))
     return 0
 
 

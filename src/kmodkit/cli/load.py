@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,23 +26,26 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json
     from kmodkit.index.lookup import kernel_dir
     from kmodkit.kbuild.manifest import Manifest
-    from kmodkit.loader.loader import LoadFailed, Loader
     from kmodkit.loader.plan import Planner
-    from kmodkit.runtime.modules import KernelModules
 
     moddir = kernel_dir(args.kver, None)
     manifest = Manifest.load(args.manifest) if args.manifest else None
-    if args.dry_run:
-        loaded = KernelModules().loaded_names() if os.path.exists("/proc/modules") else frozenset()
-        plan: LoadPlan = Planner(moddir, loaded=loaded, manifest=manifest).plan(args.target, args.params)
+    loader = None
+    if not args.dry_run:
+        from kmodkit.loader.loader import Loader
+
+        loader = Loader()  # a kernel without module support is said first: nothing could load there
+    # one plan, made the same way whether it is shown or run
+    plan: LoadPlan = Planner.for_running_kernel(moddir, manifest).plan(args.target, args.params)
+    if loader is None:
         if args.json:
             print_json(plan)
         else:
             for line in describe_plan(plan):
                 print(line)
         return 0
-    loader = Loader()
-    plan = loader.plan(args.target, args.params, moddir, manifest)
+    from kmodkit.loader.loader import LoadFailed
+
     try:
         result = loader.load(plan)
     except LoadFailed as exc:

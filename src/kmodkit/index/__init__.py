@@ -1,4 +1,4 @@
-"""The module index of a kernel tree: depmod's files and modprobe's resolution, identical to kmod 30.
+"""The module index of a kernel tree: depmod's files and modprobe's resolution, identical to kmod 30 or 34.
 
 Writing an index (what ``depmod`` does)::
 
@@ -32,13 +32,18 @@ Planning a load (what ``modprobe`` does, for the loader)::
 
     moddir = kernel_dir("6.1.0-13-amd64", None)
     tree = ModuleTree(moddir, ModprobeConfig.load(moddir))   # modprobe.d + /proc/cmdline
-    plan = Resolver(tree).plan("ext4")       # LoadPlan; plan.not_found when nothing matched
-    for step in plan.steps:                  # in load order
+    probe = Resolver(tree).probe_list("ext4")   # ProbeList; probe.not_found when nothing matched
+    for step in probe.steps:                 # in load order
         step.kind                            # StepKind.INSMOD / BUILTIN / INSTALL / NONE
-        step.path, step.options, step.command, step.reason   # Reason.DEPENDENCY, SOFTDEP_PRE, ...
-    plan.show_depends()                      # exactly modprobe --show-depends' lines
+        step.path, step.options, step.command, step.reason   # StepReason.DEPENDENCY, SOFTDEP_PRE, ...
+        step.required                        # libkmod's "required": the target and its modules.dep deps
+    probe.missing                            # files modules.dep names that are not there
+    probe.show_depends()                     # exactly modprobe --show-depends' lines
 
-``Resolver`` also answers ``reverse_dependencies(name)``, ``why(a, b)``,
+:class:`~kmodkit.loader.plan.Planner` wraps a probe list into the loader's
+``LoadPlan`` (loaded modules marked, parameters joined).
+
+``Resolver`` also answers ``weakdeps(name)`` (kmod 33+), ``reverse_dependencies(name)``, ``why(a, b)``,
 ``direct_dependencies(name)``, ``tree_lines(name)`` and ``softdep_cycles(name)``.
 ``ModuleTree.lookup(alias)`` is libkmod's seven-step lookup (config aliases,
 modules.dep.bin, symbols, install commands, modules.alias.bin, built-in names

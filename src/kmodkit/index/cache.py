@@ -27,7 +27,7 @@ from itertools import chain
 
 from kmodkit.errors import KmodkitError
 from kmodkit.fileio import write_atomic
-from kmodkit.index.inputs import INDEX_FILES, DirListing, StatKey, TreeWalk
+from kmodkit.index.inputs import ALL_INDEX_FILES, DirListing, StatKey, TreeWalk
 
 #: the cache files kmodkit keeps beside the index it writes
 CACHE_NAME = "modules.kmodkit-cache"
@@ -208,7 +208,7 @@ class IndexCache:
 def output_stats(outdir: str) -> dict[str, tuple[int, int]]:
     """``name -> (size, mtime_ns)`` of the index files in ``outdir`` (missing ones left out)."""
     out: dict[str, tuple[int, int]] = {}
-    for name in INDEX_FILES:
+    for name in ALL_INDEX_FILES:
         try:
             st = os.stat(os.path.join(outdir, name))
         except OSError:

@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from kmodkit.index.depmodconf import config_files, read_wrapped
+from kmodkit.index.depmodconf import config_files, pem_problem, read_wrapped
 from kmodkit.index.glob import alias_normalize
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,18 @@ class Softdep:
     module: str  #: the module name (a glob pattern, matched with fnmatch)
     pre: tuple[str, ...]  #: names/aliases to load before it
     post: tuple[str, ...]  #: names/aliases to load after it
+
+
+@dataclass(frozen=True)
+class Weakdep:
+    """A ``weakdep MODULE MODULES...`` line (kmod 33 and later): modules an initramfs should carry along.
+
+    modprobe never loads them: they matter to tools that gather modules
+    (``kmod_module_get_weakdeps``), not to ``--show-depends``.
+    """
+
+    module: str  #: the module name (a glob pattern, matched with fnmatch)
+    weak: tuple[str, ...]  #: names/aliases it may use
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class ModprobeConfig:
     install: list[Command] = field(default_factory=list)  #: install commands
     remove: list[Command] = field(default_factory=list)  #: remove commands
     softdeps: list[Softdep] = field(default_factory=list)  #: soft dependencies
+    weakdeps: list[Weakdep] = field(default_factory=list)  #: weak dependencies (kmod 33+)
     problems: list[str] = field(default_factory=list)  #: "FILE line N: ..." for skipped lines
     files: list[str] = field(default_factory=list)  #: the files read, in order
 
@@ -66,11 +79,10 @@ class ModprobeConfig:
         dirs = list(paths) if paths is not None else list(MODPROBE_DIRS)
         files = config_files(dirs, (".conf", ".alias"))
         if moddir is not None:
-            softdep = os.path.join(moddir, "modules.softdep")
             names = {os.path.basename(f): f for f in files}
-            names.setdefault("modules.softdep", softdep)
-            # modules.softdep is listed first, so it hides a same-named file
-            names["modules.softdep"] = softdep
+            # the tree's files are listed first, so each hides a same-named file (modules.weakdep: kmod 33+)
+            for own in ("modules.softdep", "modules.weakdep"):
+                names[own] = os.path.join(moddir, own)
             files = [names[n] for n in sorted(names, key=os.fsencode)]
         for fname in files:
             if os.path.exists(fname):
@@ -86,7 +98,13 @@ class ModprobeConfig:
 
     def _parse_file(self, fname: str) -> None:
         self.files.append(fname)
-        for lineno, line in read_wrapped(fname):
+        lines = read_wrapped(fname)
+        pem = pem_problem(fname, lines, "modprobe.d")
+        if pem is not None:
+            self.problems.append(pem)
+            log.warning("%s", pem)
+            return
+        for lineno, line in lines:
             if not line or line.startswith("#"):
                 continue
             words = line.replace("\t", " ").split(" ")
@@ -107,7 +125,7 @@ class ModprobeConfig:
                 ok = mod is not None
                 if mod is not None:
                     self.blacklist.append(mod)
-            elif cmd in ("options", "install", "remove", "softdep"):
+            elif cmd in ("options", "install", "remove", "softdep", "weakdep"):
                 mod = _underscores(_word(words, 1))
                 ok = mod is not None and rest is not None
                 if mod is not None and rest is not None:
@@ -117,6 +135,8 @@ class ModprobeConfig:
                         self.install.append(Command(mod, rest))
                     elif cmd == "remove":
                         self.remove.append(Command(mod, rest))
+                    elif cmd == "weakdep":
+                        self.weakdeps.append(Weakdep(mod, tuple(rest.split())))
                     else:
                         self.softdeps.append(_parse_softdep(mod, rest))
             elif cmd in ("include", "config"):

@@ -1,7 +1,8 @@
 """The files depmod writes, rendered from a :class:`~kmodkit.index.depmod.DepmodResult`.
 
 Each renderer returns the file's bytes exactly as kmod 30's depmod writes
-them; :func:`write_index` writes them all to temporary names in the output
+them, or kmod 34's when the result's ``compat`` says so (modules.weakdep
+besides, every trie in pre-order); :func:`write_index` writes them all to temporary names in the output
 directory and renames them only once every one is complete, so a failed run
 leaves the previous index intact.
 """
@@ -15,9 +16,9 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kmodkit.errors import UserError
 from kmodkit.index.depmod import DepmodResult, Module
-from kmodkit.index.inputs import INDEX_FILES
+from kmodkit.index.glob import alias_normalize
+from kmodkit.index.inputs import INDEX_FILES, KmodCompat
 from kmodkit.index.khash import SYMBOL_BUCKETS, superfast
 from kmodkit.index.trie import IndexBuilder
 
@@ -26,29 +27,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INDEX_FILES", "WrittenIndex", "alias_normalize", "render_all", "write_index"]
+__all__ = ["INDEX_FILES", "WrittenIndex", "render_all", "write_index"]
 
 
-def alias_normalize(alias: bytes) -> bytes | None:
-    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
-    if b"[" not in alias and b"]" not in alias:
-        return alias.replace(b"-", b"_")
-    out = bytearray()
-    i, n = 0, len(alias)
-    while i < n:
-        c = alias[i]
-        if c == 0x5D:  # ']'
-            return None
-        if c == 0x5B:  # '['
-            end = alias.find(b"]", i)
-            if end < 0:
-                return None
-            out += alias[i:end + 1]
-            i = end + 1
-            continue
-        out.append(0x5F if c == 0x2D else c)
-        i += 1
-    return bytes(out)
+def _normalized(alias: bytes) -> bytes | None:
+    # the one alias_normalize (index.glob), on the bytes of the files: latin-1 maps each byte to one character
+    norm = alias_normalize(alias.decode("latin-1"))
+    return None if norm is None else norm.encode("latin-1")
 
 
 def _all_deps(result: DepmodResult) -> dict[int, list[Module]]:
@@ -80,7 +65,7 @@ def render_dep(result: DepmodResult, lines: list[bytes]) -> bytes:
 
 def render_dep_bin(result: DepmodResult, lines: list[bytes]) -> bytes:
     """modules.dep.bin: module name -> its modules.dep line."""
-    return build_trie(_dep_entries(result, lines))
+    return build_trie(_dep_entries(result, lines), _preorder(result))
 
 
 def _dep_entries(result: DepmodResult, lines: list[bytes]) -> list[tuple[bytes, bytes, int]]:
@@ -99,28 +84,30 @@ def render_alias(result: DepmodResult) -> bytes:
 
 def render_alias_bin(result: DepmodResult) -> bytes:
     """modules.alias.bin: normalised alias pattern -> module names."""
-    return build_trie(_alias_entries(result))
+    return build_trie(_alias_entries(result), _preorder(result))
 
 
-def build_trie(entries: list[tuple[bytes, bytes, int]]) -> bytes:
-    """A kmod index of ``(key, value, priority)`` entries, inserted in order (7-bit ASCII only)."""
+def _preorder(result: DepmodResult) -> bool:
+    return result.compat is KmodCompat.KMOD34
+
+
+def build_trie(entries: list[tuple[bytes, bytes, int]], preorder: bool = False) -> bytes:
+    """A kmod index of ``(key, value, priority)`` entries, inserted in order; ``preorder`` as kmod 34 writes it."""
     idx = IndexBuilder()
-    idx.insert_many(_ascii(entries))
-    return idx.to_bytes()
+    idx.insert_many(entries)
+    return idx.to_bytes(preorder)
 
 
-def _build_trie_packed(keys: bytes, values: bytes, priorities: bytes) -> bytes:
+def _build_trie_packed(keys: bytes, values: bytes, priorities: bytes, preorder: bool) -> bytes:
     # build_trie in a worker: the entries travel as two NUL-joined blobs and an
     # array, ~20 times cheaper to pickle than 26,000 tuples
     prios = array("q")
     prios.frombytes(priorities)
-    return build_trie(list(zip(keys.split(b"\0"), values.split(b"\0"), prios)))
+    return build_trie(list(zip(keys.split(b"\0"), values.split(b"\0"), prios)), preorder)
 
 
 def _pack(entries: list[tuple[bytes, bytes, int]]) -> tuple[bytes, bytes, bytes]:
-    # checked here, where a UserError reaches the caller; keys and values never hold a NUL
-    # (they all come from NUL-terminated strings), so NUL can join them
-    _ascii(entries)
+    # keys and values never hold a NUL (they all come from NUL-terminated strings), so NUL can join them
     return (b"\0".join(e[0] for e in entries), b"\0".join(e[1] for e in entries),
             array("q", [e[2] for e in entries]).tobytes())
 
@@ -139,7 +126,7 @@ def _alias_entries(result: DepmodResult) -> list[tuple[bytes, bytes, int]]:
             entries += [(key, name, m.idx) for key in keys]
             continue
         for a in aliases:
-            key = alias_normalize(a)
+            key = _normalized(a)
             if key is None:
                 log.warning("Unmatched bracket in %s", a.decode("latin-1"))
                 continue
@@ -153,6 +140,15 @@ def render_softdep(result: DepmodResult) -> bytes:
     for m in result.modules:
         name = m.name.encode()
         out += [b"softdep " + name + b" " + s + b"\n" for s in m.record.softdeps]
+    return b"".join(out)
+
+
+def render_weakdep(result: DepmodResult) -> bytes:
+    """modules.weakdep (kmod 33 and later), laid out as modules.softdep."""
+    out = [b"# Weak dependencies extracted from modules themselves.\n"]
+    for m in result.modules:
+        name = m.name.encode()
+        out += [b"weakdep " + name + b" " + s + b"\n" for s in m.weakdeps]
     return b"".join(out)
 
 
@@ -176,7 +172,7 @@ def render_symbols(result: DepmodResult, order: list[tuple[bytes, Module]]) -> b
 
 def render_symbols_bin(result: DepmodResult, order: list[tuple[bytes, Module]]) -> bytes:
     """modules.symbols.bin: ``symbol:NAME`` -> module."""
-    return build_trie(_symbol_entries(order))
+    return build_trie(_symbol_entries(order), _preorder(result))
 
 
 def _symbol_entries(order: list[tuple[bytes, Module]]) -> list[tuple[bytes, bytes, int]]:
@@ -197,8 +193,8 @@ def render_builtin_bin(result: DepmodResult) -> bytes | None:
             continue
         base = line.rsplit(b"/", 1)[-1]
         modname = base.split(b".", 1)[0].replace(b"-", b"_")
-        _insert(idx, modname, b"", 0)
-    return idx.to_bytes()
+        idx.insert(modname, b"", 0)
+    return idx.to_bytes(_preorder(result))
 
 
 def render_builtin_alias_bin(result: DepmodResult) -> bytes | None:
@@ -237,12 +233,12 @@ def render_builtin_alias_bin(result: DepmodResult) -> bytes | None:
         value, ok = upto(0)
         if not ok or not value:
             continue
-        alias = alias_normalize(value)
+        alias = _normalized(value)
         if alias is None:
             log.warning("Unmatched bracket in %s", value.decode("latin-1"))
             continue
-        _insert(idx, alias, modname, 0)
-    return idx.to_bytes()
+        idx.insert(alias, modname, 0)
+    return idx.to_bytes(_preorder(result))
 
 
 _MAJOR = re.compile(rb"(char|block)-major-(\d+)-(\d+)")
@@ -279,18 +275,22 @@ def render_devname(result: DepmodResult) -> bytes:
     return b"".join(out)
 
 
-def _insert(idx: IndexBuilder, key: bytes, value: bytes, priority: int) -> None:
-    idx.insert_many(_ascii([(key, value, priority)]))
+def _warn_non_ascii(result: DepmodResult) -> None:
+    """Name each module whose name, path or alias is not 7-bit ASCII; the index is written all the same.
 
-
-def _ascii(entries: list[tuple[bytes, bytes, int]]) -> list[tuple[bytes, bytes, int]]:
-    """``entries``, checked in one pass to be 7-bit ASCII as kmod's index format needs."""
-    if not b"".join(k + v for k, v, _p in entries).isascii():
-        for key, value, _p in entries:
-            if not (key + value).isascii():
-                raise UserError(key.decode("latin-1"),
-                                "index keys and values must be 7-bit ASCII (kmod's index format)")
-    return entries
+    kmod's index format is meant for 7-bit ASCII.  kmod 30's depmod writes such
+    keys (and the lookups work while the byte sits inside a node's prefix);
+    kmod 34's refuses the whole index (FATAL "bad character").  kmodkit writes
+    the index, as kmod 30 does, and says which module carries what.
+    """
+    for m in result.modules:
+        where = m.dep_path.encode("utf-8", "surrogateescape")
+        if not (m.name.isascii() and where.isascii()):
+            log.warning("%s: module file name is not 7-bit ASCII (kmod's index format); indexed as it is", m.path)
+        for a in m.record.aliases:
+            if not a.isascii():
+                log.warning("%s: alias '%s' is not 7-bit ASCII (kmod's index format); indexed as it is",
+                            m.path, a.decode("utf-8", "backslashreplace"))
 
 
 def render_all(result: DepmodResult, pool: Executor | None = None) -> dict[str, bytes]:
@@ -301,12 +301,14 @@ def render_all(result: DepmodResult, pool: Executor | None = None) -> dict[str, 
     """
     files: dict[str, bytes | None] = {}
     pending: dict[str, Future[bytes]] = {}
+    preorder = _preorder(result)
+    _warn_non_ascii(result)
 
     def trie(name: str, entries: list[tuple[bytes, bytes, int]]) -> None:
         if pool is None or not entries:
-            files[name] = build_trie(entries)
+            files[name] = build_trie(entries, preorder)
         else:
-            pending[name] = pool.submit(_build_trie_packed, *_pack(entries))
+            pending[name] = pool.submit(_build_trie_packed, *_pack(entries), preorder)
 
     trie("modules.alias.bin", _alias_entries(result))
     order = _symbol_order(result)
@@ -316,13 +318,15 @@ def render_all(result: DepmodResult, pool: Executor | None = None) -> dict[str, 
     files["modules.dep"] = render_dep(result, lines)
     files["modules.alias"] = render_alias(result)
     files["modules.softdep"] = render_softdep(result)
+    if result.compat.weakdep:
+        files["modules.weakdep"] = render_weakdep(result)
     files["modules.symbols"] = render_symbols(result, order)
     files["modules.builtin.bin"] = render_builtin_bin(result)
     files["modules.builtin.alias.bin"] = render_builtin_alias_bin(result)
     files["modules.devname"] = render_devname(result)
     for name, future in pending.items():
         files[name] = future.result()
-    return {name: files[name] or b"" for name in INDEX_FILES}
+    return {name: files[name] or b"" for name in result.compat.index_files}
 
 
 @dataclass(frozen=True)

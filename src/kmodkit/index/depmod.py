@@ -13,7 +13,8 @@ the order of every output line depends on it:
 5. a topological sort (a stack of modules nobody needs) numbers the modules,
    and every dependency list is written in that numbering.
 
-A dependency cycle stops the run, as it stops depmod.
+A dependency cycle stops the run, as it stops depmod, with depmod's messages
+and exit status 1.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import re
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from kmodkit.errors import ConfigError, UserError
-from kmodkit.index.inputs import TreeInputs, TreeWalk
+from kmodkit.errors import ConfigError, KmodkitError
+from kmodkit.index.inputs import KmodCompat, TreeInputs, TreeWalk
 from kmodkit.index.khash import MODULE_BUCKETS, superfast
 from kmodkit.index.scan import ModuleRecord, ScanFailure, scan_paths
 
@@ -55,6 +56,7 @@ class Module:
     dep_sort_idx: int = 0  #: topological number (modules nobody needs come first)
     deps: list[Module] = field(default_factory=list)  #: direct dependencies, first use first
     users: int = 0  #: how many modules depend on this one
+    weakdeps: tuple[bytes, ...] = ()  #: ``weakdep=`` values of .modinfo (read only for kmod 34's index)
 
     @property
     def dep_path(self) -> str:
@@ -89,17 +91,26 @@ class DepmodResult:
     walk: TreeWalk | None = None  #: the files the model was built from
     records: dict[str, bytes] = field(default_factory=dict)  #: path -> marshalled record, for the cache
     read_count: int = 0  #: how many module files were read (the rest came from the cache)
+    compat: KmodCompat = KmodCompat.KMOD30  #: whose depmod the files are rendered as
 
 
-class DependencyCycleError(UserError):
-    """Modules depend on each other in a loop; depmod writes nothing then."""
+class DependencyCycleError(KmodkitError):
+    """Modules depend on each other in a loop; depmod writes nothing then and exits 1."""
 
-    def __init__(self, cycles: list[list[str]]) -> None:
-        #: each cycle as module names, the first repeated at the end
+    exit_status = 1  # what depmod exits with: the tree was checked and failed
+
+    def __init__(self, dirname: str, cycles: list[list[str]], count: int) -> None:
+        #: each cycle as depmod reports it: module names, the first repeated at the end
         self.cycles = cycles
-        text = "; ".join(" -> ".join(c) for c in cycles)
-        super().__init__("dependency cycle", f"{text} ({len({m for c in cycles for m in c})} modules in cycles)",
+        #: how many modules are in cycles (depmod's "Found N modules in dependency cycles!")
+        self.count = count
+        super().__init__(dirname, "; ".join(self.lines()),
                          "remove the symbol use that closes the loop from one of these modules")
+
+    def lines(self) -> list[str]:
+        """depmod's messages, one per line, in its order."""
+        return [f"Cycle detected: {' -> '.join(c)}" for c in self.cycles] + [
+            f"Found {self.count} modules in dependency cycles!"]
 
 
 class Depmod:
@@ -113,9 +124,10 @@ class Depmod:
 
     def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
                  symvers: str | None = None, system_map: str | None = None, errsyms: bool = False,
-                 jobs: int = 2, inputs: TreeInputs | None = None) -> None:
+                 jobs: int = 2, inputs: TreeInputs | None = None, compat: KmodCompat | None = None) -> None:
         if inputs is None:
-            inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map)
+            inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map,
+                                compat=compat)
         #: the tree, its depmod.d rules and kernel symbol files
         self.inputs = inputs
         self.kver = inputs.kver
@@ -176,7 +188,8 @@ class Depmod:
         fresh += zip(todo, scan_paths(todo, self.jobs, pool))
         for path, result in fresh:
             if isinstance(result, str):
-                failures.append(ScanFailure(path, result))
+                # the reader's message names the file: the failure names it once, in ``path``
+                failures.append(ScanFailure(path, result.removeprefix(f"{path}: ")))
             else:
                 blobs[path] = result
         log.debug("read %d module files, %d from the cache", len(fresh), len(walk.stats) - len(fresh))
@@ -196,9 +209,14 @@ class Depmod:
                 symbols[sym] = m
                 crcs[sym] = crc
                 hashes[sym] = h
+        if self.inputs.compat.weakdep:
+            for m in modules:
+                if m.path in blobs:
+                    m.weakdeps = read_weakdeps(m.path)
         issues = self._resolve(modules, symbols, crcs)
         self._toposort(modules)
-        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(fresh))
+        return DepmodResult(self.dirname, modules, symbols, issues, failures, hashes, walk, blobs, len(fresh),
+                            self.inputs.compat)
 
     def _apply_order(self, modules: list[Module]) -> None:
         try:
@@ -334,68 +352,79 @@ class Depmod:
                 if users[dst.idx] == 0:
                     stack.append(dst.idx)
         if n_sorted < len(modules):
-            raise DependencyCycleError(_find_cycles([m for m, u in zip(modules, users) if u > 0]))
+            cycles, count = _report_cycles([m for m, u in zip(modules, users) if u > 0])
+            raise DependencyCycleError(self.dirname, cycles, count)
 
 
-def _find_cycles(candidates: list[Module]) -> list[list[str]]:
-    """One loop per strongly connected group among ``candidates`` (Tarjan, iterative)."""
-    inside = {id(m) for m in candidates}
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on_stack: set[int] = set()
-    stack: list[Module] = []
-    groups: list[list[Module]] = []
-    counter = 0
-    for root in candidates:
-        if id(root) in index:
-            continue
-        work: list[tuple[Module, int]] = [(root, 0)]
-        while work:
-            node, pos = work.pop()
-            if pos == 0:
-                index[id(node)] = low[id(node)] = counter
-                counter += 1
-                stack.append(node)
-                on_stack.add(id(node))
-            deps = [d for d in node.deps if id(d) in inside]
-            if pos < len(deps):
-                work.append((node, pos + 1))
-                nxt = deps[pos]
-                if id(nxt) not in index:
-                    work.append((nxt, 0))
-                elif id(nxt) in on_stack:
-                    low[id(node)] = min(low[id(node)], index[id(nxt)])
+def read_weakdeps(path: str) -> tuple[bytes, ...]:
+    """The ``weakdep=`` values of a module file's .modinfo, in file order; ``()`` when none or unreadable.
+
+    kmod 33 added them (kmod commit 05828b4a, "libkmod: add weak dependecies").
+    """
+    from kmodkit.errors import KmodkitError
+    from kmodkit.modfile.module import ModuleFile
+
+    try:
+        if path.endswith(".ko"):
+            # the common case: no module says weakdep, and a byte search of the file says so at once
+            with open(path, "rb") as f:
+                if b"weakdep=" not in f.read():
+                    return ()
+        with ModuleFile.open(path) as mf:
+            return tuple(item[8:] for item in mf.modinfo_raw if item.startswith(b"weakdep="))
+    except (OSError, KmodkitError):
+        return ()  # the scan reports the file
+
+
+class _Vertex(NamedTuple):
+    mod: Module
+    parent: _Vertex | None
+
+
+def _report_cycles(roots: list[Module]) -> tuple[list[list[str]], int]:
+    """The cycles depmod reports among the modules the sort could not number, and how many modules are in them.
+
+    kmod's depmod_report_cycles, step by step (its order is the messages'
+    order): from each remaining module in turn, a depth-first walk that
+    reports a path each time it comes back to its start; the modules of a
+    reported path are no longer starts.  Every cycle through a start is
+    reported, so two cycles sharing a module are both named.
+    """
+    visited: set[int] = set()
+    in_loops: set[str] = set()
+    cycles: list[list[str]] = []
+    roots = list(roots)
+    budget = 64 * (len(roots) + 1) ** 2  # depmod's own stack holds as many entries as there are starts
+    while roots:
+        root = roots.pop(0)
+        stack = [_Vertex(root, None)]
+        while stack:
+            budget -= 1
+            if budget < 0:  # a walk depmod would abort on: what was found is reported
+                return cycles, len(in_loops)
+            vertex = stack.pop()
+            m = vertex.mod
+            if id(m) in visited and m is root:
+                chain: list[Module] = []
+                v = vertex.parent
+                while v is not None:
+                    chain.append(v.mod)
+                    in_loops.add(v.mod.name)
+                    v = v.parent
+                for c in chain:
+                    _remove_first(roots, c)
+                cycles.append([c.name for c in reversed(chain)] + [m.name])
                 continue
-            if work:
-                parent = work[-1][0]
-                low[id(parent)] = min(low[id(parent)], low[id(node)])
-            if low[id(node)] == index[id(node)]:
-                group = []
-                while True:
-                    top = stack.pop()
-                    on_stack.discard(id(top))
-                    group.append(top)
-                    if top is node:
-                        break
-                if len(group) > 1 or node in node.deps:
-                    groups.append(group)
-    cycles = []
-    for group in groups:
-        members = {id(m) for m in group}
-        start = min(group, key=lambda m: m.name)
-        path = [start]
-        seen = {id(start)}
-        cur = start
-        while True:
-            nxt = next(d for d in cur.deps if id(d) in members)
-            if nxt is start or id(nxt) in seen:
-                path.append(nxt)
-                break
-            path.append(nxt)
-            seen.add(id(nxt))
-            cur = nxt
-        if path[-1] is not start:  # close the loop at the first repeated module
-            first = path.index(path[-1])
-            path = path[first:]
-        cycles.append([m.name for m in path])
-    return cycles
+            visited.add(id(m))
+            if not m.deps:
+                _remove_first(roots, m)
+                continue
+            stack.extend(_Vertex(dep, vertex) for dep in m.deps)
+    return cycles, len(in_loops)
+
+
+def _remove_first(mods: list[Module], m: Module) -> None:
+    for i, x in enumerate(mods):
+        if x is m:
+            del mods[i]
+            return

@@ -49,7 +49,12 @@ class DepmodConfig(NamedTuple):
         excludes: list[str] = []
         problems: list[str] = []
         for fname in files:
-            for lineno, line in read_wrapped(fname):
+            lines = read_wrapped(fname)
+            pem = pem_problem(fname, lines, "depmod.d")
+            if pem is not None:
+                problems.append(pem)
+                continue
+            for lineno, line in lines:
                 words = line.split()
                 if not words or line.startswith("#"):
                     continue
@@ -105,6 +110,16 @@ def config_files(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
                 continue
             chosen.setdefault(name, full)
     return [chosen[name] for name in sorted(chosen, key=os.fsencode)]
+
+
+def pem_problem(fname: str, lines: list[tuple[int, str]], kind: str) -> str | None:
+    """The one problem to report for a config file that holds a PEM block (a key given by mistake), else None.
+
+    Its lines are never echoed: a private key's base64 would end up on the terminal and in logs.
+    """
+    if any(line.startswith("-----BEGIN ") for _, line in lines):
+        return f"{fname}: looks like a PEM private key/certificate, not a {kind} file; file ignored"
+    return None
 
 
 def read_wrapped(path: str) -> list[tuple[int, str]]:

@@ -94,7 +94,13 @@ def is_pattern(text: bytes) -> bool:
 
 
 def alias_normalize(alias: str) -> str | None:
-    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket."""
+    """kmod's ``alias_normalize``: ``-`` as ``_`` outside brackets; None on an unmatched bracket.
+
+    The one implementation: lookups, modprobe.d and the index's files (their
+    bytes as latin-1) all use it.
+    """
+    if "[" not in alias and "]" not in alias:
+        return alias.replace("-", "_")
     out = []
     i, n = 0, len(alias)
     while i < n:

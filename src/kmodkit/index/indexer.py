@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kmodkit.fileio import finish_commit
-from kmodkit.index.inputs import TreeInputs, TreeWalk
+from kmodkit.index.inputs import KmodCompat, TreeInputs, TreeWalk
 
 if TYPE_CHECKING:
     from kmodkit.index.cache import IndexCache
@@ -27,15 +27,17 @@ if TYPE_CHECKING:
 class Indexer:
     """The index of ``BASEDIR/lib/modules/KVER`` written to ``outdir``; validated when built.
 
-    ``use_cache`` False reads every module and neither reads nor writes the cache.
+    ``use_cache`` False reads every module and neither reads nor writes the cache; ``compat``
+    says whose depmod the files follow (default: :meth:`KmodCompat.detect`, the kmod installed here).
     """
 
     def __init__(self, kver: str, basedir: str | None = None, *, outdir: str | None = None,
                  config_paths: list[str] | None = None, symvers: str | None = None,
                  system_map: str | None = None, errsyms: bool = False, jobs: int = 2,
-                 use_cache: bool = True) -> None:
-        #: the tree, its depmod.d rules and kernel symbol files
-        self.inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map)
+                 use_cache: bool = True, compat: KmodCompat | None = None) -> None:
+        #: the tree, its depmod.d rules and kernel symbol files, and whose depmod to follow
+        self.inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map,
+                                 compat=compat)
         #: where the index is written (default: the tree's directory)
         self.outdir = outdir or self.inputs.dirname
         finish_commit(self.outdir)  # a killed run's half-renamed index is completed before the quick check trusts it

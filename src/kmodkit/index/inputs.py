@@ -15,6 +15,7 @@ entry changes them); the file stats are always taken afresh.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import re
@@ -37,6 +38,46 @@ INDEX_FILES = (
     "modules.symbols", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin",
     "modules.devname",
 )
+
+#: every file some kmod's depmod writes (kmod 33 added modules.weakdep)
+ALL_INDEX_FILES = INDEX_FILES[:5] + ("modules.weakdep",) + INDEX_FILES[5:]
+
+
+class KmodCompat(enum.Enum):
+    """Which kmod's depmod the index is byte-identical to.
+
+    Both kmods read either index: the files differ only in layout and in
+    modules.weakdep, which kmod 30 neither writes nor reads.
+    """
+
+    KMOD30 = "30"  #: Debian 12: trie nodes written children first, no modules.weakdep
+    KMOD34 = "34"  #: Debian 13: trie nodes in pre-order (kmod dada048cbf57), modules.weakdep (kmod 05828b4a)
+
+    @property
+    def index_files(self) -> tuple[str, ...]:
+        """The files this kmod's depmod writes, in its order."""
+        return ALL_INDEX_FILES if self is KmodCompat.KMOD34 else INDEX_FILES
+
+    @property
+    def weakdep(self) -> bool:
+        """Whether this kmod knows weak dependencies (modules.weakdep, ``weakdep`` lines)."""
+        return self is KmodCompat.KMOD34
+
+    @classmethod
+    def detect(cls, root: str = "/") -> KmodCompat:
+        """The kmod installed under ``root`` (the one whose depmod would otherwise run); KMOD30 when unknown.
+
+        A feature test, not a version number: a kmod whose binary names
+        modules.weakdep writes it, and (kmod 34, Debian 13) writes pre-order tries.
+        """
+        for path in ("usr/bin/kmod", "bin/kmod"):
+            try:
+                with open(os.path.join(root, path), "rb") as f:
+                    return cls.KMOD34 if b"modules.weakdep" in f.read(4 << 20) else cls.KMOD30
+            except OSError:
+                continue
+        return cls.KMOD30
+
 
 #: the other files of the tree that depmod reads
 TREE_FILES = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
@@ -84,7 +125,8 @@ class TreeInputs:
     """
 
     def __init__(self, kver: str, basedir: str | None = None, *, config_paths: list[str] | None = None,
-                 symvers: str | None = None, system_map: str | None = None) -> None:
+                 symvers: str | None = None, system_map: str | None = None,
+                 compat: KmodCompat | None = None) -> None:
         if not re.match(r"\d+\.\d+", kver):
             raise UserError(kver, "is not a kernel release (expected e.g. 6.1.0-13-amd64)")
         self.kver = kver
@@ -104,6 +146,8 @@ class TreeInputs:
         #: System.map given with -F, or None
         self.system_map = system_map
         self._skip = frozenset(("build", "source", *self.config.excludes))
+        #: whose depmod the files follow (default: the kmod installed on this machine)
+        self.compat = compat if compat is not None else KmodCompat.detect()
 
     def identity(self, now_ns: int) -> tuple[object, ...] | None:
         """Everything but the module files that the index depends on, as plain data to compare.
@@ -122,7 +166,7 @@ class TreeInputs:
                 if key is None:
                     return None
             files.append((path, key))
-        return (self.dirname, repr(self.config), tuple(files))
+        return (self.dirname, repr(self.config), tuple(files), self.compat.value)
 
     # --- the walk ---------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""modprobe's resolution without loading: what ``modprobe --show-depends`` would do, as a plan.
+"""modprobe's resolution without loading: what ``modprobe --show-depends`` would do, as a probe list.
 
-:class:`Resolver` walks libkmod's probe list (``kmod_module_probe_insert_module``
-with ``KMOD_PROBE_DRY_RUN``, kmod 30) for a name or alias:
+:class:`Resolver` builds libkmod's probe list (``kmod_module_probe_insert_module``
+with ``KMOD_PROBE_DRY_RUN``, kmod 30; unchanged in kmod 34) for a name or alias:
 
 * for each module the lookup finds: its modules.dep dependencies farthest
   first, each preceded by its own ``softdep pre:`` modules and followed by
@@ -12,9 +12,20 @@ with ``KMOD_PROBE_DRY_RUN``, kmod 30) for a name or alias:
 * ``options`` lines (by name, or by the alias it was found by) and kernel
   command-line options are joined; an ``install`` line replaces insmod unless
   the module has softdeps; ``blacklist`` stops a request only when it came
-  through an alias.
+  through an alias;
+* the module asked for and its modules.dep dependencies are *required*
+  (libkmod's ``mod->required``): the others are softdeps, whose failures
+  modprobe ignores;
+* a dependency whose file is missing drops that module's whole dependency
+  list (``kmod_module_parse_depline``); a missing file of the module itself
+  is still listed.  Both are named in :attr:`ProbeList.missing`.
 
-The result is a :class:`LoadPlan` whose steps a loader executes in order.
+``weakdep`` (kmod 33+, modprobe.d and modules.weakdep) never enters a probe
+list: kmod 34's modprobe neither loads nor shows weak dependencies; they are
+answered by :meth:`Resolver.weakdeps`.
+
+The result is a :class:`ProbeList`; :mod:`kmodkit.loader.plan` wraps it into
+the loader's :class:`~kmodkit.loader.plan.LoadPlan`.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from kmodkit.errors import UserError
-from kmodkit.index.config import Softdep
+from kmodkit.index.config import Softdep, Weakdep
 from kmodkit.index.glob import fnmatch, is_pattern
 from kmodkit.index.lookup import FoundModule, ModuleTree
 from kmodkit.modfile.module import module_name
@@ -40,8 +51,8 @@ class StepKind(enum.Enum):
     NONE = "none"  #: a configured name with no file and not built in: nothing happens
 
 
-class Reason(enum.Enum):
-    """Why a step is in the plan."""
+class StepReason(enum.Enum):
+    """Why a module is in a probe list (and in the load plan made from it)."""
 
     TARGET = "target"  #: the module asked for (or found by the alias asked for)
     DEPENDENCY = "dependency"  #: a modules.dep dependency
@@ -61,16 +72,17 @@ def show_line(kind: StepKind, name: str, path: str | None, command: str | None, 
 
 
 @dataclass(frozen=True)
-class LoadStep:
-    """One action of a plan, in order."""
+class ProbeStep:
+    """One entry of a probe list, in order."""
 
     kind: StepKind  #: what to do
     name: str  #: module name
     path: str | None  #: module file for INSMOD, else None
     options: str  #: module options (``""`` when none); for INSTALL, $CMDLINE_OPTS material
     command: str | None  #: the install command for INSTALL, else None
-    reason: Reason  #: why the module is in the plan
-    group: int = 0  #: index in ``LoadPlan.found`` of the module whose probe list holds this step
+    reason: StepReason  #: why the module is in the list
+    group: int = 0  #: index in ``ProbeList.found`` of the module whose probe list holds this step
+    required: bool = True  #: libkmod's ``required``: the module asked for or one of its modules.dep dependencies
 
     def show(self) -> str | None:
         """The line ``modprobe --show-depends`` prints for this step, or None when it prints nothing."""
@@ -79,17 +91,18 @@ class LoadStep:
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {"kind": self.kind.value, "name": self.name, "path": self.path, "options": self.options,
-                "command": self.command, "reason": self.reason.value}
+                "command": self.command, "reason": self.reason.value, "required": self.required}
 
 
 @dataclass(frozen=True)
-class LoadPlan:
-    """What loading ``request`` takes, in order."""
+class ProbeList:
+    """What ``modprobe`` would do for ``request``, in order: libkmod's probe list of each module found."""
 
     request: str  #: the name or alias asked for
     found: tuple[FoundModule, ...]  #: what the lookup found ((): not found)
-    steps: tuple[LoadStep, ...]  #: actions in order
+    steps: tuple[ProbeStep, ...]  #: actions in order
     blacklisted: tuple[str, ...] = ()  #: modules skipped because an alias reached a blacklisted one
+    missing: tuple[str, ...] = ()  #: module files modules.dep names that do not exist, in the order met
 
     @property
     def not_found(self) -> bool:
@@ -103,7 +116,8 @@ class LoadPlan:
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {"request": self.request, "found": [f.name for f in self.found],
-                "blacklisted": list(self.blacklisted), "steps": [s.to_json() for s in self.steps]}
+                "blacklisted": list(self.blacklisted), "missing": list(self.missing),
+                "steps": [s.to_json() for s in self.steps]}
 
 
 _Key = tuple[str, str | None]
@@ -112,7 +126,7 @@ _Key = tuple[str, str | None]
 @dataclass
 class _Probe:
     tree: ModuleTree
-    items: list[tuple[FoundModule, Reason]] = field(default_factory=list)
+    items: list[tuple[FoundModule, StepReason]] = field(default_factory=list)
     visited: set[_Key] = field(default_factory=set)
     ignorecmd: dict[_Key, bool] = field(default_factory=dict)
 
@@ -127,26 +141,54 @@ class Resolver:
         self._softdep_table: tuple[dict[str, int], list[int]] | None = None
         self._exists: dict[str, bool] = {}
 
-    def plan(self, request: str) -> LoadPlan:
-        """The plan for a name or alias; a plan with no ``found`` modules when nothing matches."""
+    def probe_list(self, request: str) -> ProbeList:
+        """The probe list for a name or alias; one with no ``found`` modules when nothing matches."""
         try:
             found = self.tree.lookup(request)
         except UserError:
             found = []
-        steps: list[LoadStep] = []
+        steps: list[ProbeStep] = []
         skipped: list[str] = []
         for group, mod in enumerate(found):
             if mod.alias is not None and self.tree.config.is_blacklisted(mod.name):
                 skipped.append(mod.name)
                 continue
             probe = _Probe(self.tree)
-            self._probe_list(probe, mod, Reason.TARGET)
-            steps += [self._step(probe, m, reason, group) for m, reason in probe.items]
-        return LoadPlan(request, tuple(found), tuple(steps), tuple(skipped))
+            self._probe_list(probe, mod, StepReason.TARGET)
+            required = {mod.name, *(module_name(p) for p in self.tree.dependencies(mod.name))}
+            steps += [self._step(probe, m, reason, group, m.name in required) for m, reason in probe.items]
+        missing = [p for p in dict.fromkeys(self._listed_paths(steps)) if not self._file_exists(p)]
+        return ProbeList(request, tuple(found), tuple(steps), tuple(skipped), tuple(missing))
 
-    def plan_all(self, requests: list[str]) -> list[LoadPlan]:
-        """One plan per request, as ``modprobe -a`` handles each name in turn."""
-        return [self.plan(r) for r in requests]
+    def probe_lists(self, requests: list[str]) -> list[ProbeList]:
+        """One probe list per request, as ``modprobe -a`` handles each name in turn."""
+        return [self.probe_list(r) for r in requests]
+
+    def weakdeps(self, name: str) -> list[FoundModule]:
+        """The modules the first ``weakdep`` line matching ``name`` names (kmod 34's
+        ``kmod_module_get_weakdeps``), each looked up; ``[]`` when no line matches."""
+        line = self.weakdep(name)
+        return [m for weak in line.weak for m in self._lookup_quiet(weak)] if line is not None else []
+
+    def weakdep(self, name: str) -> Weakdep | None:
+        """The weakdep line that applies to module ``name`` (the first whose pattern matches), None when none does."""
+        return next((w for w in self.tree.config.weakdeps if fnmatch(w.module.encode(), name.encode())), None)
+
+    def _file_exists(self, path: str) -> bool:
+        ok = self._exists.get(path)
+        if ok is None:
+            ok = self._exists[path] = os.path.exists(path)
+        return ok
+
+    def _listed_paths(self, steps: list[ProbeStep]) -> list[str]:
+        # every file a step's modules.dep line names: its own and its dependencies'
+        out: list[str] = []
+        for s in steps:
+            own = self.tree.path_of(s.name)
+            if own is not None:
+                out.append(own)
+                out.extend(self.tree.dependencies(s.name))
+        return out
 
     # --- libkmod's probe list --------------------------------------------------------
 
@@ -155,10 +197,7 @@ class Resolver:
         # libkmod creates each dependency from its path and gives up the whole
         # list when one file is missing (kmod_module_parse_depline)
         for p in deps:
-            ok = self._exists.get(p)
-            if ok is None:
-                ok = self._exists[p] = os.path.exists(p)
-            if not ok:
+            if not self._file_exists(p):
                 return []
         return [FoundModule(module_name(p), p) for p in reversed(deps)]
 
@@ -208,25 +247,25 @@ class Resolver:
         except UserError:
             return []
 
-    def _probe_list(self, probe: _Probe, mod: FoundModule, reason: Reason) -> None:
+    def _probe_list(self, probe: _Probe, mod: FoundModule, reason: StepReason) -> None:
         key = (mod.name, mod.alias)
         if key in probe.visited:
             return
         probe.visited.add(key)
         for dep in self._dep_modules(mod):
-            self._fill_softdep(probe, dep, Reason.DEPENDENCY)
+            self._fill_softdep(probe, dep, StepReason.DEPENDENCY)
         self._fill_softdep(probe, mod, reason)
 
-    def _fill_softdep(self, probe: _Probe, mod: FoundModule, reason: Reason) -> None:
+    def _fill_softdep(self, probe: _Probe, mod: FoundModule, reason: StepReason) -> None:
         pre, post = self._softdeps(mod)
         for m in pre:
-            self._probe_list(probe, m, Reason.SOFTDEP_PRE)
+            self._probe_list(probe, m, StepReason.SOFTDEP_PRE)
         probe.items.append((mod, reason))
         probe.ignorecmd[(mod.name, mod.alias)] = bool(pre or post)
         for m in post:
-            self._probe_list(probe, m, Reason.SOFTDEP_POST)
+            self._probe_list(probe, m, StepReason.SOFTDEP_POST)
 
-    def _step(self, probe: _Probe, mod: FoundModule, reason: Reason, group: int) -> LoadStep:
+    def _step(self, probe: _Probe, mod: FoundModule, reason: StepReason, group: int, required: bool) -> ProbeStep:
         cfg = self.tree.config
         opts = cfg.options_for(mod.name, mod.alias)
         options = f"{opts} " if opts else ""  # libkmod joins "OPTS" and the (absent) extra options with a space
@@ -234,13 +273,13 @@ class Resolver:
         if command is None:
             command = next((c.command for c in cfg.install if fnmatch(c.module.encode(), mod.name.encode())), None)
         if command is not None and not probe.ignorecmd.get((mod.name, mod.alias), False):
-            return LoadStep(StepKind.INSTALL, mod.name, None, options, command, reason, group)
+            return ProbeStep(StepKind.INSTALL, mod.name, None, options, command, reason, group, required)
         path = mod.path if mod.path is not None else self.tree.path_of(mod.name)
         if path is not None:
-            return LoadStep(StepKind.INSMOD, mod.name, path, options, None, reason, group)
+            return ProbeStep(StepKind.INSMOD, mod.name, path, options, None, reason, group, required)
         if mod.builtin or self.tree.is_builtin(mod.name):
-            return LoadStep(StepKind.BUILTIN, mod.name, None, options, None, reason, group)
-        return LoadStep(StepKind.NONE, mod.name, None, options, None, reason, group)
+            return ProbeStep(StepKind.BUILTIN, mod.name, None, options, None, reason, group, required)
+        return ProbeStep(StepKind.NONE, mod.name, None, options, None, reason, group, required)
 
     # --- beyond modprobe -------------------------------------------------------------
 

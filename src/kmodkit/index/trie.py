@@ -22,6 +22,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
+from typing import NamedTuple
 
 from kmodkit.errors import UserError
 from kmodkit.index.glob import fnmatch
@@ -75,9 +76,9 @@ class IndexBuilder:
     def __len__(self) -> int:
         return len(self._values)
 
-    def to_bytes(self) -> bytes:
-        """The index file's bytes."""
-        return build_index(self._values)
+    def to_bytes(self, preorder: bool = False) -> bytes:
+        """The index file's bytes (see :func:`build_index` for ``preorder``)."""
+        return build_index(self._values, preorder)
 
 
 def _values_bytes(node_values: list[tuple[int, bytes]]) -> bytes:
@@ -92,8 +93,15 @@ _PACK1 = struct.Struct(">I").pack
 _PACK2 = struct.Struct(">II").pack
 
 
-def build_index(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
-    """Serialise ``key -> [(priority, value), ...]`` (values in file order) as kmod's trie."""
+def build_index(values: dict[bytes, list[tuple[int, bytes]]], preorder: bool = False) -> bytes:
+    """Serialise ``key -> [(priority, value), ...]`` (values in file order) as kmod's trie.
+
+    Nodes go children first, as kmod 30's depmod writes them, or with
+    ``preorder`` each node before its children, as kmod 34's does (kmod commit
+    dada048cbf57, "depmod: Write index in pre-order"); both read the same.
+    """
+    if preorder:
+        return _build_preorder(values)
     keys = sorted(values)
     out = bytearray(12)
     extend = out.extend
@@ -157,6 +165,87 @@ def build_index(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
     return bytes(out)
 
 
+class _Tree(NamedTuple):
+    """A node of the trie being written in pre-order, with the size of its subtree."""
+
+    head: bytes  #: prefix (with its NUL), when it has one
+    children: tuple[tuple[int, _Tree], ...]  #: (character, child) in character order
+    tail: bytes  #: the value block, when it has values
+    flags: int  #: _PREFIX / _CHILDS / _VALUES of this node
+    size: int  #: bytes of this node alone (head, child table, tail)
+    total: int  #: bytes of this node and every node below it
+
+
+def _build_preorder(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
+    keys = sorted(values)
+
+    # pass 1: the same nodes as the post-order writer, with their sizes
+    def tree(lo: int, hi: int, depth: int, is_root: bool) -> _Tree:
+        first_key = keys[lo]
+        if hi - lo == 1 and not is_root:
+            tail = _values_bytes(values[first_key])
+            if len(first_key) > depth:
+                head = first_key[depth:] + b"\0"
+                return _Tree(head, (), tail, _VALUES | _PREFIX, len(head) + len(tail), len(head) + len(tail))
+            return _Tree(b"", (), tail, _VALUES, len(tail), len(tail))
+        pos = depth
+        if not is_root:
+            last_key = keys[hi - 1]
+            limit = min(len(first_key), len(last_key))
+            while pos < limit and first_key[pos] == last_key[pos]:
+                pos += 1
+        tail = b""
+        flags = 0
+        i = lo
+        if len(first_key) == pos:
+            tail = _values_bytes(values[first_key])
+            flags |= _VALUES
+            i = lo + 1
+        children: list[tuple[int, _Tree]] = []
+        stem = first_key[:pos]
+        while i < hi:
+            ch = keys[i][pos]
+            j = bisect_left(keys, stem + bytes((ch + 1,)), i + 1, hi) if ch < 255 else hi
+            children.append((ch, tree(i, j, pos + 1, False)))
+            i = j
+        head = b""
+        if not is_root and pos > depth:
+            head = first_key[depth:pos] + b"\0"
+            flags |= _PREFIX
+        size = len(head) + len(tail)
+        if children:
+            flags |= _CHILDS
+            size += 2 + 4 * (children[-1][0] - children[0][0] + 1)
+        return _Tree(head, tuple(children), tail, flags, size, size + sum(c.total for _ch, c in children))
+
+    out = bytearray()
+
+    # pass 2: each node, then its children in character order
+    def emit(node: _Tree, offset: int) -> None:
+        out.extend(node.head)
+        if node.children:
+            first, last = node.children[0][0], node.children[-1][0]
+            table = [0] * (last - first + 1)
+            at = offset + node.size
+            for ch, child in node.children:
+                table[ch - first] = at | child.flags
+                at += child.total
+            out.extend(bytes((first, last)) + struct.pack(f">{len(table)}I", *table))
+        out.extend(node.tail)
+        at = offset + node.size
+        for _ch, child in node.children:
+            emit(child, at)
+            at += child.total
+
+    header = struct.pack(">II", INDEX_MAGIC, INDEX_VERSION)
+    if not keys:
+        return header + struct.pack(">I", 12)
+    root = tree(0, len(keys), 0, True)
+    out.extend(header + struct.pack(">I", 12 | root.flags))
+    emit(root, 12)
+    return bytes(out)
+
+
 class _Node:
     __slots__ = ("prefix", "first", "last", "children", "values")
 
@@ -192,12 +281,17 @@ class IndexReader:
 
     @classmethod
     def open(cls, path: str) -> IndexReader | None:
-        """The index at ``path``, or None when the file does not exist."""
+        """The index at ``path``, or None when the file does not exist or is empty.
+
+        depmod writes modules.builtin.bin and modules.builtin.alias.bin empty
+        when the tree has no modules.builtin; libkmod then finds nothing there.
+        """
         try:
             with open(path, "rb") as f:
-                return cls(f.read(), path)
+                data = f.read()
         except FileNotFoundError:
             return None
+        return cls(data, path) if data else None
 
     def _node(self, offset: int) -> _Node:
         node = self._cache.get(offset)

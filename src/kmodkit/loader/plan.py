@@ -1,4 +1,4 @@
-"""What to load, in which order, with which parameters: the index's Resolver, made ready for the loader.
+"""What to load, in which order, with which parameters: the Resolver's probe list, made ready for the loader.
 
 A name or alias is planned by :class:`kmodkit.index.resolver.Resolver`
 exactly as ``modprobe`` plans it: modules.dep dependencies, softdeps (from
@@ -10,16 +10,18 @@ modules), then in the tree, each planned by the Resolver; the softdep and
 options lines of modprobe.d apply by its name; it is always inserted (an
 install line names modules, not files).
 
-On top of the Resolver's steps the plan holds what the loader needs:
+A :class:`LoadPlan` wraps the :class:`~kmodkit.index.resolver.ProbeList`
+the Resolver made (one step per probe-list step, its ``required`` flag
+taken as it is) and adds what the loader needs:
 
 * modules in the kernel already are marked.  When a module asked for (or a
   dependency planned for a file) is loaded, libkmod returns before it builds
   that module's probe list (``kmod_module_probe_insert_module``), so the plan
   holds that one step, marked;
 * parameters, joined as :mod:`kmodkit.loader.params` describes;
-* which steps are *required*: the asked module and its modules.dep
-  dependencies.  Softdeps are not: libkmod ignores their failures (a module
-  without ``required`` in the same function), and so does the loader.  When
+* which steps are *required* comes from the probe list (libkmod's
+  ``required``: the asked module and its modules.dep dependencies).
+  Softdeps are not: libkmod ignores their failures, and so does the loader.  When
   an alias reaches several modules, each is required: modprobe goes on to
   the next one after a failure and exits with the last one's status, while
   kmodkit stops and rolls back, so a load never half-succeeds.
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from kmodkit.errors import NotFoundError, UserError
 from kmodkit.index.config import ModprobeConfig
 from kmodkit.index.lookup import ModuleTree
-from kmodkit.index.resolver import LoadStep, Reason, Resolver, StepKind, show_line
+from kmodkit.index.resolver import ProbeList, ProbeStep, Resolver, StepKind, StepReason, show_line
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.loader.params import (check_params, find_manifest, is_module_path, join_params, manifest_defaults,
                                    split_words)
@@ -57,7 +59,7 @@ class PlanStep:
     path: str | None  #: the module file for INSMOD, else None
     params: tuple[str, ...]  #: parameter words in the order the kernel gets them (for INSTALL: $CMDLINE_OPTS)
     command: str | None  #: the install command as modprobe.d writes it, for INSTALL; else None
-    reason: Reason  #: why the module is in the plan
+    reason: StepReason  #: why the module is in the plan
     required: bool  #: True when a failure stops the load and rolls back; False for softdeps
     already_loaded: bool = False  #: True when the module is in the kernel already and the step is skipped
 
@@ -92,6 +94,7 @@ class LoadPlan:
     steps: tuple[PlanStep, ...]  #: every step in order, skipped ones included
     blacklisted: tuple[str, ...] = ()  #: modules an alias reached that modprobe.d blacklists (left out)
     manifest: str | None = None  #: the kmodkit.toml whose parameter defaults apply, None when none does
+    probe: ProbeList | None = None  #: the Resolver's probe list this plan wraps (None for a module file)
 
     @property
     def to_load(self) -> list[PlanStep]:
@@ -134,6 +137,15 @@ class Planner:
         #: the manifest given explicitly, None to look for one beside a module file
         self.manifest = manifest
 
+    @classmethod
+    def for_running_kernel(cls, moddir: str, manifest: Manifest | None = None, procfs: str = "/proc") -> Planner:
+        """The planner a load in the running kernel uses, ``--dry-run`` or not: the system's modprobe.d and
+        /proc/cmdline, the modules ``procfs`` lists as loaded (none when the kernel has no module support)."""
+        from kmodkit.runtime.modules import KernelModules
+
+        loaded = KernelModules(procfs).loaded_names() if os.path.exists(f"{procfs}/modules") else frozenset()
+        return cls(moddir, loaded=loaded, manifest=manifest)
+
     def plan(self, target: str, params: Sequence[str] = ()) -> LoadPlan:
         """The plan for ``target`` (a name, alias or module file), with ``params`` for the module asked for.
 
@@ -154,41 +166,39 @@ class Planner:
 
     def _plan_name(self, target: str, params: list[str]) -> LoadPlan:
         manifest = self.manifest
-        steps, blacklisted = self._resolve(target, Reason.TARGET, True, params, manifest)
+        steps, blacklisted, probe = self._resolve(target, StepReason.TARGET, True, params, manifest)
         if steps is None:
             raise NotFoundError(target, f"no module or alias of that name in {self.tree.dirname}",
                                 "check the name with 'kmodkit deps', or give the module file's path")
         if not steps and blacklisted:
             raise UserError(target, f"every module this alias names is blacklisted ({', '.join(blacklisted)})",
                             "load the module by its own name: modprobe.d blacklists apply to aliases only")
-        return LoadPlan(target, tuple(steps), blacklisted, str(manifest.path) if manifest else None)
+        return LoadPlan(target, tuple(steps), blacklisted, str(manifest.path) if manifest else None, probe)
 
-    def _resolve(self, request: str, reason: Reason, required: bool, params: list[str],
-                 manifest: Manifest | None) -> tuple[list[PlanStep] | None, tuple[str, ...]]:
-        """Steps for a name or alias planned by the Resolver (None when the tree has nothing by that name),
-        and the blacklisted modules the alias reached."""
-        rplan = self.resolver.plan(request)
-        if rplan.not_found:
-            return None, ()
+    def _resolve(self, request: str, reason: StepReason, required: bool, params: list[str],
+                 manifest: Manifest | None) -> tuple[list[PlanStep] | None, tuple[str, ...], ProbeList]:
+        """Steps for a name or alias, one per step of the Resolver's probe list (None when the tree has
+        nothing by that name), the blacklisted modules the alias reached, and the probe list."""
+        probe = self.resolver.probe_list(request)
+        if probe.not_found:
+            return None, (), probe
         out: list[PlanStep] = []
-        for group, found in enumerate(rplan.found):
-            steps = [s for s in rplan.steps if s.group == group]
+        for group, found in enumerate(probe.found):
+            steps = [s for s in probe.steps if s.group == group]
             if not steps:
                 continue  # blacklisted
-            needed = {found.name, *(module_name(p) for p in self.tree.dependencies(found.name))} if required \
-                else set()
             if found.name in self.loaded:
                 # libkmod stops here: the module asked for is in the kernel, its probe list is not built
-                first = next(s for s in steps if s.reason is Reason.TARGET)
+                first = next(s for s in steps if s.reason is StepReason.TARGET)
                 out.append(self._step(first, reason, required, params, manifest, loaded=True))
                 continue
             for s in steps:
-                own = s.reason is Reason.TARGET
-                out.append(self._step(s, reason if own else s.reason, s.name in needed, params if own else [],
-                                      manifest))
-        return out, rplan.blacklisted
+                own = s.reason is StepReason.TARGET
+                out.append(self._step(s, reason if own else s.reason, required and s.required,
+                                      params if own else [], manifest))
+        return out, probe.blacklisted, probe
 
-    def _step(self, s: LoadStep, reason: Reason, required: bool, params: list[str], manifest: Manifest | None,
+    def _step(self, s: ProbeStep, reason: StepReason, required: bool, params: list[str], manifest: Manifest | None,
               loaded: bool = False) -> PlanStep:
         defaults = manifest_defaults(manifest) if manifest is not None and manifest.name == s.name else ()
         file = s.path or (self.tree.path_of(s.name) if s.kind is StepKind.INSTALL else None)
@@ -218,37 +228,37 @@ class Planner:
         steps: list[PlanStep] = []
         visited: set[str] = set()
 
-        def visit(p: str, reason: Reason) -> None:
+        def visit(p: str, reason: StepReason) -> None:
             if p in visited:
                 return
             visited.add(p)
             with ModuleFile.open(p) as mf:
                 mname, depends = mf.name, mf.depends
-            own = params if reason is Reason.TARGET else []
+            own = params if reason is StepReason.TARGET else []
             if mname in self.loaded:
                 steps.append(self._file_step(p, mname, reason, own, manifest, loaded=True))
                 return
             for dep in (normalize_name(d) for d in depends):
                 if dep in siblings and siblings[dep] != p:
-                    visit(siblings[dep], Reason.DEPENDENCY)
+                    visit(siblings[dep], StepReason.DEPENDENCY)
                     continue
-                found, _ = self._resolve(dep, Reason.DEPENDENCY, True, [], manifest)
+                found, _, _ = self._resolve(dep, StepReason.DEPENDENCY, True, [], manifest)
                 if found is None:
                     raise NotFoundError(p, f"needs module '{dep}', found neither beside it nor in {self.tree.dirname}",
                                         "put the module beside it or install it in the kernel's tree")
                 steps.extend(found)
             softdep = self.resolver.softdep(mname)
             for pre in softdep.pre if softdep else ():
-                steps.extend(self._resolve(pre, Reason.SOFTDEP_PRE, False, [], manifest)[0] or [])
+                steps.extend(self._resolve(pre, StepReason.SOFTDEP_PRE, False, [], manifest)[0] or [])
             steps.append(self._file_step(p, mname, reason, own, manifest))
             for post in softdep.post if softdep else ():
-                steps.extend(self._resolve(post, Reason.SOFTDEP_POST, False, [], manifest)[0] or [])
+                steps.extend(self._resolve(post, StepReason.SOFTDEP_POST, False, [], manifest)[0] or [])
 
-        visit(path, Reason.TARGET)
+        visit(path, StepReason.TARGET)
         return LoadPlan(target, tuple(steps), (), str(manifest.path) if manifest else None)
 
-    def _file_step(self, path: str, name: str, reason: Reason, params: list[str], manifest: Manifest | None,
+    def _file_step(self, path: str, name: str, reason: StepReason, params: list[str], manifest: Manifest | None,
                    loaded: bool = False) -> PlanStep:
         options = self.tree.config.options_for(name)
-        step = LoadStep(StepKind.INSMOD, name, path, options, None, reason)
+        step = ProbeStep(StepKind.INSMOD, name, path, options, None, reason)
         return self._step(step, reason, True, params, manifest, loaded)

@@ -1,19 +1,24 @@
-"""A cache of rendered module descriptions, keyed by the file's identity.
+"""A cache of module descriptions (``info --json`` documents as data), keyed by format and file identity.
 
 Describing a module in full (symbols, CRCs, sections, signature) costs far
-more than reading its ``.modinfo``; module trees rarely change, so the JSON
-of each file is kept in one SQLite file under ``$XDG_CACHE_HOME/kmodkit``.
+more than reading its ``.modinfo``; module trees rarely change, so the
+document of each file is kept in one SQLite file under ``$XDG_CACHE_HOME/kmodkit``.
 A file is the same file while its device, inode, size, mtime and ctime are
-unchanged (any write or rename changes ctime); the cache file's name carries
-kmodkit's version, so a new version never reads an old rendering.
+unchanged (any write or rename changes ctime).  Each entry also carries the
+format of the document (:func:`kmodkit.modfile.info.json_format`), so a
+changed document shape is never served from an older run.  The entry holds
+the document without its ``filename`` (the same file under another path
+reuses it); the reader rebuilds the document as data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 from collections.abc import Iterable
+from typing import Any
 
 from kmodkit import __version__
 
@@ -35,13 +40,15 @@ def file_key(st: os.stat_result) -> Key:
 
 
 class InfoCache:
-    """Rendered JSON bodies by file identity; every failure degrades to 'not cached', never to an error."""
+    """Documents by format and file identity; every failure degrades to 'not cached', never to an error."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, fmt: str = "") -> None:
         #: the SQLite file
         self.path = path or default_path()
+        #: the document format entries are read and written under
+        self.format = fmt
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[int, int, int, int, int, bytes]] = []
+        self._pending: list[tuple[str, int, int, int, int, int, str]] = []
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is None:
@@ -50,8 +57,8 @@ class InfoCache:
                 db = sqlite3.connect(self.path, timeout=10)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(
-                    "CREATE TABLE IF NOT EXISTS info (dev INTEGER, ino INTEGER, size INTEGER, mtime INTEGER, "
-                    "ctime INTEGER, body BLOB, PRIMARY KEY (dev, ino, size, mtime, ctime))"
+                    "CREATE TABLE IF NOT EXISTS docs (format TEXT, dev INTEGER, ino INTEGER, size INTEGER, "
+                    "mtime INTEGER, ctime INTEGER, doc TEXT, PRIMARY KEY (format, dev, ino, size, mtime, ctime))"
                 )
                 self._db = db
             except (OSError, sqlite3.Error) as exc:
@@ -59,29 +66,34 @@ class InfoCache:
                 return None
         return self._db
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, bytes]:
-        """The cached bodies for ``keys`` that are present (``{}`` when the cache is unusable)."""
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, dict[str, Any]]:
+        """The cached documents for ``keys`` that are present in this format (``{}`` when the cache is unusable)."""
         db = self._connect()
         wanted = list(keys)
         if db is None or not wanted:
             return {}
-        found: dict[Key, bytes] = {}
+        found: dict[Key, dict[str, Any]] = {}
         try:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS want (dev, ino, size, mtime, ctime)")
             db.execute("DELETE FROM want")
             db.executemany("INSERT INTO want VALUES (?, ?, ?, ?, ?)", wanted)
             for row in db.execute(
-                "SELECT i.dev, i.ino, i.size, i.mtime, i.ctime, i.body FROM want w JOIN info i USING "
-                "(dev, ino, size, mtime, ctime)"
+                "SELECT d.dev, d.ino, d.size, d.mtime, d.ctime, d.doc FROM want w JOIN docs d USING "
+                "(dev, ino, size, mtime, ctime) WHERE d.format = ?", (self.format,)
             ):
-                found[(row[0], row[1], row[2], row[3], row[4])] = row[5]
+                try:
+                    doc = json.loads(row[5])
+                except ValueError:
+                    continue  # a damaged entry is a miss
+                if isinstance(doc, dict):
+                    found[(row[0], row[1], row[2], row[3], row[4])] = doc
         except sqlite3.Error as exc:
             log.info("info cache %s unreadable: %s", self.path, exc)
         return found
 
-    def put(self, key: Key, body: bytes) -> None:
-        """Remember ``body`` for ``key`` (written by :meth:`flush`)."""
-        self._pending.append((*key, body))
+    def put(self, key: Key, doc: dict[str, Any]) -> None:
+        """Remember ``doc`` for ``key`` in this format (written by :meth:`flush`)."""
+        self._pending.append((self.format, *key, json.dumps(doc, ensure_ascii=False, separators=(",", ":"))))
 
     def flush(self) -> None:
         """Write what :meth:`put` collected, in one transaction."""
@@ -91,7 +103,7 @@ class InfoCache:
             return
         try:
             with db:
-                db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?, ?, ?, ?, ?)", self._pending)
+                db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?, ?, ?)", self._pending)
         except sqlite3.Error as exc:
             log.info("info cache %s not written: %s", self.path, exc)
         self._pending.clear()

@@ -1,18 +1,23 @@
-"""The library object behind ``kmodkit info``: turn arguments into modules and describe them."""
+"""The library behind ``kmodkit info``: describe the modules a query stands for, one target after another.
+
+Which modules a target stands for (a file, or a name looked up in a tree)
+is the query's business (:class:`kmodkit.names.ModuleQuery`): this package
+reads files and never imports :mod:`kmodkit.index`.
+"""
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kmodkit.errors import KmodkitError, NotFoundError, UserError
+from kmodkit.errors import KmodkitError
 from kmodkit.modfile.describe import Field, format_modinfo, modinfo_fields, to_json
-from kmodkit.modfile.module import MODULE_SUFFIXES, ModuleFile
+from kmodkit.modfile.module import ModuleFile
 
 if TYPE_CHECKING:
     from kmodkit.modfile.cache import Key
@@ -47,7 +52,13 @@ class ModuleInfo:
         return modinfo_fields(mod)
 
     def modinfo_text(self, field: str | None = None, separator: bytes = b"\n") -> bytes:
-        """The module printed exactly as kmod's modinfo prints it."""
+        """The module printed exactly as kmod's modinfo prints it.
+
+        ``-F filename`` prints the file name without opening the file, as modinfo
+        does: a name's path comes from the index even when the file is gone.
+        """
+        if field == "filename":
+            return os.fsencode(self.filename) + separator
         return format_modinfo(
             os.fsencode(self.filename), self.fields(), field=field, separator=separator,
             builtin_name=None if self.builtin_name is None else self.builtin_name.encode(),
@@ -72,53 +83,22 @@ class ModuleInfo:
             self._module = None
 
 
-@dataclass
-class InfoQuery:
-    """What ``kmodkit info`` was asked: module files, names or aliases, and where to resolve names."""
+class Targets(Protocol):
+    """What :func:`render_all` needs of a query (:class:`kmodkit.names.ModuleQuery` is the one kmodkit has)."""
 
-    targets: list[str]  #: paths, names or aliases, in order
-    kver: str | None = None  #: kernel release whose tree resolves names (default: running kernel)
-    basedir: str | None = None  #: root under which lib/modules is found
-    modname_only: bool = False  #: names are module names, never aliases or files
-    cwd: str = field(default_factory=os.getcwd)  #: makes relative paths absolute, as kmod does
-
-    def __post_init__(self) -> None:
-        if not self.targets:
-            raise UserError("info", "no module given", "name a module file, name or alias")
-
-    @cached_property
-    def tree(self) -> Any:
-        """The kernel tree names are resolved in."""
-        from kmodkit.index.lookup import ModuleTree, kernel_dir
-
-        return ModuleTree(kernel_dir(self.kver, self.basedir))
+    targets: list[str]  #: the arguments, in order
 
     def is_path(self, target: str) -> bool:
-        """Whether ``target`` is taken as a file path (else a name or alias)."""
-        if self.modname_only:
-            return False
-        return os.sep in target or target.endswith(MODULE_SUFFIXES) or os.path.exists(target)
+        """Whether ``target`` names a file."""
+        ...
 
     def absolute(self, target: str) -> str:
-        """A path target made absolute the way kmod does (no symlinks resolved)."""
-        return target if os.path.isabs(target) else f"{self.cwd}/{target}"
+        """A path target as modinfo prints it."""
+        ...
 
     def resolve(self, target: str) -> list[ModuleInfo]:
-        """The modules ``target`` stands for; raises NotFoundError when none."""
-        if self.is_path(target):
-            return [ModuleInfo(self.absolute(target), target)]
-        if self.modname_only:
-            hit = self.tree.lookup_name(target)
-            found = [] if hit is None else [hit]
-        else:
-            found = self.tree.lookup(target)
-        if not found:
-            raise NotFoundError(target, f"no module or alias of that name in {self.tree.dirname}")
-        return [
-            ModuleInfo(h.path, h.path) if h.path is not None
-            else ModuleInfo("(builtin)", None, h.name, h.builtin_info)
-            for h in found
-        ]
+        """The modules ``target`` stands for; raises a KmodkitError when none."""
+        ...
 
 
 class View(enum.Enum):
@@ -133,24 +113,49 @@ class Rendered:
     """One target's result: rendered bytes, or the error that stopped it."""
 
     target: str  #: the argument as given
-    output: bytes  #: modinfo text, or JSON documents joined by commas (b"" on error)
+    output: bytes  #: modinfo text, or compact JSON documents joined by commas (b"" on error)
     error: KmodkitError | None  #: what went wrong, None on success
+    docs: tuple[dict[str, Any], ...] = ()  #: the JSON documents as data (JSON view only)
 
 
-def render_all(query: InfoQuery, view: View, field: str | None = None, separator: bytes = b"\n",
+@functools.cache
+def json_format() -> str:
+    """What identifies the shape of ``info --json`` documents: kmodkit's version and the source that makes them.
+
+    The cache of described files is keyed on it, so a changed document shape
+    (in a release or in a working tree) is never served from an older run.
+    """
+    import hashlib
+
+    from kmodkit import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        for name in sorted(os.listdir(here)):
+            if name.endswith(".py"):
+                with open(os.path.join(here, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    except OSError:
+        pass  # installed without sources: the version alone
+    return digest.hexdigest()[:32]
+
+
+def render_all(query: Targets, view: View, field: str | None = None, separator: bytes = b"\n",
                jobs: int | None = None, cache: bool = False) -> Iterator[Rendered]:
     """Render every target of ``query`` in order, in ``jobs`` processes for large batches.
 
     With ``cache`` (JSON only), files already described are taken from
-    :class:`~kmodkit.modfile.cache.InfoCache`; only the others are rendered,
-    and this process alone writes them to the cache.
+    :class:`~kmodkit.modfile.cache.InfoCache`, keyed on the file and on
+    :func:`json_format`; only the others are rendered, and this process alone
+    writes them to the cache.  One target or many, the documents are the same.
     """
     if not (cache and view is View.JSON):
         yield from _render_many(query, query.targets, view, field, separator, jobs)
         return
     from kmodkit.modfile.cache import InfoCache, file_key
 
-    store = InfoCache()
+    store = InfoCache(fmt=json_format())
     keys: dict[str, Key] = {}
     for t in query.targets:
         if query.is_path(t):
@@ -163,22 +168,26 @@ def render_all(query: InfoQuery, view: View, field: str | None = None, separator
     fresh = {r.target: r for r in _render_many(query, misses, view, field, separator, jobs)}
     try:
         for t in query.targets:
-            head = b'{"filename":' + json.dumps(query.absolute(t), ensure_ascii=False).encode() + b","
             key = keys.get(t)
-            body = hits.get(key) if key is not None else None
-            if body is not None:
-                yield Rendered(t, head + body, None)
+            rest = hits.get(key) if key is not None else None
+            if rest is not None:
+                # the file's document, named by the path it was asked by this time
+                yield _json_rendered(t, [{"filename": query.absolute(t), **rest}])
                 continue
-            r = fresh[t]
-            if key is not None and r.error is None and r.output.startswith(head):
-                # keep what follows the filename: the same file under another path reuses it
-                store.put(key, r.output[len(head):])
+            r = fresh[t] if t in fresh else _render(query, t, view, field, separator)
+            if key is not None and r.error is None and len(r.docs) == 1:
+                store.put(key, {k: v for k, v in r.docs[0].items() if k != "filename"})
             yield r
     finally:
         store.close()
 
 
-def _render_many(query: InfoQuery, targets: list[str], view: View, field: str | None, separator: bytes,
+def _json_rendered(target: str, docs: list[dict[str, Any]]) -> Rendered:
+    output = b",".join(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode() for d in docs)
+    return Rendered(target, output, None, tuple(docs))
+
+
+def _render_many(query: Targets, targets: list[str], view: View, field: str | None, separator: bytes,
                  jobs: int | None) -> Iterator[Rendered]:
     from kmodkit._util.pool import Cost, chunks, fan_out, jobs_for
 
@@ -191,19 +200,20 @@ def _render_many(query: InfoQuery, targets: list[str], view: View, field: str | 
         yield from batch
 
 
-def _render_chunk(args: tuple[InfoQuery, list[str], View, str | None, bytes]) -> list[Rendered]:
+def _render_chunk(args: tuple[Targets, list[str], View, str | None, bytes]) -> list[Rendered]:
     query, chunk, view, field, separator = args
     return [_render(query, t, view, field, separator) for t in chunk]
 
 
-def _render(query: InfoQuery, target: str, view: View, field: str | None, separator: bytes) -> Rendered:
+def _render(query: Targets, target: str, view: View, field: str | None, separator: bytes) -> Rendered:
     infos: list[ModuleInfo] = []
     parts: list[bytes] = []
+    docs: list[dict[str, Any]] = []
     try:
         infos = query.resolve(target)
         for info in infos:
             if view is View.JSON:
-                parts.append(json.dumps(info.to_json(), ensure_ascii=False, separators=(",", ":")).encode())
+                docs.append(info.to_json())
             else:
                 parts.append(info.modinfo_text(field=field, separator=separator))
     except KmodkitError as exc:
@@ -211,4 +221,6 @@ def _render(query: InfoQuery, target: str, view: View, field: str | None, separa
     finally:
         for info in infos:
             info.close()
-    return Rendered(target, (b"," if view is View.JSON else b"").join(parts), None)
+    if view is View.JSON:
+        return _json_rendered(target, docs)
+    return Rendered(target, b"".join(parts), None)
