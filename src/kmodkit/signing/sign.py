@@ -155,6 +155,11 @@ class ModuleSigner:
         if count and not self.replace:
             raise UserError(name, f"is already signed{_signer_text(data, name)}",
                             "pass --replace to strip the signature and sign again")
+        if count and bytes(content[:4]) != b"\x7fELF":
+            # a trailer whose sig_len covers the module itself: stripping it would write back a bare signature
+            raise ModuleFormatError(name, f"its signature trailer claims {len(data) - len(content)} of its "
+                                    f"{len(data)} bytes, which leaves {len(content)} bytes that are not an ELF module",
+                                    "rebuild the module or restore it from its package; it cannot be re-signed")
         return bytes(content) + self.signature_for(content), bool(count)
 
     def sign_file(self, path: str) -> SignResult:
