@@ -27,7 +27,7 @@ from kmodkit.modfile.module import MODULE_SUFFIXES
 from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
 from kmodkit.fileio import commit_temps, write_temp
-from kmodkit.signing.keys import public_keys_match
+from kmodkit.signing.keys import interrupted_hint, public_keys_match
 from kmodkit.signing.pkcs7 import SignedDataTemplate
 from kmodkit.signing.source import KeySource
 
@@ -119,7 +119,7 @@ class ModuleSigner:
                             "use " + ", ".join(h.value for h in SIGNING_HASHES))
         if not public_keys_match(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
             raise UserError(key.name, f"private key does not match the certificate {cert_name}",
-                            "give the certificate made together with this key")
+                            interrupted_hint(key.name) or "give the certificate made together with this key")
         _check_key_signs_for(key, cert, hash)
         #: the key that signs
         self.key = key
