@@ -24,7 +24,7 @@ from kmodkit.errors import KmodkitError, ModuleFormatError, UserError, from_oser
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
-from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
+from kmodkit.modfile.signature import MAGIC, PKEY_ID_PKCS7, find_trailer, parse_pkcs7
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
 from kmodkit.fileio import commit_temps, write_temp
 from kmodkit.signing.keys import interrupted_hint, public_keys_match
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: struct module_signature for a PKCS#7 signature: algo, hash, id_type=PKEY_ID_PKCS7, signer_len,
 #: key_id_len (all 0 but id_type), 3 pad bytes, sig_len (big-endian)
 _MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
-_PKEY_ID_PKCS7 = 2
 #: below this many files, signing in worker processes costs more than it saves
 _PARALLEL_THRESHOLD = 8
 #: files written before one sync makes them durable and they are renamed into place
@@ -68,7 +67,7 @@ class SignResult:
 
 def module_signature_trailer(sig_len: int) -> bytes:
     """``struct module_signature`` for a PKCS#7 signature of ``sig_len`` bytes, followed by the magic."""
-    return _MODULE_SIGNATURE.pack(0, 0, _PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
+    return _MODULE_SIGNATURE.pack(0, 0, PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
 
 
 def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, int]:
@@ -242,7 +241,7 @@ def _check_key_signs_for(key: KeySource, cert: x509.Certificate, alg: HashAlgori
 
 def _signer_text(data: bytes | memoryview, name: str) -> str:
     t = find_trailer(data, name)
-    if t is None or t.id_type != _PKEY_ID_PKCS7:
+    if t is None or t.id_type != PKEY_ID_PKCS7:
         return ""
     start = t.content_len + t.signer_len + t.key_id_len
     try:
