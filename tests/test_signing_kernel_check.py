@@ -243,3 +243,24 @@ def test_load_explanation_and_verify_say_the_same_for_a_refused_trailer_made_in_
     # an errno the signature check would not give for this file is left to the other rules
     assert explain("af_key", errno.ENOEXEC, [], sysfs=str(tmp_path), path=str(tmp_path / "m.ko")).reason \
         is Reason.INVALID_FORMAT
+
+
+@pytest.mark.kernel
+def test_load_explains_a_silent_rejection_of_a_debian_signed_module_with_a_changed_byte_made_in_test(
+        sample_module: Path, tmp_path: Path) -> None:
+    """Booted 6.1: a Debian-signed module with one content byte changed gets EKEYREJECTED and no log line."""
+    import errno
+
+    from kmodkit.loader.explain import Reason, explain
+    from kmodkit.loader.kmsg import KmsgRecord
+
+    data = bytearray(sample_module.read_bytes())
+    data[200] ^= 0xFF
+    path = tmp_path / "af_key.ko"
+    path.write_bytes(data)
+    why = explain("af_key", errno.EKEYREJECTED, [], sysfs=str(tmp_path), path=str(path))
+    assert why.reason is Reason.SIGNATURE_REFUSED and "does not match the module's content" in why.problem
+    enforced = explain("af_key", errno.EKEYREJECTED,
+                       [KmsgRecord(5, 1, 0, "Loading of module with unavailable key is rejected")],
+                       sysfs=str(tmp_path), path=str(path))
+    assert "does not match" not in enforced.problem and "module with unavailable key" in enforced.problem

@@ -8,7 +8,12 @@ of pkcs7_parser.c), certs/system_keyring.c (verify_pkcs7_message_sig),
 pkcs7_verify.c and pkcs7_trust.c.  Read in Debian's 6.1.192 and 6.12.117
 sources, where these files are the same but for the algorithm tables below.
 ``kmodkit verify`` turns the result into its verdict and ``kmodkit load``
-explains a refusal with it, so the two agree by construction.
+explains a refusal with it, so the two agree by construction.  Checked once
+against a booted Debian 6.1.0-57-amd64 kernel (``kmodkit vm run``, each case
+loaded with ``kmodkit load``): non-zero trailer fields, id type, SignerInfo
+version value and tag, sha256WithRSAEncryption, signed attributes with and
+without S/MIME capabilities, a changed byte under a trusted and an untrusted
+key each gave the errno and the line predicted here.
 
 Not modelled: the blacklist of module hashes (dbx/mokx: not in any file
 kmodkit reads), the revocation list, indefinite-length (BER) encodings (the
