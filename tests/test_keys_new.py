@@ -76,3 +76,54 @@ def test_keys_show_prints_what_modinfo_will_show(tmp_path: Path, capsys: pytest.
     shown = capsys.readouterr().out
     sig_key = next(line.split(None, 1)[1] for line in made.splitlines() if line.startswith("sig_key:"))
     assert f"sig_key: {sig_key}" in shown and "ECDSA 384 bits" in shown
+
+
+def _pair_matches(directory: Path) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from kmodkit.signing.keys import public_keys_match
+
+    key = serialization.load_pem_private_key((directory / "signing_key.pem").read_bytes(), None)
+    der = x509.load_der_x509_certificate((directory / "signing_cert.der").read_bytes())
+    pem = x509.load_pem_x509_certificate((directory / "signing_cert.pem").read_bytes())
+    return der == pem and public_keys_match(key.public_key(), der.public_key())  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nth", range(1, 8))
+def test_keys_new_force_killed_at_each_rename_leaves_or_restores_one_pair(tmp_path: Path, nth: int) -> None:
+    """SIGKILL delivered by strace at the nth rename of 'keys new --force' (7 in all), then the next 'keys new'.
+
+    Before the commit mark the old pair stays; after it the next run finishes
+    the new one; either way no temp file (one holds a private key) is left.
+    """
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace to kill at an exact rename")
+    out = tmp_path / "keys"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    new = [sys.executable, "-m", "kmodkit", "keys", "new", "--out", str(out), "--bits", "2048"]
+    subprocess.run(new, check=True, capture_output=True, env=env)
+    old_cert = (out / "signing_cert.der").read_bytes()
+    calls = "rename,renameat,renameat2"
+    killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}", "-e",
+                             f"inject={calls}:signal=KILL:when={nth}", *new, "--force"], capture_output=True, env=env)
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    after_kill_cert = (out / "signing_cert.der").read_bytes()
+    if after_kill_cert != old_cert and not _pair_matches(out):  # killed between the renames: sign says how to fix
+        module = tmp_path / "m.ko"  # never reached: the key is checked first
+        module.write_bytes(b"\x7fELF")
+        r = subprocess.run([sys.executable, "-m", "kmodkit", "sign", "--key", str(out / "signing_key.pem"), "--cert",
+                            str(out / "signing_cert.der"), str(module)], capture_output=True, text=True, env=env)
+        assert r.returncode == 2 and "interrupted 'kmodkit keys new'" in r.stderr
+    finish = subprocess.run(new, capture_output=True, text=True, env=env)
+    assert finish.returncode in (0, 2), finish.stderr
+    assert _pair_matches(out)
+    assert sorted(p.name for p in out.iterdir()) == ["signing_cert.der", "signing_cert.pem", "signing_key.pem"]
+    # before the commit mark (4th rename) the old pair is kept; after it the new one is finished
+    assert ((out / "signing_cert.der").read_bytes() == old_cert) == (nth <= 4)

@@ -175,3 +175,37 @@ def _openssl_verifies(module: Path, cert_pem: Path, tmp: Path) -> bool:
                           "-content", str(content), "-certfile", str(cert_pem), "-noverify", "-out", os.devnull],
                          capture_output=True, text=True)
     return res.returncode == 0
+
+
+@pytest.mark.kernel
+def test_verify_request_trusts_the_named_kernel_and_mok_but_not_plain_certificates(
+        generic_tree: KernelTree, own_key: tuple[Path, Path], tmp_path: Path) -> None:
+    """The trust rule `verify` maps its flags onto, as a library object."""
+    from kmodkit.errors import UserError
+    from kmodkit.signing.verify import VerifyRequest
+
+    image, cert = str(image_of(generic_tree)), str(own_key[1])
+    store, kernel = VerifyRequest(certs=(cert,), vmlinuz=image).trust_store()
+    assert kernel == generic_tree.release
+    assert {(c.source, c.trusted) for c in store.certs} == {(f"vmlinuz-{kernel}", True), (cert, False)}
+    store, kernel = VerifyRequest(certs=(cert,)).trust_store()
+    assert kernel is None and [(c.source, c.trusted) for c in store.certs] == [(cert, True)]
+    store, _ = VerifyRequest(mok=(cert,), kernel_release=generic_tree.release).trust_store()
+    assert (cert, True) in {(c.source, c.trusted) for c in store.certs}
+    with pytest.raises(UserError, match="both named"):
+        VerifyRequest(kernel_release=generic_tree.release, vmlinuz=image)
+
+
+@pytest.mark.kernel
+def test_extract_certificates_names_files_by_kernel_index_and_common_name(generic_tree: KernelTree,
+                                                                          tmp_path: Path) -> None:
+    from kmodkit.signing.kernel import cert_file_name, extract_certificates
+
+    assert cert_file_name("6.1.0-57-amd64", 3, "O=Debian,CN=Debian Secure Boot CA (2021)") == \
+        "6.1.0-57-amd64-03-debian-secure-boot-ca-2021.der"
+    assert cert_file_name("k", 0, "O=no common name") == "k-00-o-no-common-name.der"
+    keys = kernel_keys(vmlinuz=str(image_of(generic_tree)))
+    written = extract_certificates(keys, str(tmp_path / "new" / "dir"))
+    assert [Path(w.path).name for w in written] == [cert_file_name(keys.label, i, w.cert.subject)
+                                                     for i, w in enumerate(written)]
+    assert [Path(w.path).read_bytes() for w in written] == list(keys.certs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -72,27 +71,20 @@ def _new(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json
-    from kmodkit.fileio import write_atomic
-    from kmodkit.signing.kernel import kernel_keys
-    from kmodkit.signing.trust import make_trusted_cert
+    from kmodkit.signing.kernel import extract_certificates, kernel_keys
 
     keys = kernel_keys(release=args.kver, vmlinuz=args.vmlinuz, use_cache=False)
-    os.makedirs(args.out, exist_ok=True)
-    docs = []
-    for i, der in enumerate(keys.certs):
-        cert = make_trusted_cert(der, f"vmlinuz-{keys.label}")
-        path = os.path.join(args.out, f"{keys.label}-{i:02d}-{_slug(cert.subject)}.der")
-        write_atomic(path, der, 0o644)
-        docs.append({"file": path, **cert.to_json()})
-        if not args.json:
-            sys.stdout.write(f"{path}\n  subject: {cert.subject}\n  sig_key: {cert.key_id}\n")
-            if cert.subject_key_id:
-                sys.stdout.write(f"  subject key id: {cert.subject_key_id}\n")
-            sys.stdout.write(f"  key: {cert.key_type.value.upper()} {cert.key_bits} bits\n")
+    written = extract_certificates(keys, args.out)
     if args.json:
-        print_json({"image": keys.image, "kernel": keys.label, "certificates": docs})
-    else:
-        sys.stdout.write(f"{len(docs)} certificate(s) from {keys.image}\n")
+        print_json({"image": keys.image, "kernel": keys.label, "certificates": written})
+        return 0
+    for one in written:
+        cert = one.cert
+        sys.stdout.write(f"{one.path}\n  subject: {cert.subject}\n  sig_key: {cert.key_id}\n")
+        if cert.subject_key_id:
+            sys.stdout.write(f"  subject key id: {cert.subject_key_id}\n")
+        sys.stdout.write(f"  key: {cert.key_type.value.upper()} {cert.key_bits} bits\n")
+    sys.stdout.write(f"{len(written)} certificate(s) from {keys.image}\n")
     return 0
 
 
@@ -121,14 +113,6 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(docs)
     return 0
-
-
-def _slug(subject: str) -> str:
-    cn = subject.split("CN=", 1)[-1].split(",", 1)[0]
-    out = "".join(c.lower() if c.isalnum() else "-" for c in cn).strip("-")
-    while "--" in out:
-        out = out.replace("--", "-")
-    return out[:48] or "cert"
 
 
 def read_passphrase_file(path: str) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,32 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json
-    from kmodkit.errors import UserError
     from kmodkit.signing.sign import find_modules
-    from kmodkit.signing.trust import TrustStore
-    from kmodkit.signing.verify import Verdict, Verifier
+    from kmodkit.signing.verify import Verdict, VerifyRequest
 
     paths = find_modules(args.targets)
-    store = TrustStore()
-    kernel = None
-    named_kernel = args.kver or args.vmlinuz
-    if named_kernel or not (args.cert or args.certs_dir):
-        from kmodkit.signing.kernel import kernel_keys
-
-        if not named_kernel and not os.path.exists(f"/boot/vmlinuz-{os.uname().release}"):
-            raise UserError("verify", "no certificates and no kernel named, and the running kernel has no image in "
-                            "/boot", "pass --cert, --certs-dir, -k KVER or --vmlinuz PATH")
-        keys = kernel_keys(release=args.kver, vmlinuz=args.vmlinuz)
-        kernel = keys.label
-        for der in keys.certs:
-            store.add_der(der, f"vmlinuz-{keys.label}")
-    # with a kernel named, other certificates only show whether a signature is genuine: the kernel does not trust them
-    extra_trusted = kernel is None
-    store.add_files(args.cert, trusted=extra_trusted)
-    for d in args.certs_dir:
-        store.add_dir(d, trusted=extra_trusted)
-    store.add_files(args.mok, trusted=True)
-    results = Verifier(store, kernel).verify_files(paths, jobs=args.jobs)
+    request = VerifyRequest(certs=tuple(args.cert), cert_dirs=tuple(args.certs_dir), kernel_release=args.kver,
+                            vmlinuz=args.vmlinuz, mok=tuple(args.mok))
+    verifier = request.verifier()
+    store, kernel = verifier.store, verifier.kernel
+    results = verifier.verify_files(paths, jobs=args.jobs)
     if args.json:
         print_json({"kernel": kernel, "certificates": store.certs, "modules": results})
     else:
@@ -94,7 +76,13 @@ def _line(r: ModuleVerdict) -> str:
     if r.detail:
         line += f": {r.detail}"
     if r.kernel:
-        line += (f"; {r.kernel} accepts it" if r.kernel_accepts
-                 else f"; {r.kernel} refuses it with module.sig_enforce=1 (without, it loads and taints the kernel)")
+        if r.kernel_accepts:
+            line += f"; {r.kernel} accepts it"
+        elif r.kernel_fatal:
+            said = f": {r.kernel_log}" if r.kernel_log else ""
+            why = f" ({r.kernel_errno}{said})" if r.kernel_errno else ""
+            line += f"; {r.kernel} refuses it{why}, even without module.sig_enforce"
+        else:
+            line += f"; {r.kernel} refuses it with module.sig_enforce=1 (without, it loads and taints the kernel)"
     return line
 

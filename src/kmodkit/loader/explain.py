@@ -146,10 +146,47 @@ def read_lockdown(sysfs: str = "/sys") -> str | None:
     return m.group(1) if m else None
 
 
-def explain(module: str, err: int, records: list[KmsgRecord], sysfs: str = "/sys") -> Explanation:
-    """The explanation of ``err`` for ``module`` from the kernel ``records`` logged meanwhile."""
+#: errnos the kernel's signature check returns for the signature itself (kmodkit.signing.kernel_check)
+_SIGNATURE_ERRNOS = frozenset({errno.EBADMSG, errno.EKEYREJECTED, errno.EINVAL, errno.EMSGSIZE})
+
+
+def signature_refusal(path: str, err: int, lines: tuple[str, ...] = ()) -> str | None:
+    """Why the kernel's signature check refuses the module file at ``path`` with ``err``, None when it does not.
+
+    The same model `kmodkit verify` reports with
+    (:func:`kmodkit.signing.kernel_check.check_module_signature`), asked
+    without any trusted key: refusals of the trailer and PKCS#7 form are told
+    as the model words them.  A silent EKEYREJECTED (no "is rejected" line
+    in the kernel ``lines``) of a well-formed signature can only be a key the
+    kernel trusts that does not verify it.
+    """
+    if err not in _SIGNATURE_ERRNOS:
+        return None
+    from kmodkit.signing.trust import TrustStore
+    from kmodkit.signing.verify import Verifier
+
+    verdict = Verifier(TrustStore()).verify_file(path)
+    if err == errno.EKEYREJECTED and verdict.kernel_errno == "ENOKEY" \
+            and not any("is rejected" in line for line in lines):
+        return ("the kernel refused the module's signature: it knows the signing key, but the signature does not "
+                "match the module's content (changed after signing), or the module's hash is blacklisted")
+    if verdict.kernel_errno != errno.errorcode.get(err) or not verdict.kernel_fatal:
+        return None
+    said = f" (the kernel logs '{verdict.kernel_log}')" if verdict.kernel_log else ""
+    return f"the kernel refused the module's signature: {verdict.detail}{said}"
+
+
+def explain(module: str, err: int, records: list[KmsgRecord], sysfs: str = "/sys",
+            path: str | None = None) -> Explanation:
+    """The explanation of ``err`` for ``module`` (the file ``path``, when known) from the kernel ``records``
+    logged meanwhile."""
     lines = tuple(r.message for r in records if r.priority <= 5)
     enforce, lockdown = read_sig_enforce(sysfs), read_lockdown(sysfs)
+    refusal = signature_refusal(path, err, lines) if path else None
+    if refusal is not None:
+        return Explanation(module, err, Reason.SIGNATURE_REFUSED, refusal,
+                           "sign the module again (kmodkit sign --replace) with a key the kernel trusts", lines,
+                           enforce, lockdown)
     for rule in KMSG_RULES:
         for line in lines:
             m = rule.pattern.search(line)

@@ -160,7 +160,7 @@ class Loader:
                             # loaded meanwhile (or by the kernel's own request_module): not ours to roll back
                             skipped.append(step.name)
                             continue
-                        why = explain(step.name, exc.errno, records, self._sysfs)
+                        why = explain(step.name, exc.errno, records, self._sysfs, step.path)
                     else:
                         done.append(step.name)
                         log.info("loaded %s", step.name)

@@ -11,6 +11,7 @@ import enum
 import gzip
 import lzma
 import zlib
+from collections.abc import Callable
 
 from kmodkit.errors import EnvironmentNotReady, ModuleFormatError
 
@@ -49,12 +50,16 @@ def detect(head: bytes) -> Compression:
 
 
 def decompress(data: bytes | memoryview, kind: Compression, name: str, limit: int = MAX_DECOMPRESSED) -> bytes:
-    """Decompress ``data`` of format ``kind``; refuse output over ``limit`` bytes (a decompression bomb)."""
+    """Decompress ``data`` of format ``kind``, every stream, frame or member of it, as kmod reads them.
+
+    Refuses output over ``limit`` bytes (a decompression bomb) with
+    :class:`ModuleFormatError`, as it does a corrupt or truncated stream.
+    """
     try:
         if kind is Compression.XZ:
-            out = _stream(lzma.LZMADecompressor(), data, limit, name)
+            out = _members(lzma.LZMADecompressor, data, limit, name, _xz_next)
         elif kind is Compression.GZIP:
-            out = _stream(zlib.decompressobj(16 + zlib.MAX_WBITS), data, limit, name)
+            out = _members(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), data, limit, name, _gzip_next)
         elif kind is Compression.ZSTD:
             out = _zstd(data, limit, name)
         else:
@@ -64,14 +69,41 @@ def decompress(data: bytes | memoryview, kind: Compression, name: str, limit: in
     return out
 
 
-def _stream(dec: "lzma.LZMADecompressor | zlib._Decompress", data: bytes | memoryview, limit: int, name: str) -> bytes:
-    out = dec.decompress(data, limit + 1)
-    if len(out) > limit:
-        raise ModuleFormatError(name, f"decompresses to more than {limit >> 20} MiB: refused as a decompression bomb")
-    eof = dec.eof
-    if not eof:
-        raise ModuleFormatError(name, "compressed stream is truncated")
-    return out
+def _bomb(name: str, limit: int) -> ModuleFormatError:
+    return ModuleFormatError(name, f"decompresses to more than {limit >> 20} MiB: refused as a decompression bomb")
+
+
+def _xz_next(rest: bytes) -> bytes | None:
+    # liblzma's concatenated mode (kmod): streams follow one another, with stream padding (NUL bytes,
+    # a multiple of 4) allowed between and after them; anything else is an error of the next stream
+    stripped = rest.lstrip(b"\0")
+    if (len(rest) - len(stripped)) % 4:
+        raise lzma.LZMAError("stream padding is not a multiple of 4 bytes")
+    return stripped or None
+
+
+def _gzip_next(rest: bytes) -> bytes | None:
+    # zlib's gzread (kmod): another member follows when the gzip magic does; other trailing bytes are ignored
+    return rest if rest.startswith(b"\x1f\x8b") else None
+
+
+def _members(new: Callable[[], "lzma.LZMADecompressor | zlib._Decompress"], data: bytes | memoryview, limit: int,
+             name: str, following: Callable[[bytes], bytes | None]) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    rest: bytes | memoryview | None = data
+    while rest is not None:
+        dec = new()
+        # at most one byte over what the cap leaves: output stays bounded whatever the input claims
+        out = dec.decompress(rest, limit - total + 1)
+        total += len(out)
+        if total > limit:
+            raise _bomb(name, limit)
+        parts.append(out)
+        if not dec.eof:
+            raise ModuleFormatError(name, "compressed stream is truncated")
+        rest = following(bytes(dec.unused_data)) if dec.unused_data else None
+    return b"".join(parts)
 
 
 def _zstd(data: bytes | memoryview, limit: int, name: str) -> bytes:
@@ -79,28 +111,30 @@ def _zstd(data: bytes | memoryview, limit: int, name: str) -> bytes:
         import zstandard
     except ImportError:  # pragma: no cover - a dependency of the package
         raise EnvironmentNotReady(name, "reading .zst needs the zstandard package", "pip install zstandard") from None
+    parts: list[bytes] = []
+    total = 0
+    pos = 0
     try:
-        declared = zstandard.frame_content_size(bytes(data[:18]))
-        if declared > limit:
-            raise ModuleFormatError(name, f"declares {declared} decompressed bytes, over the {limit >> 20} MiB cap: "
-                                    "refused as a decompression bomb")
-        dec = zstandard.ZstdDecompressor().decompressobj()
-        parts: list[bytes] = []
-        total = 0
-        # small input steps bound what one step can expand to
-        for start in range(0, len(data), 16384):
-            part = dec.decompress(bytes(data[start:start + 16384]))
-            total += len(part)
-            if total > limit:
-                raise ModuleFormatError(name, f"decompresses to more than {limit >> 20} MiB: "
-                                        "refused as a decompression bomb")
-            parts.append(part)
-            if dec.eof:
-                break
+        while pos < len(data):  # ZSTD_decompressStream over the whole file (kmod): frame after frame
+            declared = zstandard.frame_content_size(bytes(data[pos:pos + 18]))
+            if declared > limit - total:
+                raise ModuleFormatError(name, f"declares {total + declared} decompressed bytes, over the "
+                                        f"{limit >> 20} MiB cap: refused as a decompression bomb")
+            dec = zstandard.ZstdDecompressor().decompressobj()
+            while not dec.eof:
+                if pos >= len(data):
+                    raise ModuleFormatError(name, "compressed stream is truncated")
+                # small input steps bound what one step can expand to
+                step = bytes(data[pos:pos + 16384])
+                pos += len(step)
+                part = dec.decompress(step)
+                total += len(part)
+                if total > limit:
+                    raise _bomb(name, limit)
+                parts.append(part)
+            pos -= len(dec.unused_data)
     except zstandard.ZstdError as exc:
         raise ModuleFormatError(name, f"corrupt zstd stream ({exc})") from None
-    if not dec.eof:
-        raise ModuleFormatError(name, "compressed stream is truncated")
     return b"".join(parts)
 
 

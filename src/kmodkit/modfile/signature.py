@@ -36,6 +36,9 @@ class IdType(enum.IntEnum):
     PKCS7 = 2
 
 
+#: ``id_type`` of every module signature current kernels check (include/linux/module_signature.h)
+PKEY_ID_PKCS7 = IdType.PKCS7
+
 #: names kmod shows for ``sig_id`` (libkmod-signature.c)
 ID_TYPE_NAMES = {IdType.PGP: "PGP", IdType.X509: "X509", IdType.PKCS7: "PKCS#7"}
 #: ``enum pkey_hash_algo`` as kmod names it

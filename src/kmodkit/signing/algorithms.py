@@ -2,8 +2,10 @@
 
 The kernel names a module's digest by the OID in its PKCS#7 SignerInfo and
 its signature algorithm by the OID next to it (crypto/asymmetric_keys/
-pkcs7_parser.c, pkcs7_sig_note_pkey_algo).  Everything kmodkit needs to know
-about an algorithm lives in one row here.
+pkcs7_parser.c, pkcs7_sig_note_pkey_algo).  The digest OIDs have one table,
+:data:`kmodkit.modfile.signature.DIGEST_OIDS` (the reader below this package
+names digests with it too); everything else kmodkit needs to know about an
+algorithm lives in one row here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 
 from kmodkit.errors import UserError
+from kmodkit.modfile.signature import DIGEST_OIDS
 
 
 @dataclass(frozen=True)
 class _HashRow:
-    oid: str  # digestAlgorithm OID
     hashlib_name: str  # name hashlib.new() takes
     size: int  # digest size in bytes
     rsa_oid: str  # sha*WithRSAEncryption (kept for reading other signers' messages)
@@ -43,7 +45,7 @@ class HashAlgorithm(enum.Enum):
     @property
     def oid(self) -> str:
         """The digestAlgorithm OID."""
-        return _HASHES[self].oid
+        return _OID_OF[self]
 
     @property
     def digest_size(self) -> int:
@@ -82,23 +84,17 @@ class HashAlgorithm(enum.Enum):
 
 
 _HASHES = {
-    HashAlgorithm.SHA1: _HashRow("1.3.14.3.2.26", "sha1", 20, "1.2.840.113549.1.1.5", "1.2.840.10045.4.1"),
-    HashAlgorithm.SHA224: _HashRow("2.16.840.1.101.3.4.2.4", "sha224", 28, "1.2.840.113549.1.1.14",
-                                   "1.2.840.10045.4.3.1"),
-    HashAlgorithm.SHA256: _HashRow("2.16.840.1.101.3.4.2.1", "sha256", 32, "1.2.840.113549.1.1.11",
-                                   "1.2.840.10045.4.3.2"),
-    HashAlgorithm.SHA384: _HashRow("2.16.840.1.101.3.4.2.2", "sha384", 48, "1.2.840.113549.1.1.12",
-                                   "1.2.840.10045.4.3.3"),
-    HashAlgorithm.SHA512: _HashRow("2.16.840.1.101.3.4.2.3", "sha512", 64, "1.2.840.113549.1.1.13",
-                                   "1.2.840.10045.4.3.4"),
-    HashAlgorithm.SHA3_256: _HashRow("2.16.840.1.101.3.4.2.8", "sha3_256", 32, "2.16.840.1.101.3.4.3.14",
-                                     "2.16.840.1.101.3.4.3.10"),
-    HashAlgorithm.SHA3_384: _HashRow("2.16.840.1.101.3.4.2.9", "sha3_384", 48, "2.16.840.1.101.3.4.3.15",
-                                     "2.16.840.1.101.3.4.3.11"),
-    HashAlgorithm.SHA3_512: _HashRow("2.16.840.1.101.3.4.2.10", "sha3_512", 64, "2.16.840.1.101.3.4.3.16",
-                                     "2.16.840.1.101.3.4.3.12"),
+    HashAlgorithm.SHA1: _HashRow("sha1", 20, "1.2.840.113549.1.1.5", "1.2.840.10045.4.1"),
+    HashAlgorithm.SHA224: _HashRow("sha224", 28, "1.2.840.113549.1.1.14", "1.2.840.10045.4.3.1"),
+    HashAlgorithm.SHA256: _HashRow("sha256", 32, "1.2.840.113549.1.1.11", "1.2.840.10045.4.3.2"),
+    HashAlgorithm.SHA384: _HashRow("sha384", 48, "1.2.840.113549.1.1.12", "1.2.840.10045.4.3.3"),
+    HashAlgorithm.SHA512: _HashRow("sha512", 64, "1.2.840.113549.1.1.13", "1.2.840.10045.4.3.4"),
+    HashAlgorithm.SHA3_256: _HashRow("sha3_256", 32, "2.16.840.1.101.3.4.3.14", "2.16.840.1.101.3.4.3.10"),
+    HashAlgorithm.SHA3_384: _HashRow("sha3_384", 48, "2.16.840.1.101.3.4.3.15", "2.16.840.1.101.3.4.3.11"),
+    HashAlgorithm.SHA3_512: _HashRow("sha3_512", 64, "2.16.840.1.101.3.4.3.16", "2.16.840.1.101.3.4.3.12"),
 }
-_BY_OID = {row.oid: alg for alg, row in _HASHES.items()}
+_BY_OID = {oid: HashAlgorithm(name) for oid, name in DIGEST_OIDS.items() if name in {a.value for a in HashAlgorithm}}
+_OID_OF = {alg: oid for oid, alg in _BY_OID.items()}
 _CRYPTO: dict[HashAlgorithm, type[hashes.HashAlgorithm]] = {
     HashAlgorithm.SHA1: hashes.SHA1,
     HashAlgorithm.SHA224: hashes.SHA224,

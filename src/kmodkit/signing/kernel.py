@@ -12,12 +12,16 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kmodkit.errors import KmodkitError, from_oserror
 from kmodkit.modfile import der as _der
 from kmodkit.fileio import write_atomic
 from kmodkit.kimage import image_for_release
 from kmodkit.signing.kimage import system_certificates
+
+if TYPE_CHECKING:
+    from kmodkit.signing.trust import TrustedCert
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +95,45 @@ def kernel_keys(release: str | None = None, vmlinuz: str | None = None, use_cach
 def _release_of(image: str) -> str:
     base = os.path.basename(image)
     return base[len("vmlinuz-"):] if base.startswith("vmlinuz-") else base
+
+
+@dataclass(frozen=True)
+class ExtractedCert:
+    """One certificate `keys extract` wrote."""
+
+    path: str  #: the DER file written
+    cert: TrustedCert  #: what it holds
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready data (a certificate is public)."""
+        return {"file": self.path, **self.cert.to_json()}
+
+
+def cert_file_name(label: str, index: int, subject: str) -> str:
+    """The file name of the ``index``-th certificate of kernel ``label``: ``LABEL-NN-common-name.der``."""
+    cn = subject.split("CN=", 1)[-1].split(",", 1)[0]
+    slug = "".join(c.lower() if c.isalnum() else "-" for c in cn).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{label}-{index:02d}-{slug[:48] or 'cert'}.der"
+
+
+def extract_certificates(keys: KernelKeys, out_dir: str) -> list[ExtractedCert]:
+    """Write each certificate of ``keys`` into ``out_dir`` (made when absent) as DER, named by :func:`cert_file_name`.
+
+    Raises :class:`UserError`/:class:`NotFoundError` naming the directory or
+    file that cannot be written.
+    """
+    from kmodkit.signing.trust import make_trusted_cert
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, out_dir) from None
+    out = []
+    for i, der in enumerate(keys.certs):
+        cert = make_trusted_cert(der, f"vmlinuz-{keys.label}")
+        path = os.path.join(out_dir, cert_file_name(keys.label, i, cert.subject))
+        write_atomic(path, der, 0o644)
+        out.append(ExtractedCert(path, cert))
+    return out

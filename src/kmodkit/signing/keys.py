@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Union
@@ -23,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kmodkit.errors import UserError, from_oserror
 from kmodkit.signing.algorithms import CURVES, HashAlgorithm, KeyType
-from kmodkit.fileio import write_atomic
+from kmodkit.fileio import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,24 @@ class NewKey:
         }
 
 
+#: the commit mark of `keys new`: present while its renames are under way (see :func:`create_key`)
+JOURNAL_FILE = ".keys-new.commit"
+
+
+def _pending(path: str) -> str:
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.new")
+
+
 def create_key(req: KeyRequest) -> NewKey:
     """Generate a key pair and self-signed certificate into ``req.out_dir``.
+
+    The three files are replaced together: each new one is first written
+    whole and synced beside its target (``.NAME.new``), then the commit mark
+    :data:`JOURNAL_FILE` is written, then the certificates and last the key
+    are renamed into place and the mark removed.  A run killed before the
+    mark leaves the old pair; one killed after it is finished by the next
+    ``keys new`` in that directory (with or without ``overwrite``: without,
+    the finished pair is what comes back).
 
     Raises :class:`UserError` when a file exists already (unless
     ``req.overwrite``) or the directory cannot be written.
@@ -130,8 +147,12 @@ def create_key(req: KeyRequest) -> NewKey:
     paths = [os.path.join(req.out_dir, n) for n in (KEY_FILE, CERT_DER_FILE, CERT_PEM_FILE)]
     try:
         os.makedirs(req.out_dir, mode=0o700, exist_ok=True)
+        finished = finish_interrupted(req.out_dir)
     except OSError as exc:
         raise from_oserror(exc, req.out_dir) from None
+    if finished and not req.overwrite:
+        log.warning("%s: finished the replacement of its key pair that an interrupted 'keys new' left", req.out_dir)
+        return describe_key(req.out_dir)
     if not req.overwrite:
         for p in paths:
             if os.path.lexists(p):
@@ -146,12 +167,86 @@ def create_key(req: KeyRequest) -> NewKey:
         serialization.BestAvailableEncryption(req.passphrase) if req.passphrase else serialization.NoEncryption()
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    write_atomic(paths[0], key_pem, 0o600)
-    write_atomic(paths[1], cert.public_bytes(serialization.Encoding.DER), 0o644)
-    write_atomic(paths[2], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    contents = [(paths[2], cert.public_bytes(serialization.Encoding.PEM), 0o644),
+                (paths[1], cert.public_bytes(serialization.Encoding.DER), 0o644),
+                (paths[0], key_pem, 0o600)]  # the key last: a certificate never names a key not yet in place
+    for path, data, mode in contents:
+        write_atomic(_pending(path), data, mode)
+    write_atomic(os.path.join(req.out_dir, JOURNAL_FILE), b"", 0o600)
+    try:
+        finish_interrupted(req.out_dir)
+    except OSError as exc:
+        raise from_oserror(exc, req.out_dir) from None
+    return describe_key(req.out_dir)
+
+
+def finish_interrupted(out_dir: str) -> bool:
+    """Finish a `keys new` replacement in ``out_dir`` that was killed after its commit mark; True if one was.
+
+    New files written before the mark are removed (the old pair is whole).
+    Raises OSError when the directory cannot be changed.
+    """
+    mark = os.path.join(out_dir, JOURNAL_FILE)
+    pending = [(_pending(p), p) for p in (os.path.join(out_dir, n) for n in (CERT_PEM_FILE, CERT_DER_FILE, KEY_FILE))]
+    _remove_dead_temps(out_dir)
+    if not os.path.lexists(mark):
+        for new, _ in pending:
+            if os.path.lexists(new):
+                os.unlink(new)
+        return False
+    for new, target in pending:
+        if os.path.lexists(new):
+            os.rename(new, target)
+    fsync_dir(out_dir)
+    os.unlink(mark)
+    fsync_dir(out_dir)
+    return True
+
+
+#: temp files of write_atomic (fileio: ".NAME.PID.N.tmp") for the names keys new writes
+_TEMP = re.compile(r"\.(\.signing_key\.pem\.new|\.signing_cert\.der\.new|\.signing_cert\.pem\.new|"
+                   r"\.keys-new\.commit)\.(\d+)\.\d+\.tmp")
+
+
+def _remove_dead_temps(out_dir: str) -> None:
+    # a run killed while writing leaves its temp (one may hold a private key): remove those of dead processes
+    for name in os.listdir(out_dir):
+        m = _TEMP.fullmatch(name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue  # its writer is alive (another keys new in this directory)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        os.unlink(os.path.join(out_dir, name))
+
+
+def interrupted_hint(key_path: str) -> str | None:
+    """The fix when the key at ``key_path`` sits in a directory an interrupted `keys new` left half-replaced."""
+    directory = os.path.dirname(os.path.abspath(key_path))
+    if not os.path.lexists(os.path.join(directory, JOURNAL_FILE)):
+        return None
+    return f"an interrupted 'kmodkit keys new' left {directory} half-replaced: run 'kmodkit keys new --out {directory}'" \
+        " to finish it"
+
+
+def describe_key(out_dir: str) -> NewKey:
+    """The :class:`NewKey` record of the key pair `keys new` wrote in ``out_dir`` (errors of loading the certificate)."""
+    key_path, der_path, pem_path = (os.path.join(out_dir, n) for n in (KEY_FILE, CERT_DER_FILE, CERT_PEM_FILE))
+    cert = load_certificate(der_path)
+    public = cert.public_key()
+    assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
     ski = subject_key_id(cert) or b""
-    return NewKey(paths[0], paths[1], paths[2], cert.subject.rfc4514_string(), format_key_id(serial_key_id(cert)),
-                  format_key_id(ski), req.key_type, bool(req.passphrase))
+    try:
+        with open(key_path, "rb") as f:
+            encrypted = b"ENCRYPTED" in f.read(4096)
+    except OSError as exc:
+        raise from_oserror(exc, key_path) from None
+    return NewKey(key_path, der_path, pem_path, cert.subject.rfc4514_string(), format_key_id(serial_key_id(cert)),
+                  format_key_id(ski), key_type_of(public), encrypted)
 
 
 def _self_signed(key: PrivateKey, req: KeyRequest) -> x509.Certificate:

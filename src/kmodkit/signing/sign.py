@@ -24,10 +24,10 @@ from kmodkit.errors import ItemError, KmodkitError, ModuleFormatError, UserError
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
-from kmodkit.modfile.signature import MAGIC, find_trailer, parse_pkcs7
+from kmodkit.modfile.signature import MAGIC, PKEY_ID_PKCS7, find_trailer, parse_pkcs7
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
 from kmodkit.fileio import commit_temps, write_temp
-from kmodkit.signing.keys import public_keys_match
+from kmodkit.signing.keys import interrupted_hint, public_keys_match
 from kmodkit.signing.pkcs7 import SignedDataTemplate
 from kmodkit.signing.source import KeySource
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: struct module_signature for a PKCS#7 signature: algo, hash, id_type=PKEY_ID_PKCS7, signer_len,
 #: key_id_len (all 0 but id_type), 3 pad bytes, sig_len (big-endian)
 _MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
-_PKEY_ID_PKCS7 = 2
 #: files written before one sync makes them durable and they are renamed into place
 _CHUNK = 128
 
@@ -66,7 +65,7 @@ class SignResult:
 
 def module_signature_trailer(sig_len: int) -> bytes:
     """``struct module_signature`` for a PKCS#7 signature of ``sig_len`` bytes, followed by the magic."""
-    return _MODULE_SIGNATURE.pack(0, 0, _PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
+    return _MODULE_SIGNATURE.pack(0, 0, PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
 
 
 def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, int]:
@@ -117,7 +116,7 @@ class ModuleSigner:
                             "use " + ", ".join(h.value for h in SIGNING_HASHES))
         if not public_keys_match(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
             raise UserError(key.name, f"private key does not match the certificate {cert_name}",
-                            "give the certificate made together with this key")
+                            interrupted_hint(key.name) or "give the certificate made together with this key")
         _check_key_signs_for(key, cert, hash)
         #: the key that signs
         self.key = key
@@ -153,6 +152,11 @@ class ModuleSigner:
         if count and not self.replace:
             raise UserError(name, f"is already signed{_signer_text(data, name)}",
                             "pass --replace to strip the signature and sign again")
+        if count and bytes(content[:4]) != b"\x7fELF":
+            # a trailer whose sig_len covers the module itself: stripping it would write back a bare signature
+            raise ModuleFormatError(name, f"its signature trailer claims {len(data) - len(content)} of its "
+                                    f"{len(data)} bytes, which leaves {len(content)} bytes that are not an ELF module",
+                                    "rebuild the module or restore it from its package; it cannot be re-signed")
         return bytes(content) + self.signature_for(content), bool(count)
 
     def sign_file(self, path: str) -> SignResult:
@@ -237,7 +241,7 @@ def _check_key_signs_for(key: KeySource, cert: x509.Certificate, alg: HashAlgori
 
 def _signer_text(data: bytes | memoryview, name: str) -> str:
     t = find_trailer(data, name)
-    if t is None or t.id_type != _PKEY_ID_PKCS7:
+    if t is None or t.id_type != PKEY_ID_PKCS7:
         return ""
     start = t.content_len + t.signer_len + t.key_id_len
     try:

@@ -12,26 +12,21 @@ once per certificate.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import errno
 import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-
-from kmodkit.errors import KmodkitError, from_oserror
+from kmodkit.errors import KmodkitError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
-from kmodkit.modfile.signature import Pkcs7Signer, find_trailer, parse_pkcs7
-from kmodkit.signing.algorithms import ECDSA_SIGNATURE_OIDS, RSA_SIGNATURE_OIDS, HashAlgorithm
+from kmodkit.modfile.signature import Pkcs7Signer
+from kmodkit.signing.algorithms import ECDSA_SIGNATURE_OIDS, RSA_SIGNATURE_OIDS
+from kmodkit.signing.kernel_check import KernelSigCheck, check_module_signature
 from kmodkit.signing.keys import format_key_id
 from kmodkit.signing.trust import TrustedCert, TrustStore
-
-_PKEY_ID_PKCS7 = 2
-_SIGNATURE_OIDS = RSA_SIGNATURE_OIDS | ECDSA_SIGNATURE_OIDS
 
 
 class Verdict(enum.Enum):
@@ -74,6 +69,9 @@ class ModuleVerdict:
     cert_source: str | None  #: where that certificate came from (file, vmlinuz-RELEASE)
     detail: str | None  #: why it is invalid or malformed, else None
     kernel: str | None = None  #: the kernel asked about, None when none was named
+    kernel_errno: str | None = None  #: what the kernel's signature check returns (``EBADMSG``), None when it accepts
+    kernel_log: str | None = None  #: the line the kernel logs for it, None when it is silent
+    kernel_fatal: bool = False  #: whether the kernel refuses the module even without signature enforcement
 
     @property
     def ok(self) -> bool:
@@ -90,7 +88,8 @@ class ModuleVerdict:
         return {"path": self.path, "verdict": self.verdict.value, "ok": self.ok, "signer": self.signer,
                 "key_id": self.key_id, "hash": self.hash, "key_type": self.key_type, "cert": self.cert,
                 "cert_source": self.cert_source, "detail": self.detail, "kernel": self.kernel,
-                "kernel_accepts": self.kernel_accepts}
+                "kernel_accepts": self.kernel_accepts, "kernel_errno": self.kernel_errno,
+                "kernel_log": self.kernel_log, "kernel_fatal": self.kernel_fatal}
 
 
 class Verifier:
@@ -101,67 +100,11 @@ class Verifier:
         self.store = store
         #: the kernel release or image whose built-in keys are the trusted ones, None for plain certificates
         self.kernel = kernel
-        # Every module signed with one key and hash carries the same PKCS#7 but for the
-        # signature bytes at its end: (blob length, blob without signature) -> parsed signer
-        self._templates: dict[tuple[int, bytes], Pkcs7Signer] = {}
-        self._sig_lens: set[int] = set()
 
     def verify_bytes(self, data: bytes | memoryview, path: str = "<memory>") -> ModuleVerdict:
         """The verdict for a decompressed module in memory (never raises for a bad module)."""
-        try:
-            trailer = find_trailer(data, path)
-        except KmodkitError as exc:
-            return self._result(path, Verdict.MALFORMED, None, detail=exc.problem)
-        if trailer is None:
-            return self._result(path, Verdict.UNSIGNED, None)
-        if trailer.id_type != _PKEY_ID_PKCS7:
-            return self._result(path, Verdict.MALFORMED, None,
-                                detail=f"signature id type {trailer.id_type} is not PKCS#7 (the only kind kernels check)")
-        start = trailer.content_len + trailer.signer_len + trailer.key_id_len
-        try:
-            signer = self._parse_signer(bytes(data[start:start + trailer.sig_len]), path)
-        except KmodkitError as exc:
-            return self._result(path, Verdict.MALFORMED, None, detail=exc.problem)
-        alg = HashAlgorithm.from_oid(signer.digest_oid)
-        if alg is None:
-            return self._result(path, Verdict.MALFORMED, signer,
-                                detail=f"unknown digest algorithm OID {signer.digest_oid}")
-        cert = self.store.find(signer)
-        if signer.signature_oid not in _SIGNATURE_OIDS:
-            return self._result(path, Verdict.MALFORMED, signer, cert,
-                                detail=f"unknown signature algorithm OID {signer.signature_oid}")
-        if cert is None:
-            for der in signer.certificates:  # a message may carry its certificate: usable to check, never trusted
-                try:
-                    candidate = TrustStore()
-                    candidate.add_der(der, f"{path} (embedded)", trusted=False)
-                    cert = candidate.find(signer)
-                except KmodkitError:
-                    continue
-                if cert is not None:
-                    break
-        if cert is None:
-            return self._result(path, Verdict.UNKNOWN_KEY, signer)
-        h = alg.new()
-        h.update(data[:trailer.content_len])
-        digest = h.digest()
-        problem = check_signature(signer, alg, digest, cert)
-        if problem is not None:
-            return self._result(path, Verdict.INVALID, signer, cert, detail=problem)
-        return self._result(path, Verdict.VALID if cert.trusted else Verdict.UNTRUSTED, signer, cert)
-
-    def _parse_signer(self, blob: bytes, path: str) -> Pkcs7Signer:
-        for n in self._sig_lens:
-            tpl = self._templates.get((len(blob), blob[:-n]))
-            if tpl is not None:
-                return dataclasses.replace(tpl, signature=blob[-n:])
-        signer = parse_pkcs7(blob, path)
-        n = len(signer.signature)
-        # only a message whose signature is its last bytes (no unsigned attributes) can be a template
-        if 0 < n < len(blob) and blob.endswith(signer.signature) and len(self._templates) < 64:
-            self._templates[(len(blob), blob[:-n])] = signer
-            self._sig_lens.add(n)
-        return signer
+        check = check_module_signature(data, self.store, path)
+        return self._result(path, verdict_of(check), check.signer, check.cert, check.problem, check)
 
     def verify_file(self, path: str) -> ModuleVerdict:
         """The verdict for the module file at ``path``; unreadable files come back MALFORMED with the reason."""
@@ -201,7 +144,7 @@ class Verifier:
         return _verify_in_workers(self, paths, jobs)
 
     def _result(self, path: str, verdict: Verdict, signer: Pkcs7Signer | None, cert: TrustedCert | None = None,
-                detail: str | None = None) -> ModuleVerdict:
+                detail: str | None = None, check: KernelSigCheck | None = None) -> ModuleVerdict:
         key_type = None
         if signer is not None:
             key_type = ("RSA" if signer.signature_oid in RSA_SIGNATURE_OIDS
@@ -215,51 +158,79 @@ class Verifier:
             cert=cert.subject if cert else None,
             cert_source=cert.source if cert else None,
             detail=detail, kernel=self.kernel,
+            kernel_errno=check.errno_name if check else None,
+            kernel_log=check.log if check else None,
+            kernel_fatal=check.fatal if check else True,
         )
 
 
-def check_signature(signer: Pkcs7Signer, alg: HashAlgorithm, digest: bytes, cert: TrustedCert) -> str | None:
-    """Why ``signer``'s signature over ``digest`` fails with ``cert``'s key, or None when it holds."""
-    pub = cert.public_key
-    if signer.signed_attrs is not None:
-        # pkcs7_digest: with authenticated attributes the signature covers their
-        # DER (as a SET), and their messageDigest must equal the content digest
-        md = _message_digest(signer.signed_attrs)
-        if md is None:
-            return "signed attributes carry no messageDigest"
-        if md != digest:
-            return "content digest does not match the signed messageDigest (module modified after signing)"
-        h = alg.new()
-        h.update(signer.signed_attrs)
-        digest = h.digest()
-    prehashed = utils.Prehashed(alg.crypto())
-    try:
-        if signer.signature_oid in RSA_SIGNATURE_OIDS:
-            if not isinstance(pub, rsa.RSAPublicKey):
-                return "RSA signature but the certificate holds an EC key"
-            pub.verify(signer.signature, digest, padding.PKCS1v15(), prehashed)
-        else:
-            if not isinstance(pub, ec.EllipticCurvePublicKey):
-                return "ECDSA signature but the certificate holds an RSA key"
-            pub.verify(signer.signature, digest, ec.ECDSA(prehashed))
-    except InvalidSignature:
-        return "signature does not match the module content (modified after signing, or signed by another key)"
-    except ValueError as exc:
-        return f"signature cannot be checked ({exc})"
-    return None
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What ``kmodkit verify`` is asked: whose keys to trust; validated when built.
+
+    The trust rule: with a kernel named (``kernel_release`` or ``vmlinuz``),
+    the keys compiled into its image and the MOK certificates are trusted,
+    and ``certs``/``cert_dirs`` only show whether a signature itself holds
+    (that kernel does not trust them).  With certificates and no kernel,
+    the certificates (and MOK) are trusted.  With neither, the running
+    kernel's image is asked.
+    """
+
+    certs: tuple[str, ...] = ()  #: certificate files (DER or PEM)
+    cert_dirs: tuple[str, ...] = ()  #: directories of certificate files (e.g. from ``keys extract``)
+    kernel_release: str | None = None  #: an installed kernel whose image's keys are trusted
+    vmlinuz: str | None = None  #: a kernel image whose keys are trusted
+    mok: tuple[str, ...] = ()  #: certificates enrolled with mokutil: trusted as the kernel's own
+
+    def __post_init__(self) -> None:
+        if self.kernel_release and self.vmlinuz:
+            raise UserError("verify", "a kernel release and a kernel image were both named", "give one of them")
+
+    def trust_store(self) -> tuple[TrustStore, str | None]:
+        """The certificates to check with, and the label of the kernel whose trust they stand for (None: no kernel).
+
+        Raises :class:`UserError` when nothing names a certificate or kernel
+        and the running kernel has no image in /boot; the errors of
+        :func:`kmodkit.signing.kernel.kernel_keys` and of the certificate files.
+        """
+        store = TrustStore()
+        kernel = None
+        named = self.kernel_release or self.vmlinuz
+        if named or not (self.certs or self.cert_dirs):
+            from kmodkit.signing.kernel import kernel_keys
+
+            if not named and not os.path.exists(f"/boot/vmlinuz-{os.uname().release}"):
+                raise UserError("verify", "no certificates and no kernel named, and the running kernel has no image "
+                                "in /boot", "pass --cert, --certs-dir, -k KVER or --vmlinuz PATH")
+            keys = kernel_keys(release=self.kernel_release, vmlinuz=self.vmlinuz)
+            kernel = keys.label
+            for der in keys.certs:
+                store.add_der(der, f"vmlinuz-{keys.label}")
+        store.add_files(self.certs, trusted=kernel is None)
+        for d in self.cert_dirs:
+            store.add_dir(d, trusted=kernel is None)
+        store.add_files(self.mok, trusted=True)
+        return store, kernel
+
+    def verifier(self) -> Verifier:
+        """A :class:`Verifier` with this request's trust (raises as :meth:`trust_store`)."""
+        store, kernel = self.trust_store()
+        return Verifier(store, kernel)
 
 
-def _message_digest(signed_attrs: bytes) -> bytes | None:
-    from asn1crypto import cms
-
-    try:
-        attrs = cms.CMSAttributes.load(signed_attrs)
-        for attr in attrs:
-            if attr["type"].native == "message_digest":
-                return bytes(attr["values"][0].native)
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-    return None
+def verdict_of(check: KernelSigCheck) -> Verdict:
+    """The verdict that states the kernel's decision ``check`` (plus, for an untrusted key, whether it holds)."""
+    if check.errno == 0:
+        return Verdict.VALID
+    if check.errno == errno.ENODATA:
+        return Verdict.UNSIGNED
+    if check.errno == errno.ENOKEY:
+        if check.cert is None:
+            return Verdict.UNKNOWN_KEY
+        return Verdict.UNTRUSTED if check.signature_holds else Verdict.INVALID
+    if check.signature_holds is False:
+        return Verdict.INVALID
+    return Verdict.MALFORMED
 
 
 # --- worker processes: the verifier (with its loaded public keys) reaches them through fork
