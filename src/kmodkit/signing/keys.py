@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass
 from typing import Union
@@ -24,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kmodkit.errors import UserError, from_oserror
 from kmodkit.signing.algorithms import CURVES, HashAlgorithm, KeyType
-from kmodkit.fileio import fsync_dir, write_atomic
+from kmodkit.fileio import JOURNAL_NAME, commit_files, finish_commit, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +121,15 @@ class NewKey:
         }
 
 
-#: the commit mark of `keys new`: present while its renames are under way (see :func:`create_key`)
-JOURNAL_FILE = ".keys-new.commit"
-
-
-def _pending(path: str) -> str:
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.new")
-
-
 def create_key(req: KeyRequest) -> NewKey:
     """Generate a key pair and self-signed certificate into ``req.out_dir``.
 
-    The three files are replaced together: each new one is first written
-    whole and synced beside its target (``.NAME.new``), then the commit mark
-    :data:`JOURNAL_FILE` is written, then the certificates and last the key
-    are renamed into place and the mark removed.  A run killed before the
-    mark leaves the old pair; one killed after it is finished by the next
-    ``keys new`` in that directory (with or without ``overwrite``: without,
-    the finished pair is what comes back).
+    The three files are replaced together through :func:`kmodkit.fileio.commit_files`
+    (temps, a journal, renames with the key last): a run killed before the
+    journal leaves the old pair; one killed after it is finished by the next
+    writer or reader of the directory (:func:`kmodkit.fileio.finish_commit`).
+    When a finished replacement is found and ``req.overwrite`` is not set, the
+    finished pair is what comes back.
 
     Raises :class:`UserError` when a file exists already (unless
     ``req.overwrite``) or the directory cannot be written.
@@ -147,7 +137,8 @@ def create_key(req: KeyRequest) -> NewKey:
     paths = [os.path.join(req.out_dir, n) for n in (KEY_FILE, CERT_DER_FILE, CERT_PEM_FILE)]
     try:
         os.makedirs(req.out_dir, mode=0o700, exist_ok=True)
-        finished = finish_interrupted(req.out_dir)
+        finished = finish_commit(req.out_dir)
+        remove_stale_temps(req.out_dir)  # a killed run's temps, one of which may hold a private key
     except OSError as exc:
         raise from_oserror(exc, req.out_dir) from None
     if finished and not req.overwrite:
@@ -167,67 +158,20 @@ def create_key(req: KeyRequest) -> NewKey:
         serialization.BestAvailableEncryption(req.passphrase) if req.passphrase else serialization.NoEncryption()
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    contents = [(paths[2], cert.public_bytes(serialization.Encoding.PEM), 0o644),
-                (paths[1], cert.public_bytes(serialization.Encoding.DER), 0o644),
-                (paths[0], key_pem, 0o600)]  # the key last: a certificate never names a key not yet in place
-    for path, data, mode in contents:
-        write_atomic(_pending(path), data, mode)
-    write_atomic(os.path.join(req.out_dir, JOURNAL_FILE), b"", 0o600)
+    # the key last: a certificate never names a key not yet in place
+    files = {CERT_PEM_FILE: cert.public_bytes(serialization.Encoding.PEM),
+             CERT_DER_FILE: cert.public_bytes(serialization.Encoding.DER), KEY_FILE: key_pem}
     try:
-        finish_interrupted(req.out_dir)
+        commit_files(req.out_dir, files, {KEY_FILE: 0o600})
     except OSError as exc:
         raise from_oserror(exc, req.out_dir) from None
     return describe_key(req.out_dir)
 
 
-def finish_interrupted(out_dir: str) -> bool:
-    """Finish a `keys new` replacement in ``out_dir`` that was killed after its commit mark; True if one was.
-
-    New files written before the mark are removed (the old pair is whole).
-    Raises OSError when the directory cannot be changed.
-    """
-    mark = os.path.join(out_dir, JOURNAL_FILE)
-    pending = [(_pending(p), p) for p in (os.path.join(out_dir, n) for n in (CERT_PEM_FILE, CERT_DER_FILE, KEY_FILE))]
-    _remove_dead_temps(out_dir)
-    if not os.path.lexists(mark):
-        for new, _ in pending:
-            if os.path.lexists(new):
-                os.unlink(new)
-        return False
-    for new, target in pending:
-        if os.path.lexists(new):
-            os.rename(new, target)
-    fsync_dir(out_dir)
-    os.unlink(mark)
-    fsync_dir(out_dir)
-    return True
-
-
-#: temp files of write_atomic (fileio: ".NAME.PID.N.tmp") for the names keys new writes
-_TEMP = re.compile(r"\.(\.signing_key\.pem\.new|\.signing_cert\.der\.new|\.signing_cert\.pem\.new|"
-                   r"\.keys-new\.commit)\.(\d+)\.\d+\.tmp")
-
-
-def _remove_dead_temps(out_dir: str) -> None:
-    # a run killed while writing leaves its temp (one may hold a private key): remove those of dead processes
-    for name in os.listdir(out_dir):
-        m = _TEMP.fullmatch(name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-            continue  # its writer is alive (another keys new in this directory)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        os.unlink(os.path.join(out_dir, name))
-
-
 def interrupted_hint(key_path: str) -> str | None:
     """The fix when the key at ``key_path`` sits in a directory an interrupted `keys new` left half-replaced."""
     directory = os.path.dirname(os.path.abspath(key_path))
-    if not os.path.lexists(os.path.join(directory, JOURNAL_FILE)):
+    if not os.path.lexists(os.path.join(directory, JOURNAL_NAME)):
         return None
     return f"an interrupted 'kmodkit keys new' left {directory} half-replaced: run 'kmodkit keys new --out {directory}'" \
         " to finish it"
