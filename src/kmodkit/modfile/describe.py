@@ -35,8 +35,10 @@ def signature_fields(mod: ModuleFile) -> list[Field]:
 
     kmod parses the PKCS#7 with OpenSSL's PKCS7 type, which has no place for a
     subjectKeyIdentifier signer: modules signed with sign-file's ``-k`` show no
-    signature fields at all.  Garbage PKCS#7 likewise shows none.
+    signature fields at all.  Garbage PKCS#7 and a malformed trailer likewise show none.
     """
+    if mod.signature_problem is not None:
+        return []
     t = mod.trailer
     if t is None or not trailer_is_kmod_valid(t):
         return []
@@ -192,11 +194,18 @@ def to_json(mod: ModuleFile, filename: str | None = None) -> dict[str, Any]:
         "sections": [
             {"name": n, "type": t, "flags": f, "offset": o, "size": sz} for n, t, f, o, sz in elf.section_rows()
         ],
+        "elf_problems": elf.load_problems(),
     }
 
 
 def signature_json(mod: ModuleFile) -> dict[str, Any] | None:
-    """The parsed signature block as JSON data, or None when the module is unsigned."""
+    """The parsed signature block as JSON data, or None when the module is unsigned.
+
+    A malformed trailer (which kmod shows as no signature) comes back as ``{"error": why}``.
+    """
+    problem = mod.signature_problem
+    if problem is not None:
+        return {"trailer_well_formed": False, "error": problem}
     t = mod.trailer
     if t is None:
         return None

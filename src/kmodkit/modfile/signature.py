@@ -19,10 +19,16 @@ import dataclasses
 import enum
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kmodkit.errors import ModuleFormatError
 
+if TYPE_CHECKING:
+    from kmodkit.modfile.elf import Buffer
+
 MAGIC = b"~Module signature appended~\n"
+#: ``PKEY_ID_PKCS7`` of ``enum pkey_id_type``: the id_type every current kernel and sign-file write
+PKEY_ID_PKCS7 = 2
 _INFO = struct.Struct(">BBBBB3xI")
 #: bytes taken by the fixed part of the trailer: struct module_signature + magic
 TRAILER_SIZE = _INFO.size + len(MAGIC)
@@ -33,7 +39,7 @@ class IdType(enum.IntEnum):
 
     PGP = 0
     X509 = 1
-    PKCS7 = 2
+    PKCS7 = PKEY_ID_PKCS7
 
 
 #: names kmod shows for ``sig_id`` (libkmod-signature.c)
@@ -74,11 +80,12 @@ class Trailer:
     file_len: int  #: length of the whole (decompressed) file
 
 
-def find_trailer(data: bytes | memoryview, name: str = "<memory>") -> Trailer | None:
+def find_trailer(data: Buffer, name: str = "<memory>") -> Trailer | None:
     """The trailer at the end of ``data``, or None when the module is unsigned.
 
     Raises :class:`ModuleFormatError` when the magic is present but the
-    trailer cannot be right (lengths that run past the start of the file).
+    trailer cannot be right: a zero-length signature, or lengths that cover
+    the whole file, leaving no module before the signature.
     """
     size = len(data)
     if size < TRAILER_SIZE or bytes(data[size - len(MAGIC):]) != MAGIC:
@@ -87,13 +94,14 @@ def find_trailer(data: bytes | memoryview, name: str = "<memory>") -> Trailer | 
     body = size - TRAILER_SIZE
     if sig_len == 0:
         raise ModuleFormatError(name, "signature trailer says the signature is 0 bytes long")
-    content_len = body - sig_len - key_id_len - signer_len
-    if content_len < 0:
+    claimed = sig_len + key_id_len + signer_len
+    if claimed == body:
         raise ModuleFormatError(
-            name, f"signature trailer claims {sig_len + key_id_len + signer_len} bytes of signature data, "
-            f"but only {body} bytes precede it"
-        )
-    return Trailer(algo, hash_, id_type, signer_len, key_id_len, sig_len, content_len, size)
+            name, f"signature trailer claims all {body} bytes before it as signature data: no module is left")
+    if claimed > body:
+        raise ModuleFormatError(
+            name, f"signature trailer claims {claimed} bytes of signature data, but only {body} bytes precede it")
+    return Trailer(algo, hash_, id_type, signer_len, key_id_len, sig_len, body - claimed, size)
 
 
 def trailer_is_kmod_valid(t: Trailer) -> bool:
