@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from kmodkit.modfile.elf import Buffer
 
 MAGIC = b"~Module signature appended~\n"
-#: ``PKEY_ID_PKCS7`` of ``enum pkey_id_type``: the id_type every current kernel and sign-file write
-PKEY_ID_PKCS7 = 2
 _INFO = struct.Struct(">BBBBB3xI")
 #: bytes taken by the fixed part of the trailer: struct module_signature + magic
 TRAILER_SIZE = _INFO.size + len(MAGIC)
@@ -39,8 +37,11 @@ class IdType(enum.IntEnum):
 
     PGP = 0
     X509 = 1
-    PKCS7 = PKEY_ID_PKCS7
+    PKCS7 = 2
 
+
+#: ``id_type`` of every module signature current kernels check (include/linux/module_signature.h)
+PKEY_ID_PKCS7 = IdType.PKCS7
 
 #: names kmod shows for ``sig_id`` (libkmod-signature.c)
 ID_TYPE_NAMES = {IdType.PGP: "PGP", IdType.X509: "X509", IdType.PKCS7: "PKCS#7"}
