@@ -174,3 +174,49 @@ def test_the_index_imports_only_the_reader_it_needs() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('kmodkit.modfile')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['kmodkit.modfile', 'kmodkit.modfile.elf', 'kmodkit.modfile.opener']"
+
+
+# sign and verify open module files themselves (signing/sign.py, signing/verify.py, owned by the signing
+# work package); they are to open them through modfile.opener.open_regular.  Until that lands these fail
+# (a FIFO hangs both, /dev/zero makes sign read until MemoryError); strict, so the merge must drop the mark.
+_NEEDS_SIGNING_SWITCH = pytest.mark.xfail(
+    strict=True, reason="signing/sign.py and verify.py do not open files through modfile.opener.open_regular yet")
+
+
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("keys")
+    r = run("keys", "new", "--out", str(out), "--bits", "2048", "--cn", "special files test")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("command", [
+    pytest.param("verify", marks=_NEEDS_SIGNING_SWITCH),
+    pytest.param("sign", marks=_NEEDS_SIGNING_SWITCH),
+])
+def test_fifo_and_dev_zero_are_refused_at_once_by_sign_and_verify(
+        command: str, tmp_path: Path, sample_module: Path, keydir: Path) -> None:
+    """Issue 10 item 6 for the signing commands: one line for each special file (named as given), the good
+    file done, no hang and no MemoryError."""
+    fifo = tmp_path / "fifo.ko"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.ko"
+    zero.symlink_to("/dev/zero")
+    good = tmp_path / "af_key.ko"
+    shutil.copy(sample_module, good)
+    key = ["--key", str(keydir / "signing_key.pem"), "--replace"] if command == "sign" else []
+    try:
+        r = run(command, *key, "--cert", str(keydir / "signing_cert.der"), str(fifo), str(good), str(zero),
+                timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{command} hangs on a FIFO")
+    assert r.returncode not in (0, 4) and "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+    lines = (r.stdout + r.stderr).splitlines()
+    # one line for each special file, naming it as given and saying what it is
+    assert len([ln for ln in lines if "FIFO" in ln and "fifo.ko" in ln]) == 1, lines
+    assert len([ln for ln in lines if "character device" in ln and "zero.ko" in ln]) == 1, lines
+    # the good file between them was done
+    done = [ln for ln in lines if "af_key.ko" in ln]
+    assert done and not any(ln.startswith("error:") for ln in done), lines
