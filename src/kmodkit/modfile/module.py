@@ -12,7 +12,6 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 from kmodkit.errors import ModuleFormatError
@@ -21,6 +20,10 @@ from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.elf import SHT_RELA, ElfImage, Section
 from kmodkit.modfile.opener import Held, load_module, release
 from kmodkit.modfile.signature import PKEY_ID_PKCS7, Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
+
+# functools.cached_property takes a lock on every first read (Python 3.11), which shows in
+# runs over whole trees: the hot parts are cached by hand in these slots, reset by close()
+_UNSET: object = object()
 
 #: file-name endings kmod takes for module files (shared/util.c: kmod_exts)
 MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
@@ -81,6 +84,11 @@ class ModuleFile:
         self._data = data
         #: the decompressed module, signature included
         self.data: memoryview = memoryview(data)
+        self._elf: ElfImage | None = None
+        self._trailer: Trailer | None | object = _UNSET
+        self._pkcs7: Pkcs7Signer | None | object = _UNSET
+        self._modinfo_raw: list[bytes] | None = None
+        self._modinfo: list[tuple[str, str]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], limit: int = _compress.MAX_DECOMPRESSED) -> ModuleFile:
@@ -101,8 +109,8 @@ class ModuleFile:
 
         Never raises: a mapping that a caller still views is unmapped with the last view.
         """
-        for cached in ("elf", "trailer", "pkcs7", "modinfo_raw", "modinfo"):
-            self.__dict__.pop(cached, None)
+        self._elf = self._modinfo_raw = self._modinfo = None
+        self._trailer = self._pkcs7 = _UNSET
         try:
             self.data.release()
         except BufferError:  # a memoryview made from this one still lives
@@ -122,24 +130,28 @@ class ModuleFile:
         """The module name derived from the file name, as kmod derives it."""
         return module_name(self.path)
 
-    @cached_property
+    @property
     def elf(self) -> ElfImage:
         """The ELF view of the module, validated as kmod validates it.
 
         Like kmod it reads the whole file: the section table ends before the
         signature of any sound module, and a malformed trailer does not hide it.
         """
-        return ElfImage(self._data, self.path)
+        if self._elf is None:
+            self._elf = ElfImage(self._data, self.path)
+        return self._elf
 
     # --- signature ----------------------------------------------------------------
 
-    @cached_property
+    @property
     def trailer(self) -> Trailer | None:
         """The signature trailer, or None when the module is unsigned.
 
         Raises :class:`ModuleFormatError` when it is malformed (see :attr:`signature_problem`).
         """
-        return find_trailer(self._data, self.path)
+        if self._trailer is _UNSET:
+            self._trailer = find_trailer(self._data, self.path)
+        return self._trailer  # type: ignore[return-value]
 
     @property
     def signature_problem(self) -> str | None:
@@ -172,28 +184,33 @@ class ModuleFile:
         start = t.content_len + t.signer_len + t.key_id_len
         return bytes(self.data[start:start + t.sig_len])
 
-    @cached_property
+    @property
     def pkcs7(self) -> Pkcs7Signer | None:
         """The parsed PKCS#7 signer; None when unsigned or not a PKCS#7 signature.
 
         Raises :class:`ModuleFormatError` when the PKCS#7 does not parse.
         """
-        t = self.trailer
-        if t is None or t.id_type != PKEY_ID_PKCS7:
-            return None
-        blob = self.signature_blob()
-        assert blob is not None
-        return parse_pkcs7(blob, self.path)
+        if self._pkcs7 is _UNSET:
+            t = self.trailer
+            if t is None or t.id_type != PKEY_ID_PKCS7:
+                self._pkcs7 = None
+            else:
+                blob = self.signature_blob()
+                assert blob is not None
+                self._pkcs7 = parse_pkcs7(blob, self.path)
+        return self._pkcs7  # type: ignore[return-value]
 
     # --- .modinfo -------------------------------------------------------------------
 
-    @cached_property
+    @property
     def modinfo_raw(self) -> list[bytes]:
         """The ``.modinfo`` strings, split as kmod splits them (``[]`` when empty).
 
         Raises :class:`ModuleFormatError` when kmod finds no ``.modinfo``
         section, as its modinfo fails then (see :meth:`has_modinfo`).
         """
+        if self._modinfo_raw is not None:
+            return self._modinfo_raw
         raw = self.elf.section_bytes(".modinfo")
         if raw is None:
             # a section kmod skips (data past the end, a bad name offset) is one of the load problems
@@ -201,16 +218,19 @@ class ModuleFile:
             raise ModuleFormatError(
                 self.path, f"no readable .modinfo section{': ' + why if why else ''} (kmod's modinfo cannot read it "
                 "either)")
-        return split_modinfo(raw)
+        self._modinfo_raw = split_modinfo(raw)
+        return self._modinfo_raw
 
-    @cached_property
+    @property
     def modinfo(self) -> list[tuple[str, str]]:
         """``(key, value)`` pairs of ``.modinfo`` in file order (values may repeat per key)."""
-        out = []
-        for item in self.modinfo_raw:
-            key, _, value = item.partition(b"=")
-            out.append((key.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
-        return out
+        if self._modinfo is None:
+            out = []
+            for item in self.modinfo_raw:
+                key, _, value = item.partition(b"=")
+                out.append((key.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
+            self._modinfo = out
+        return self._modinfo
 
     def has_modinfo(self) -> bool:
         """Whether the module has a ``.modinfo`` section at all."""

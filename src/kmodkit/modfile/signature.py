@@ -15,7 +15,6 @@ This module only *reads* the trailer; creating and verifying signatures is
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
 from dataclasses import dataclass
@@ -175,7 +174,11 @@ def parse_pkcs7(der: bytes, name: str = "<memory>") -> Pkcs7Signer:
     """Parse a module's detached PKCS#7 SignedData; :class:`ModuleFormatError` if it does not parse."""
     for prefix, start, parsed in _SEEN.get(len(der), ()):
         if der.startswith(prefix):
-            return dataclasses.replace(parsed, signature=der[start:])
+            # dataclasses.replace() re-runs __init__ through introspection: a copy of the
+            # fields is ~20x cheaper, and this runs once per module of a tree
+            copy = object.__new__(Pkcs7Signer)
+            copy.__dict__.update(parsed.__dict__, signature=der[start:])
+            return copy
     signer, start = _parse_pkcs7(der, name)
     if start + len(signer.signature) == len(der):  # nothing follows the signature: safe to reuse
         if len(_SEEN) >= 256:  # a tree has a handful of keys; garbage input must not grow this forever
