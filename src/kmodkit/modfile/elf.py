@@ -29,7 +29,7 @@ import struct
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, repeat
-from operator import add
+from operator import add, itemgetter
 from typing import NamedTuple, Union
 
 from kmodkit.errors import ModuleFormatError
@@ -67,6 +67,9 @@ MACHINES: dict[int, str] = {
 _LITTLE_HOST = sys.byteorder == "little"
 # st_info -> 1 when its binding (high nibble) is STB_WEAK, else 0
 _WEAK_BIND = bytes(1 if b >> 4 == STB_WEAK else 0 for b in range(256))
+# the ELF header after e_ident, by (is64, little)
+_EHDR = {(is64, little): struct.Struct(("<" if little else ">") + ("HHIQQQIHHHHHH" if is64 else "HHIIIIIHHHHHH"))
+         for is64 in (False, True) for little in (False, True)}
 # struct kmod_modversion{32,64}: a CRC, then the name, 64 bytes in all
 _MODVERSION_SIZE = 64
 
@@ -124,7 +127,7 @@ class ElfImage:
         self.little = endian == ELFDATA2LSB
         #: struct byte-order prefix, "<" or ">"
         self.endian = e = "<" if self.little else ">"
-        ehdr = struct.Struct(e + ("HHIQQQIHHHHHH" if is64 else "HHIIIIIHHHHHH"))
+        ehdr = _EHDR[is64, self.little]
         if size <= 16 + ehdr.size:  # libkmod wants more than the header
             raise ModuleFormatError(name, f"truncated ELF header ({size} bytes)")
         (e_type, e_machine, _ver, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
@@ -153,29 +156,38 @@ class ElfImage:
             raise ModuleFormatError(name, "section-name table does not end with a NUL byte")
         #: the section-name string table
         self.shstrtab = bytes(data[start:start + length])
-        self._found: dict[bytes, int] = {}
+        self._found: dict[str | bytes, int] = {}
         self._sections: list[Section] | None = None
         self._symbols: SymbolTable | None | bool = False
 
     def _read_table(self, table: bytes, count: int) -> None:
-        # the section table as columns (one list per field), read in C
+        # the columns every reader needs (name, type, offset, size), one list per field, read in C;
+        # the others are read when a whole Section is asked for (see _rest)
+        self._table = table
+        self._rest_columns: tuple[list[int], ...] | None = None
         if self.is64 and self.little and _LITTLE_HOST:
             with memoryview(table) as view, view.cast("I") as words, view.cast("Q") as quads:
                 self.names: list[int] = words[0::16].tolist()
                 self.types: list[int] = words[1::16].tolist()
-                self.flags: list[int] = quads[1::8].tolist()
                 self.offsets: list[int] = quads[3::8].tolist()
                 self.sizes: list[int] = quads[4::8].tolist()
-                self.links: list[int] = words[10::16].tolist()
-                self.infos: list[int] = words[11::16].tolist()
-                self.aligns: list[int] = quads[6::8].tolist()
-                self.entsizes: list[int] = quads[7::8].tolist()
             return
         fmt = self.endian + ("IIQQQQIIQQ" if self.is64 else "IIIIIIIIII")
         cols = list(zip(*struct.iter_unpack(fmt, table)))
-        self.names, self.types, self.flags = list(cols[0]), list(cols[1]), list(cols[2])
-        self.offsets, self.sizes, self.links, self.infos = list(cols[4]), list(cols[5]), list(cols[6]), list(cols[7])
-        self.aligns, self.entsizes = list(cols[8]), list(cols[9])
+        self.names, self.types, self.offsets, self.sizes = list(cols[0]), list(cols[1]), list(cols[4]), list(cols[5])
+
+    def _rest(self) -> tuple[list[int], ...]:
+        # sh_flags, sh_link, sh_info, sh_addralign, sh_entsize as columns
+        if self._rest_columns is None:
+            fmt = self.endian + ("8xQ16x8xIIQQ" if self.is64 else "8xI12xIIII")
+            cols = list(zip(*struct.iter_unpack(fmt, self._table)))
+            self._rest_columns = tuple(list(c) for c in cols)
+        return self._rest_columns
+
+    @property
+    def flags(self) -> list[int]:
+        """sh_flags of every section."""
+        return self._rest()[0]
 
     # --- sections -----------------------------------------------------------------
 
@@ -198,10 +210,9 @@ class ElfImage:
         libkmod's rule: the first section after the null one whose name is
         ``name`` and whose data lies within the file.
         """
-        key = name.encode() if isinstance(name, str) else name
-        found = self._found.get(key)
+        found = self._found.get(name)
         if found is None:
-            found = self._found[key] = self._index(key)
+            found = self._found[name] = self._index(name.encode() if isinstance(name, str) else name)
         return found
 
     def _index(self, key: bytes) -> int:
@@ -249,8 +260,9 @@ class ElfImage:
 
     def section(self, i: int) -> Section:
         """Section ``i`` of the table (IndexError when there is none)."""
-        return Section(i, self.section_name(i), self.types[i], self.flags[i], self.offsets[i], self.sizes[i],
-                       self.links[i], self.infos[i], self.aligns[i], self.entsizes[i])
+        flags, links, infos, aligns, entsizes = self._rest()
+        return Section(i, self.section_name(i), self.types[i], flags[i], self.offsets[i], self.sizes[i],
+                       links[i], infos[i], aligns[i], entsizes[i])
 
     @property
     def sections(self) -> list[Section]:
@@ -261,7 +273,8 @@ class ElfImage:
 
     def section_rows(self) -> list[tuple[str, int, int, int, int]]:
         """``(name, type, flags, offset, size)`` of every section after the null one, cheaply."""
-        return [(self.section_name(i), self.types[i], self.flags[i], self.offsets[i], self.sizes[i])
+        flags = self.flags
+        return [(self.section_name(i), self.types[i], flags[i], self.offsets[i], self.sizes[i])
                 for i in range(1, len(self.names))]
 
     def section_data(self, section: Section) -> bytes:
@@ -324,6 +337,11 @@ class ElfImage:
         # entry 0 (the null symbol) is left out, as libkmod leaves it out
         return SymbolTable(self, bytes(self.data[off + step:off + self.sizes[i]]), strtab)
 
+    def symtab(self) -> tuple[Section, bytes] | None:
+        """The ``.symtab`` section and the ``.strtab`` bytes (see :meth:`symbol_table`), or None when stripped."""
+        table = self.symbol_table()
+        return None if table is None else (self.section(self.index(".symtab")), table.strings)
+
     def iter_symbols(self) -> Iterator[Symbol]:
         """Every entry of ``.symtab`` after the null one; nothing when stripped."""
         table = self.symbol_table()
@@ -356,11 +374,11 @@ class ElfImage:
         else:
             crcs = [c for (c,) in struct.iter_unpack(self.endian + ("Q56x" if self.is64 else "I60x"), ver)]
         crclen = 8 if self.is64 else 4
-        fields = [f for (f,) in struct.iter_unpack(f"{crclen}x{_MODVERSION_SIZE - crclen}s", ver)]
+        fields = map(itemgetter(0), struct.iter_unpack(f"{crclen}x{_MODVERSION_SIZE - crclen}s", ver))
         names = list(map(bytes.rstrip, fields, repeat(b"\0")))
         # a NUL inside a name, or a name that fills its field: read each as C does
         if b"\0" in b"".join(names) or ver[_MODVERSION_SIZE - 1::_MODVERSION_SIZE].strip(b"\0"):
-            names = [self._cstring(off + k * _MODVERSION_SIZE + crclen) for k in range(len(fields))]
+            names = [self._cstring(off + k * _MODVERSION_SIZE + crclen) for k in range(len(names))]
         return names, crcs
 
     def _cstring(self, start: int) -> bytes:
