@@ -8,6 +8,8 @@ gives every field plus what modinfo does not show.
 
 from __future__ import annotations
 
+import operator
+from functools import lru_cache
 from typing import Any
 
 from kmodkit.modfile.module import ModuleFile
@@ -27,7 +29,11 @@ def hex_wrapped(data: bytes) -> bytes:
     if len(data) <= 20:
         return text
     # each byte is "XX:" (3 characters); break after every 20th byte's colon
-    return b"\n\t\t".join(text[i:i + 60] for i in range(0, len(text), 60))
+    return b"\n\t\t".join([text[i:i + 60] for i in range(0, len(text), 60)])
+
+
+# a tree is signed by a handful of keys: their sig_key lines are made once
+_hex_key = lru_cache(maxsize=64)(hex_wrapped)
 
 
 def signature_fields(mod: ModuleFile) -> list[Field]:
@@ -35,8 +41,10 @@ def signature_fields(mod: ModuleFile) -> list[Field]:
 
     kmod parses the PKCS#7 with OpenSSL's PKCS7 type, which has no place for a
     subjectKeyIdentifier signer: modules signed with sign-file's ``-k`` show no
-    signature fields at all.  Garbage PKCS#7 likewise shows none.
+    signature fields at all.  Garbage PKCS#7 and a malformed trailer likewise show none.
     """
+    if mod.signature_problem is not None:
+        return []
     t = mod.trailer
     if t is None or not trailer_is_kmod_valid(t):
         return []
@@ -53,7 +61,7 @@ def signature_fields(mod: ModuleFile) -> list[Field]:
         return [
             (b"sig_id", id_name),
             (b"signer", cn),
-            (b"sig_key", hex_wrapped(signer.key_identifier)),
+            (b"sig_key", _hex_key(signer.key_identifier)),
             (b"sig_hashalgo", hash_name),
             (b"signature", hex_wrapped(signer.signature)),
         ]
@@ -73,12 +81,12 @@ def signature_fields(mod: ModuleFile) -> list[Field]:
 
 def modinfo_fields(mod: ModuleFile) -> list[Field]:
     """Every field modinfo would list for ``mod``, in its order."""
-    fields: list[Field] = []
-    for item in mod.modinfo_raw:
-        key, sep, value = item.partition(b"=")
-        fields.append((key, value))
+    fields: list[Field] = [(key, value) for key, _sep, value in map(_split_field, mod.modinfo_raw)]
     fields.extend(signature_fields(mod))
     return fields
+
+
+_split_field = operator.methodcaller("partition", b"=")
 
 
 def format_modinfo(
@@ -109,24 +117,32 @@ def format_modinfo(
     if field == "parm":
         out.extend(_params(fields, separator, with_key=False))
         return b"".join(out)
-    fkey = field.encode() if field is not None else None
-    params: list[Field] = []
-    for key, value in fields:
-        if fkey is not None:
-            if key == fkey:
-                out.append(value + separator)
-            continue
-        if key in (b"parm", b"parmtype"):
-            params.append((key, value))
-            continue
-        if separator == b"\0":
-            out.append(key + b"=" + value + separator)
-            continue
-        pad = abs(15 - len(key))  # printf("%s:%-*s") with a negative width pads the other way
-        out.append(key + b":" + b" " * pad + value + separator)
-    if fkey is None:
-        out.extend(_params(params, separator, with_key=True))
+    if field is not None:
+        fkey = field.encode()
+        out.extend([value + separator for key, value in fields if key == fkey])
+        return b"".join(out)
+    # one comprehension per kind of line: this runs for every module of a tree
+    if separator == b"\0":
+        out.extend([key + b"=" + value + separator for key, value in fields if key not in _PARAM_KEYS])
+    else:
+        col = _KEY_COLUMN.get
+        out.extend([(col(key) or _key_column(key)) + value + separator
+                    for key, value in fields if key not in _PARAM_KEYS])
+    out.extend(_params(fields, separator, with_key=True))
     return b"".join(out)
+
+
+_PARAM_KEYS = frozenset((b"parm", b"parmtype"))
+# "key:" and its padding, by key (a tree uses a few dozen keys): printf("%s:%-*s", key,
+# 15 - len(key), "") pads to 16 columns, and a negative width pads the other way
+_KEY_COLUMN: dict[bytes, bytes] = {}
+
+
+def _key_column(key: bytes) -> bytes:
+    text = key + b":" + b" " * abs(15 - len(key))
+    if len(_KEY_COLUMN) < 4096:  # garbage input must not grow it without end
+        _KEY_COLUMN[key] = text
+    return text
 
 
 def _line(label: bytes, value: bytes, sep: bytes) -> bytes:
@@ -192,11 +208,18 @@ def to_json(mod: ModuleFile, filename: str | None = None) -> dict[str, Any]:
         "sections": [
             {"name": n, "type": t, "flags": f, "offset": o, "size": sz} for n, t, f, o, sz in elf.section_rows()
         ],
+        "elf_problems": elf.load_problems(),
     }
 
 
 def signature_json(mod: ModuleFile) -> dict[str, Any] | None:
-    """The parsed signature block as JSON data, or None when the module is unsigned."""
+    """The parsed signature block as JSON data, or None when the module is unsigned.
+
+    A malformed trailer (which kmod shows as no signature) comes back as ``{"error": why}``.
+    """
+    problem = mod.signature_problem
+    if problem is not None:
+        return {"trailer_well_formed": False, "error": problem}
     t = mod.trailer
     if t is None:
         return None

@@ -8,20 +8,22 @@ an uncompressed file is mmapped, a compressed one decompressed in memory.
 
 from __future__ import annotations
 
-import mmap
 import os
-import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
-from kmodkit.errors import ModuleFormatError, UserError, from_oserror
+from kmodkit.errors import ModuleFormatError
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
-from kmodkit.modfile.elf import SHN_UNDEF, ElfImage, Section
-from kmodkit.modfile.signature import Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
+from kmodkit.modfile.elf import SHT_RELA, ElfImage, Section
+from kmodkit.modfile.opener import Held, load_module, release
+from kmodkit.modfile.signature import PKEY_ID_PKCS7, Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
+
+# functools.cached_property takes a lock on every first read (Python 3.11), which shows in
+# runs over whole trees: the hot parts are cached by hand in these slots, reset by close()
+_UNSET: object = object()
 
 #: file-name endings kmod takes for module files (shared/util.c: kmod_exts)
 MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
@@ -67,11 +69,12 @@ class ModuleFile:
     """A kernel module file (``.ko``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``) opened for reading.
 
     Use :meth:`open` for a path or :meth:`from_bytes` for data in memory.
-    Raises :class:`ModuleFormatError` for anything that is not a well-formed
-    module, :class:`NotFoundError` / :class:`UserError` for a bad path.
+    Raises :class:`ModuleFormatError` for anything kmod could not read as a
+    module either, :class:`NotFoundError` / :class:`UserError` for a bad path
+    (a directory, a FIFO, a device: refused before anything is read).
     """
 
-    def __init__(self, data: bytes | mmap.mmap, path: str, compression: Compression, file_size: int) -> None:
+    def __init__(self, data: Held, path: str, compression: Compression, file_size: int) -> None:
         #: the path as given (or a label for data in memory)
         self.path = path
         #: how the file was compressed
@@ -81,37 +84,18 @@ class ModuleFile:
         self._data = data
         #: the decompressed module, signature included
         self.data: memoryview = memoryview(data)
+        self._elf: ElfImage | None = None
+        self._trailer: Trailer | None | object = _UNSET
+        self._pkcs7: Pkcs7Signer | None | object = _UNSET
+        self._modinfo_raw: list[bytes] | None = None
+        self._modinfo: list[tuple[str, str]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], limit: int = _compress.MAX_DECOMPRESSED) -> ModuleFile:
         """Open the module at ``path``; compressed files are decompressed (up to ``limit`` bytes)."""
         spath = os.fspath(path)
-        try:
-            fd = os.open(spath, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise from_oserror(exc, spath) from None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise UserError(spath, "is a directory, expected a module file")
-            if not stat.S_ISREG(st.st_mode):
-                raise UserError(spath, "is not a regular file")
-            if st.st_size == 0:
-                raise ModuleFormatError(spath, "file is empty")
-            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        except OSError as exc:
-            raise from_oserror(exc, spath) from None
-        finally:
-            os.close(fd)
-        kind = _compress.detect(mm[:6])
-        if kind is Compression.NONE:
-            return cls(mm, spath, kind, st.st_size)
-        try:
-            with memoryview(mm) as view:
-                data = _compress.decompress(view, kind, spath, limit)
-        finally:
-            mm.close()
-        return cls(data, spath, kind, st.st_size)
+        held, st, kind = load_module(spath, limit)
+        return cls(held, spath, kind or Compression.NONE, st.st_size)
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str = "<memory>", limit: int = _compress.MAX_DECOMPRESSED) -> ModuleFile:
@@ -121,11 +105,17 @@ class ModuleFile:
         return cls(plain, path, kind, len(data))
 
     def close(self) -> None:
-        """Release the mapping; the object must not be used afterwards."""
-        self.__dict__.pop("elf", None)
-        self.data.release()
-        if isinstance(self._data, mmap.mmap):
-            self._data.close()
+        """Release the mapping; the object must not be used afterwards.
+
+        Never raises: a mapping that a caller still views is unmapped with the last view.
+        """
+        self._elf = self._modinfo_raw = self._modinfo = None
+        self._trailer = self._pkcs7 = _UNSET
+        try:
+            self.data.release()
+        except BufferError:  # a memoryview made from this one still lives
+            pass
+        release(self._data)
 
     def __enter__(self) -> ModuleFile:
         return self
@@ -140,21 +130,44 @@ class ModuleFile:
         """The module name derived from the file name, as kmod derives it."""
         return module_name(self.path)
 
-    @cached_property
+    @property
     def elf(self) -> ElfImage:
-        """The validated ELF view of the module (signature excluded)."""
-        return ElfImage(self.content, self.path)
+        """The ELF view of the module, validated as kmod validates it.
+
+        Like kmod it reads the whole file: the section table ends before the
+        signature of any sound module, and a malformed trailer does not hide it.
+        """
+        if self._elf is None:
+            self._elf = ElfImage(self._data, self.path)
+        return self._elf
 
     # --- signature ----------------------------------------------------------------
 
-    @cached_property
+    @property
     def trailer(self) -> Trailer | None:
-        """The signature trailer, or None when the module is unsigned."""
-        return find_trailer(self.data, self.path)
+        """The signature trailer, or None when the module is unsigned.
+
+        Raises :class:`ModuleFormatError` when it is malformed (see :attr:`signature_problem`).
+        """
+        if self._trailer is _UNSET:
+            self._trailer = find_trailer(self._data, self.path)
+        return self._trailer  # type: ignore[return-value]
+
+    @property
+    def signature_problem(self) -> str | None:
+        """Why the signature trailer is malformed, or None when it is sound or absent.
+
+        kmod shows such a module as unsigned; every signature check calls it malformed.
+        """
+        try:
+            self.trailer
+        except ModuleFormatError as exc:
+            return exc.problem
+        return None
 
     @property
     def is_signed(self) -> bool:
-        """Whether the module carries a signature trailer."""
+        """Whether the module carries a signature trailer (raises when it is malformed)."""
         return self.trailer is not None
 
     @property
@@ -171,40 +184,53 @@ class ModuleFile:
         start = t.content_len + t.signer_len + t.key_id_len
         return bytes(self.data[start:start + t.sig_len])
 
-    @cached_property
+    @property
     def pkcs7(self) -> Pkcs7Signer | None:
         """The parsed PKCS#7 signer; None when unsigned or not a PKCS#7 signature.
 
         Raises :class:`ModuleFormatError` when the PKCS#7 does not parse.
         """
-        t = self.trailer
-        if t is None or t.id_type != 2:
-            return None
-        blob = self.signature_blob()
-        assert blob is not None
-        return parse_pkcs7(blob, self.path)
+        if self._pkcs7 is _UNSET:
+            t = self.trailer
+            if t is None or t.id_type != PKEY_ID_PKCS7:
+                self._pkcs7 = None
+            else:
+                blob = self.signature_blob()
+                assert blob is not None
+                self._pkcs7 = parse_pkcs7(blob, self.path)
+        return self._pkcs7  # type: ignore[return-value]
 
     # --- .modinfo -------------------------------------------------------------------
 
-    @cached_property
+    @property
     def modinfo_raw(self) -> list[bytes]:
-        """The ``.modinfo`` strings, split as kmod splits them; ``[]`` when absent or empty."""
-        sec = self.elf.get_section_by_name(".modinfo")
-        if sec is None:
-            return []
-        raw = bytes(self.elf.section_data(sec))
-        if raw and raw[-1] != 0:
-            raise ModuleFormatError(self.path, ".modinfo does not end with a NUL byte: the last string is cut off")
-        return split_modinfo(raw)
+        """The ``.modinfo`` strings, split as kmod splits them (``[]`` when empty).
 
-    @cached_property
+        Raises :class:`ModuleFormatError` when kmod finds no ``.modinfo``
+        section, as its modinfo fails then (see :meth:`has_modinfo`).
+        """
+        if self._modinfo_raw is not None:
+            return self._modinfo_raw
+        raw = self.elf.section_bytes(".modinfo")
+        if raw is None:
+            # a section kmod skips (data past the end, a bad name offset) is one of the load problems
+            why = "; ".join(self.elf.load_problems())
+            raise ModuleFormatError(
+                self.path, f"no readable .modinfo section{': ' + why if why else ''} (kmod's modinfo cannot read it "
+                "either)")
+        self._modinfo_raw = split_modinfo(raw)
+        return self._modinfo_raw
+
+    @property
     def modinfo(self) -> list[tuple[str, str]]:
         """``(key, value)`` pairs of ``.modinfo`` in file order (values may repeat per key)."""
-        out = []
-        for item in self.modinfo_raw:
-            key, _, value = item.partition(b"=")
-            out.append((key.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
-        return out
+        if self._modinfo is None:
+            out = []
+            for item in self.modinfo_raw:
+                key, _, value = item.partition(b"=")
+                out.append((key.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
+            self._modinfo = out
+        return self._modinfo
 
     def has_modinfo(self) -> bool:
         """Whether the module has a ``.modinfo`` section at all."""
@@ -250,20 +276,19 @@ class ModuleFile:
 
     def undefined_symbols(self) -> list[str]:
         """Names of the symbols the module uses but does not define (sorted, unique)."""
-        return sorted({n for n, _ in self.elf.symbol_names_in(_UNDEF)})
+        table = self.elf.symbol_table()
+        if table is None:
+            return []
+        names = set(table.names_of(table.undefined()))
+        names.discard(b"")
+        return sorted({n.decode("utf-8", "replace") for n in names})
 
     def versions(self) -> list[SymbolVersion]:
-        """The ``__versions`` table (modversions CRCs); ``[]`` without CONFIG_MODVERSIONS."""
-        sec = self.elf.get_section_by_name("__versions")
-        if sec is None:
-            return []
-        data = self.elf.section_data(sec)
-        fmt = self.elf.endian + ("Q56s" if self.elf.is64 else "I60s")
-        step = 64
-        usable = len(data) - len(data) % step
+        """The ``__versions`` table (modversions CRCs) as kmod lists it; ``[]`` without CONFIG_MODVERSIONS."""
+        names, crcs = self.elf.modversions()
         return [
-            SymbolVersion(raw.split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
-            for crc, raw in struct.iter_unpack(fmt, data[:usable])
+            SymbolVersion((n[1:] if n[:1] == b"." else n).decode("utf-8", "replace"), crc)
+            for n, crc in zip(names, crcs)
         ]
 
     def exported_symbols(self) -> list[ExportedSymbol]:
@@ -271,17 +296,19 @@ class ModuleFile:
         elf = self.elf
         secs = {}
         for sec_name in ("__ksymtab", "__ksymtab_gpl"):
-            found = elf.get_section_by_name(sec_name)
-            if found is not None:
-                secs[found.number] = sec_name
-        if not secs:
+            i = elf.index(sec_name)
+            if i >= 0:
+                secs[i] = sec_name
+        table = elf.symbol_table()
+        if not secs or table is None:
             return []
         namespaces = self._export_namespaces()
         out = []
-        for name, shndx in elf.symbol_names_in(set(secs)):
-            if name.startswith("__ksymtab_"):
-                sym = name[len("__ksymtab_"):]
-                out.append(ExportedSymbol(sym, secs[shndx] == "__ksymtab_gpl", namespaces.get(sym)))
+        positions = table.in_sections(set(secs))
+        for k, raw in zip(positions, table.names_of(positions)):
+            if raw.startswith(b"__ksymtab_"):
+                sym = raw[len(b"__ksymtab_"):].decode("utf-8", "replace")
+                out.append(ExportedSymbol(sym, secs[table.shndx[k]] == "__ksymtab_gpl", namespaces.get(sym)))
         out.sort(key=lambda e: e.name)
         return out
 
@@ -290,15 +317,15 @@ class ModuleFile:
         # value, name, namespace.  In a .ko they are relocations against
         # __ksymtab_strings; read name and namespace strings from there.
         elf = self.elf
-        strings_sec = elf.get_section_by_name("__ksymtab_strings")
-        if strings_sec is None:
+        strings_idx = elf.index("__ksymtab_strings")
+        table = elf.symbol_table()
+        if strings_idx < 0 or table is None:
             return {}
-        strings = bytes(elf.section_data(strings_sec))
-        values = elf.symbol_values()
+        strings = elf.section_bytes("__ksymtab_strings") or b""
         result: dict[str, str] = {}
         for rela_name in (".rela__ksymtab", ".rela__ksymtab_gpl"):
             rela = elf.get_section_by_name(rela_name)
-            if rela is None or rela.type != 4:
+            if rela is None or rela.type != SHT_RELA:
                 continue
             refs: dict[int, dict[int, int]] = {}
             fmt = elf.endian + ("QQq" if elf.is64 else "IIi")
@@ -308,11 +335,11 @@ class ModuleFile:
                 entry, field = divmod(r_offset, 12)
                 if field == 0:  # the value offset points at code, not at a string
                     continue
-                symidx = r_info >> 32 if elf.is64 else r_info >> 8
-                if symidx >= len(values) or values[symidx][1] != strings_sec.number:
+                # symbol k of the table is ELF symbol k + 1 (the null one is left out)
+                k = (r_info >> 32 if elf.is64 else r_info >> 8) - 1
+                if not 0 <= k < table.count or table.shndx[k] != strings_idx:
                     continue
-                off = values[symidx][0] + addend
-                refs.setdefault(entry, {})[field] = off
+                refs.setdefault(entry, {})[field] = table.values[k] + addend
             for fields in refs.values():
                 if 4 in fields and 8 in fields:
                     nm = _cstr(strings, fields[4])
@@ -324,11 +351,8 @@ class ModuleFile:
     @property
     def build_id(self) -> str | None:
         """The GNU build id as hex, or None when the module has none."""
-        sec = self.elf.get_section_by_name(".note.gnu.build-id")
-        if sec is None:
-            return None
-        data = bytes(self.elf.section_data(sec))
-        if len(data) < 16:
+        data = self.elf.section_bytes(".note.gnu.build-id")
+        if data is None or len(data) < 16:
             return None
         namesz, descsz, ntype = struct.unpack_from(self.elf.endian + "III", data)
         start = 12 + ((namesz + 3) & ~3)
@@ -339,43 +363,6 @@ class ModuleFile:
     def iter_sections(self) -> Iterator[Section]:
         """The section table after the null entry."""
         return iter(self.elf.sections[1:])
-
-    def find_sections(self, *names: str) -> dict[str, tuple[int, int, int, int]]:
-        """``name -> (index, offset, size, type)`` of the first section with each name, for hot loops.
-
-        Reads only the section headers, without :attr:`elf`'s validation;
-        names the file lacks are absent, bounds are checked by the caller.
-        The index reads thousands of modules through this.
-        """
-        data = self.content
-        if len(data) < 64 or bytes(data[:4]) != b"\x7fELF":
-            raise ModuleFormatError(self.path, "not an ELF file (no \\x7fELF magic)")
-        is64, e = data[4] == 2, "<" if data[5] == 1 else ">"
-        shoff, shentsize, shnum, shstrndx = struct.unpack_from(e + ("40xQ10xHHH" if is64 else "32xI10xHHH"), data)
-        fmt = e + ("IIQQQQ24x" if is64 else "II8xII16x")
-        if shentsize != struct.calcsize(fmt) or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
-            raise ModuleFormatError(self.path, "malformed section table")
-        table = list(struct.iter_unpack(fmt, data[shoff:shoff + shnum * shentsize]))
-        if is64:
-            table = [(n, t, off, size) for n, t, _f, _a, off, size in table]
-        nstart, nsize = table[shstrndx][2], table[shstrndx][3]
-        strings = bytes(data[nstart:nstart + nsize])
-        wanted = {}
-        for name in names:
-            key = name.encode() + b"\0"
-            pos = strings.find(key)
-            while pos >= 0:
-                wanted[pos] = name
-                pos = strings.find(key, pos + 1)
-        out: dict[str, tuple[int, int, int, int]] = {}
-        for i, (n, t, off, size) in enumerate(table):
-            hit = wanted.get(n)
-            if hit is not None and hit not in out:
-                out[hit] = (i, off, size, t)
-        return out
-
-
-_UNDEF = frozenset({SHN_UNDEF})
 
 
 def _cstr(table: bytes, offset: int) -> str:

@@ -28,26 +28,23 @@ class TreeSummary:
     errors: list[ItemError] = field(default_factory=list)  #: the unreadable files, one record each
 
     def add(self, mod: ModuleFile) -> None:
-        """Count one module; a module that fails to parse raises before anything is counted."""
-        size = len(mod.data)
-        licence = mod.get("license") or "(none)"
+        """Count one module; raises :class:`KmodkitError` (counting nothing) when it cannot be read."""
+        license_ = mod.get("license") or "(none)"
         vermagic = (mod.vermagic or "(none)").strip()
-        signer = mod.pkcs7 if mod.is_signed else None
-        params = bool(mod.parameters)
-        exports = mod.elf.has_section("__ksymtab") or mod.elf.has_section("__ksymtab_gpl")
+        signer, hash_name = _signer(mod)
+        with_parameters = bool(mod.parameters)
+        exporting = mod.elf.has_section("__ksymtab") or mod.elf.has_section("__ksymtab_gpl")
         self.modules += 1
         self.bytes_on_disk += mod.file_size
-        self.bytes_decompressed += size
+        self.bytes_decompressed += len(mod.data)
         self.compression[mod.compression.value] += 1
-        self.licenses[licence] += 1
+        self.licenses[license_] += 1
         self.vermagics[vermagic] += 1
-        if signer is None:
-            self.signers["unsigned" if not mod.is_signed else "(not PKCS#7)"] += 1
-        else:
-            self.signers[signer.issuer_cn or signer.key_identifier.hex()] += 1
-            self.hashes[signer.hash_name or signer.digest_oid] += 1
-        self.with_parameters += params
-        self.exporting += exports
+        self.signers[signer] += 1
+        if hash_name is not None:
+            self.hashes[hash_name] += 1
+        self.with_parameters += with_parameters
+        self.exporting += exporting
 
     def merge(self, other: TreeSummary) -> None:
         """Add another summary's counts to this one."""
@@ -72,6 +69,21 @@ class TreeSummary:
             "exporting": self.exporting,
             "errors": [e.to_json() for e in self.errors],
         }
+
+
+def _signer(mod: ModuleFile) -> tuple[str, str | None]:
+    # who signed the module (or why nobody did, as kmod sees it) and the hash, None when unsigned
+    if mod.signature_problem is not None:
+        return "(malformed trailer)", None
+    if not mod.is_signed:
+        return "unsigned", None
+    try:
+        signer = mod.pkcs7
+    except KmodkitError:  # kmod shows a PKCS#7 it cannot parse as no signature
+        return "(unparsable PKCS#7)", None
+    if signer is None:
+        return "(not PKCS#7)", None
+    return signer.issuer_cn or signer.key_identifier.hex(), signer.hash_name or signer.digest_oid
 
 
 def tree_modules(dirname: str) -> list[str]:
