@@ -176,13 +176,6 @@ def test_the_index_imports_only_the_reader_it_needs() -> None:
     assert out.strip() == "['kmodkit.modfile', 'kmodkit.modfile.elf', 'kmodkit.modfile.opener']"
 
 
-# sign and verify open module files themselves (signing/sign.py, signing/verify.py, owned by the signing
-# work package); they are to open them through modfile.opener.open_regular.  Until that lands these fail
-# (a FIFO hangs both, /dev/zero makes sign read until MemoryError); strict, so the merge must drop the mark.
-_NEEDS_SIGNING_SWITCH = pytest.mark.xfail(
-    strict=True, reason="signing/sign.py and verify.py do not open files through modfile.opener.open_regular yet")
-
-
 @pytest.fixture(scope="module")
 def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("keys")
@@ -192,10 +185,7 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("command", [
-    pytest.param("verify", marks=_NEEDS_SIGNING_SWITCH),
-    pytest.param("sign", marks=_NEEDS_SIGNING_SWITCH),
-])
+@pytest.mark.parametrize("command", ["verify", "sign"])
 def test_fifo_and_dev_zero_are_refused_at_once_by_sign_and_verify(
         command: str, tmp_path: Path, sample_module: Path, keydir: Path) -> None:
     """Issue 10 item 6 for the signing commands: one line for each special file (named as given), the good

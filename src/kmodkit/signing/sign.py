@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from kmodkit.errors import ItemError, KmodkitError, ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
+from kmodkit.modfile.opener import open_regular
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
 from kmodkit.modfile.signature import MAGIC, PKEY_ID_PKCS7, find_trailer, parse_pkcs7
@@ -187,9 +188,9 @@ class ModuleSigner:
         kind = Compression.NONE
         try:
             real = os.path.realpath(path)
+            fd, st = open_regular(path)  # a FIFO or a device is refused at once, named as given
             try:
-                with open(real, "rb") as f:
-                    st = os.fstat(f.fileno())
+                with os.fdopen(fd, "rb") as f:
                     raw = f.read()
             except OSError as exc:
                 raise from_oserror(exc, path) from None

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import enum
 import errno
-import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kmodkit.errors import KmodkitError, UserError, from_oserror
-from kmodkit.modfile import compress as _compress
-from kmodkit.modfile.compress import Compression
+from kmodkit.errors import KmodkitError, UserError
 from kmodkit.modfile.signature import Pkcs7Signer
 from kmodkit.signing.algorithms import ECDSA_SIGNATURE_OIDS, RSA_SIGNATURE_OIDS
 from kmodkit.signing.kernel_check import KernelSigCheck, check_module_signature
@@ -108,31 +105,20 @@ class Verifier:
 
     def verify_file(self, path: str) -> ModuleVerdict:
         """The verdict for the module file at ``path``; unreadable files come back MALFORMED with the reason."""
+        from kmodkit.modfile.opener import load_module, release
+
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            return self._result(path, Verdict.MALFORMED, None, detail=str(from_oserror(exc, path).problem))
+            held, _st, _kind = load_module(path)
+        except KmodkitError as exc:
+            return self._result(path, Verdict.MALFORMED, None, detail=exc.problem)
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                return self._result(path, Verdict.MALFORMED, None, detail="file is empty")
-            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    kind = _compress.detect(bytes(view[:6]))
-                    if kind is not Compression.NONE:
-                        try:
-                            plain = _compress.decompress(view, kind, path)
-                        except KmodkitError as exc:
-                            return self._result(path, Verdict.MALFORMED, None, detail=exc.problem)
-                        return self.verify_bytes(plain, path)
-                    return self.verify_bytes(view, path)
-                finally:
-                    view.release()
-        except OSError as exc:
-            return self._result(path, Verdict.MALFORMED, None, detail=str(from_oserror(exc, path).problem))
+            view = memoryview(held)
+            try:
+                return self.verify_bytes(view, path)
+            finally:
+                view.release()
         finally:
-            os.close(fd)
+            release(held)
 
     def verify_files(self, paths: Sequence[str], jobs: int | None = None) -> list[ModuleVerdict]:
         """Verdicts for every file, in order; large batches run in ``jobs`` worker processes."""
