@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from kmodkit.errors import ItemError, KmodkitError, ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
+from kmodkit.modfile.elf import ElfImage
 from kmodkit.modfile.opener import open_regular
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
@@ -147,17 +148,13 @@ class ModuleSigner:
         or has a broken trailer, :class:`UserError` for a signed module when
         ``replace`` is off.
         """
-        if bytes(data[:4]) != b"\x7fELF":
-            raise ModuleFormatError(name, "is not an ELF file (no \\x7fELF magic)", "give a kernel module (.ko)")
         content, count = strip_signatures(data, name)
         if count and not self.replace:
             raise UserError(name, f"is already signed{_signer_text(data, name)}",
                             "pass --replace to strip the signature and sign again")
-        if count and bytes(content[:4]) != b"\x7fELF":
-            # a trailer whose sig_len covers the module itself: stripping it would write back a bare signature
-            raise ModuleFormatError(name, f"its signature trailer claims {len(data) - len(content)} of its "
-                                    f"{len(data)} bytes, which leaves {len(content)} bytes that are not an ELF module",
-                                    "rebuild the module or restore it from its package; it cannot be re-signed")
+        # what is signed must be a module the one reader reads (as kmod does): sign never signs what info refuses,
+        # nor writes back a bare signature when a trailer claimed the module itself
+        ElfImage(content, name)
         return bytes(content) + self.signature_for(content), bool(count)
 
     def sign_file(self, path: str) -> SignResult:
