@@ -60,10 +60,14 @@ class ModuleDebugInfo:
 
         #: the module file
         self.path = path
-        with ModuleFile.open(path) as mf:
+        with ModuleFile.open(path) as opened:
+            raw = bytes(opened.data)
+        # parse a copy in memory: views into a closed mmap would pin it (BufferError at close)
+        mf = ModuleFile.from_bytes(raw, path)
+        if True:
             #: the module's build id, None when it has none
             self.build_id = mf.build_id
-            data = bytearray(mf.data)
+            data = bytearray(raw)
             elf = mf.elf
             self._bases: dict[int, int] = {}
             n = 0
