@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from kmodkit.errors import KmodkitError, UserError, from_oserror
 from kmodkit.klog.disasm import Instruction, disassemble
@@ -177,17 +179,52 @@ def read_reports(path: str) -> Iterator[Report]:
     else:
         if os.path.isdir(path):
             raise UserError(path, "is a directory, expected a kernel log")
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, _LineCounter(path) as lines:
             while chunk := f.read(CHUNK):
-                yield from scanner.feed(chunk)
+                for r in scanner.feed(chunk):
+                    yield dataclasses.replace(r, line=lines.line_at(r.offset))
+            for r in scanner.close():
+                yield dataclasses.replace(r, line=lines.line_at(r.offset))
+        return
     yield from scanner.close()
+
+
+class _LineCounter:
+    """Line numbers of byte offsets of a file, counted forward on a second handle: only a log that
+    holds reports pays for counting its lines."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._f: BinaryIO | None = None
+        self._pos = 0
+        self._line = 1
+
+    def __enter__(self) -> _LineCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+    def line_at(self, offset: int) -> int:
+        """The 1-based number of the line starting at ``offset`` (offsets must not go backwards)."""
+        if self._f is None:
+            self._f = open(self._path, "rb")
+        while self._pos < offset:
+            chunk = self._f.read(min(CHUNK, offset - self._pos))
+            if not chunk:
+                break
+            self._line += chunk.count(b"\n")
+            self._pos += len(chunk)
+        return self._line
 
 
 def render_text(d: Diagnosis, paths: Sequence[str] = ()) -> str:
     """The report as scripts/decode_stacktrace.sh prints it: each decoded frame followed by its
     file:line, inlined callers on their own lines, the Code: line disassembled."""
     r = d.report
-    out = [f"== {r.title}  [{r.kind.value}, {r.source}:{r.line}{'' if r.complete else ', truncated'}]"]
+    where = f"{r.source}:{r.line}" if r.line is not None else f"{r.source}, byte {r.offset}"
+    out = [f"== {r.title}  [{r.kind.value}, {where}{'' if r.complete else ', truncated'}]"]
     for i, text in enumerate(r.lines):
         dec = d.frames.get(i)
         if dec is not None and dec.locations:

@@ -54,7 +54,7 @@ class Table:
     """The whole table."""
 
     starters: tuple[Starter, ...]  #: in the order they are tried
-    literals: tuple[str, ...]  #: every starter's literals, deduplicated: the scanner's pre-filter
+    anchors: tuple[str, ...]  #: the scanner's pre-filter: every report's first line holds one
     generic: frozenset[str]  #: functions that report a problem and are never guilty
 
 
@@ -68,14 +68,7 @@ def table() -> Table:
         starters.append(Starter(Kind(row["kind"]), re.compile(row["pattern"]),
                                 tuple(lit) if isinstance(lit, list) else (lit,), int(row["rank"]), row["title"],
                                 row["example"]))
-    literals: dict[str, None] = {}
-    for s in starters:
-        for lit in s.literals:
-            literals[lit] = None
-    literals["cut here"] = None
-    # a literal that contains another is redundant for the pre-filter
-    kept = tuple(lit for lit in literals if not any(o != lit and o in lit for o in literals))
-    return Table(tuple(starters), kept, frozenset(doc["generic"]["functions"]))
+    return Table(tuple(starters), tuple(doc["anchors"]), frozenset(doc["generic"]["functions"]))
 
 
 def match_starter(text: str) -> tuple[Starter, re.Match[str]] | None:

@@ -63,7 +63,7 @@ def strip_prefix(line: str) -> tuple[str, str | None]:
 class _Open:
     """The report being collected."""
 
-    first_line: int  #: line number in the source of its first line
+    offset: int  #: byte offset in the source of its first line
     lines: list[tuple[str, str | None]] = field(default_factory=list)  #: (text, timestamp)
     traced: bool = False  #: a call trace or frame has been seen
     foreign: int = 0  #: lines in a row, after the trace started, that look like no part of a report
@@ -82,10 +82,10 @@ class LogScanner:
         #: the name of the log, for reports and messages
         self.source = source
         self._pending = b""
-        self._lineno = 0
+        self._base = 0  # offset in the log of the buffer being scanned
+        self._line_at = 0  # offset of the line being handled
         self._open: _Open | None = None
-        lits = kinds.table().literals
-        self._literals = tuple(lit.encode() for lit in lits)
+        self._literals = tuple(lit.encode() for lit in kinds.table().anchors)
         #: bytes scanned so far
         self.bytes = 0
 
@@ -93,6 +93,7 @@ class LogScanner:
 
     def feed(self, data: bytes) -> list[Report]:
         """Scan ``data`` (any slice of the log); return the reports it completes."""
+        self._base = self.bytes - len(self._pending)
         self.bytes += len(data)
         buf = self._pending + data if self._pending else data
         end = buf.rfind(b"\n") + 1
@@ -111,6 +112,7 @@ class LogScanner:
         out: list[Report] = []
         if self._pending:
             pending, self._pending = self._pending, b""
+            self._base = self.bytes - len(pending)
             out += self._lines(pending + b"\n", 0, len(pending) + 1)
         out += self._finish()
         return out
@@ -125,7 +127,9 @@ class LogScanner:
 
     def _lines(self, buf: bytes, pos: int, end: int) -> list[Report]:
         out: list[Report] = []
-        nxt = [-2] * len(self._literals)  # next position of each literal (-2: not searched yet)
+        # the next position of each anchor (-2: not searched yet); lines are not counted here: counting
+        # newlines costs more than all the searches (Report.line is filled by who reads a file)
+        nxt = [-2] * len(self._literals)
         while pos < end:
             if self._open is None:
                 # the fast path: jump to the first line holding a literal
@@ -137,19 +141,17 @@ class LogScanner:
                     if p != -1 and p < best:
                         best = p
                 if best == end:
-                    self._lineno += buf.count(b"\n", pos, end)
                     break
                 start = buf.rfind(b"\n", pos, best) + 1 or pos
                 if start < pos:
                     start = pos
-                self._lineno += buf.count(b"\n", pos, start)
                 pos = start
             stop = buf.find(b"\n", pos, end)
             if stop == -1:
                 stop = end
             raw = buf[pos:stop] if stop - pos <= MAX_LINE else buf[pos:pos + MAX_LINE]
+            self._line_at = self._base + pos
             pos = stop + 1
-            self._lineno += 1
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             out += self._line(line)
         return out
@@ -178,7 +180,7 @@ class LogScanner:
                     out += self._finish()
                 return out
         if starter:
-            self._open = _Open(self._lineno)
+            self._open = _Open(self._line_at)
             self._add(self._open, text, ts)
         return out
 
@@ -206,7 +208,7 @@ class LogScanner:
             return []
         if cur.foreign:
             del cur.lines[-cur.foreign:]  # the foreign lines after its last own line are not part of it
-        return [parse_report(cur.lines, self.source, cur.first_line)]
+        return [parse_report(cur.lines, self.source, cur.offset)]
 
 
 def _is_frame_line(text: str) -> bool:

@@ -70,7 +70,7 @@ class Report:
     kind: Kind  #: what happened
     title: str  #: a one-line title in the style of kernel developers
     source: str  #: the log it was read from
-    line: int  #: its first line's number in that log
+    offset: int  #: the byte offset of its first line in that log
     lines: tuple[str, ...]  #: its lines, prefixes stripped
     timestamp: str | None  #: printk's timestamp (or wall time) of its first line
     frames: tuple[Frame, ...]  #: the call trace(s), in order
@@ -88,11 +88,13 @@ class Report:
     panic: str | None  #: the message when the report ends in "Kernel panic - not syncing"
     complete: bool  #: False when the log ended (or the cap was reached) before the report's end marker
     details: dict[str, str] = field(default_factory=dict)  #: named parts of the start line (where, what)
+    line: int | None = None  #: its first line's number in the log (1-based), None when not counted
 
     def to_json(self) -> dict[str, object]:
         """The report as a JSON object (without its raw lines)."""
         return {
             "kind": self.kind.value, "title": self.title, "source": self.source, "line": self.line,
+            "offset": self.offset,
             "timestamp": self.timestamp, "cpu": self.cpu, "pid": self.pid, "comm": self.comm,
             "release": self.release, "taint": self.taint, "taint_flags": [f.to_json() for f in self.taint_flags],
             "rip": self.rip.to_json() if self.rip else None,
@@ -197,7 +199,7 @@ def _decode_taint(letters: str) -> tuple[TaintFlag, ...]:
     return tuple(by_letter[c] for c in letters if c in by_letter)
 
 
-def parse_report(lines: list[tuple[str, str | None]], source: str, first_line: int) -> Report:
+def parse_report(lines: list[tuple[str, str | None]], source: str, offset: int) -> Report:
     """Structure the lines of one report (prefixes already stripped)."""
     best: tuple[kinds.Starter, re.Match[str]] | None = None
     frames: list[Frame] = []
@@ -298,7 +300,7 @@ def parse_report(lines: list[tuple[str, str | None]], source: str, first_line: i
     details = {k: v for k, v in m.groupdict().items() if v}
     kind = starter.kind
     title = _title(starter.title, guilty, details)
-    return Report(kind, title, source, first_line, texts, lines[0][1], frames_t, rip, guilty, registers, cpu, pid,
+    return Report(kind, title, source, offset, texts, lines[0][1], frames_t, rip, guilty, registers, cpu, pid,
                   comm, release, taint, _decode_taint(taint or ""), tuple(modules), code, panic, ended, details)
 
 
