@@ -64,43 +64,40 @@ class ModuleDebugInfo:
             raw = bytes(opened.data)
         # parse a copy in memory: views into a closed mmap would pin it (BufferError at close)
         mf = ModuleFile.from_bytes(raw, path)
-        if True:
-            #: the module's build id, None when it has none
-            self.build_id = mf.build_id
-            data = bytearray(raw)
-            elf = mf.elf
-            self._bases: dict[int, int] = {}
-            n = 0
-            for sec in elf.sections:
-                if sec.flags & SHF_ALLOC and sec.number:
-                    self._bases[sec.number] = 0 if sec.name == ".text" else (n + 1) * _SECTION_STRIDE
-                    n += 1
-            self._functions: dict[str, tuple[int, int]] = {}  # name -> (address, size)
-            self._patch_symbols(elf, data)
+        #: the module's build id, None when it has none
+        self.build_id = mf.build_id
+        elf = mf.elf
+        self._bases: dict[int, int] = {}
+        self._sections: dict[int, tuple[str, int]] = {}  # allocated section -> (name, size)
+        n = 0
+        for sec in elf.sections:
+            if sec.flags & SHF_ALLOC and sec.number:
+                self._bases[sec.number] = 0 if sec.name == ".text" else (n + 1) * _SECTION_STRIDE
+                self._sections[sec.number] = (sec.name, sec.size)
+                n += 1
+        self._functions: dict[str, tuple[int, int]] = {}  # name -> (address, size)
+        values = self._symbol_values(elf)
+        data = bytearray(raw)
+        _relocate_debug_sections(elf, data, values, path)
         try:
             self._elf = ELFFile(io.BytesIO(bytes(data)))
             #: whether the file has DWARF line tables
             self.has_dwarf = self._elf.has_dwarf_info() and self._elf.get_section_by_name(".debug_line") is not None
-            self._dwarf = self._elf.get_dwarf_info(relocate_dwarf_sections=True) if self.has_dwarf else None
+            self._dwarf = self._elf.get_dwarf_info(relocate_dwarf_sections=False) if self.has_dwarf else None
         except (ELFError, ValueError, KeyError, struct.error) as exc:
             raise ModuleFormatError(path, f"unreadable debug info: {exc}") from None
         self._cus: list[_CompileUnit] | None = None
+        self._cache: dict[int, list[Location]] = {}
 
-    def _patch_symbols(self, elf: Any, data: bytearray) -> None:
-        found = elf.symtab()
-        if found is None:
-            return
-        sym, _strings = found
-        fmt = "<" if elf.endian == "<" else ">"
-        entsize, value_at, value_fmt = (24, 8, "Q") if elf.is64 else (16, 4, "I")
-        for i, s in enumerate(elf.iter_symbols(), start=1):
-            base = self._bases.get(s.shndx)
-            if base is None:
-                continue
-            if base:
-                struct.pack_into(fmt + value_fmt, data, sym.offset + i * entsize + value_at, s.value + base)
-            if s.type == STT_FUNC and s.name:
+    def _symbol_values(self, elf: Any) -> list[int]:
+        """Each symbol's value in our layout, by index (0 for the null symbol and undefined ones)."""
+        values = [0]
+        for s in elf.iter_symbols():
+            base = self._bases.get(s.shndx, 0)
+            values.append(s.value + base)
+            if s.type == STT_FUNC and s.name and s.shndx in self._bases:
                 self._functions.setdefault(s.name, (base + s.value, s.size))
+        return values
 
     def address(self, symbol: str, offset: int) -> int | None:
         """The address of ``symbol+offset`` in our layout, None when the module has no such function."""
@@ -110,19 +107,33 @@ class ModuleDebugInfo:
     def section_address(self, address: int) -> tuple[str, int]:
         """``(section name, offset in it)`` of an address of our layout (for addr2line -j)."""
         for number, base in self._bases.items():
-            sec = self._elf.get_section(number)
-            if base <= address < base + sec["sh_size"]:
-                return sec.name, address - base
+            name, size = self._sections[number]
+            if base <= address < base + size:
+                return name, address - base
         return ".text", address
 
     def locate(self, address: int) -> list[Location]:
         """The source of ``address``, innermost inlined function first; [] when unknown."""
-        if self._dwarf is None:
-            return []
-        for cu in self._units():
-            if cu.covers(address):
-                return cu.locate(address)
-        return []
+        if address not in self._cache:
+            found = [] if self._dwarf is None else \
+                next((cu.locate(address) for cu in self._units() if cu.covers(address)), [])
+            if self._dwarf is not None and (not found or found[-1].function is None):
+                # no line or no function for it (padding before a function, a stub): name the function
+                # from the symbol table, as addr2line does
+                name = self._function_at(address)
+                if not found:
+                    found = [Location(name, "??", 0, 0)] if name else []
+                else:
+                    found[-1] = Location(name, found[-1].file, found[-1].line, found[-1].column)
+            self._cache[address] = found
+        return self._cache[address]
+
+    def _function_at(self, address: int) -> str | None:
+        best = None
+        for name, (start, size) in self._functions.items():
+            if start <= address < start + max(size, 1) and (best is None or start > best[1]):
+                best = (name, start)
+        return best[0] if best else None
 
     def _units(self) -> list[_CompileUnit]:
         if self._cus is None:
@@ -198,20 +209,35 @@ class _CompileUnit:
         _a, f, line, col, _e = self._rows[i]
         return self._file(f), line, col
 
-    def _load_scopes(self) -> list[tuple[int, int, int, Any]]:
+    def _top_functions(self) -> list[tuple[int, int, Any]]:
+        """The compile unit's functions (and their other children holding code), with their ranges."""
         if self._scopes is None:
             scopes: list[tuple[int, int, int, Any]] = []
-            self._walk(self._cu.get_top_DIE(), 0, scopes)
+            for child in self._cu.get_top_DIE().iter_children():
+                if child.tag == "DW_TAG_subprogram":
+                    for low, high in self._ranges(child):
+                        scopes.append((low, high, 0, child))
             self._scopes = scopes
-        return self._scopes
+        return [(low, high, die) for low, high, _d, die in self._scopes]
 
-    def _walk(self, die: Any, depth: int, out: list[tuple[int, int, int, Any]]) -> None:
-        for child in die.iter_children():
-            if child.tag in ("DW_TAG_subprogram", "DW_TAG_inlined_subroutine"):
-                for low, high in self._ranges(child):
-                    out.append((low, high, depth, child))
-            if child.has_children:
-                self._walk(child, depth + 1, out)
+    def _chain(self, address: int) -> list[Any]:
+        """The DIEs of code containing ``address``, outermost (a function) first; only the functions
+        that contain it are descended into (a module's type DIEs are never parsed twice)."""
+        chain: list[Any] = []
+        todo = [die for low, high, die in self._top_functions() if low <= address < high][:1]
+        while todo:
+            die = todo.pop()
+            chain.append(die)
+            nxt = None
+            for child in die.iter_children():
+                if child.tag in ("DW_TAG_inlined_subroutine", "DW_TAG_lexical_block", "DW_TAG_subprogram"):
+                    ranges = self._ranges(child)
+                    if any(low <= address < high for low, high in ranges):
+                        nxt = child
+                        break
+            if nxt is not None:
+                todo.append(nxt)
+        return [d for d in chain if d.tag != "DW_TAG_lexical_block"]
 
     def _ranges(self, die: Any) -> list[tuple[int, int]]:
         attrs = die.attributes
@@ -247,12 +273,12 @@ class _CompileUnit:
         here = self._line_at(address)
         if here is None:
             return []
-        chain = sorted((s for s in self._load_scopes() if s[0] <= address < s[1]), key=lambda s: s[2])
+        chain = self._chain(address)
         if not chain:
             return [Location(None, *here)]
         out: list[Location] = []
         file, line, col = here
-        for _low, _high, _depth, die in reversed(chain):  # innermost first
+        for die in reversed(chain):  # innermost first
             out.append(Location(_name(die), file, line, col))
             if die.tag == "DW_TAG_inlined_subroutine":
                 a = die.attributes
@@ -283,3 +309,47 @@ def _name(die: Any) -> str | None:
         else:
             return None
     return None
+
+
+#: (e_machine, relocation type) -> (bytes written, whether the addend is in the section (REL) or the entry)
+_RELOCATIONS: dict[tuple[int, int], int] = {
+    (62, 1): 8, (62, 10): 4, (62, 11): 4,  # x86_64: R_X86_64_64, _32, _32S
+    (183, 257): 8, (183, 258): 4,  # aarch64: R_AARCH64_ABS64, _ABS32
+    (3, 1): 4,  # i386: R_386_32
+    (40, 2): 4,  # arm: R_ARM_ABS32
+    (243, 2): 4, (243, 1): 8,  # riscv: R_RISCV_32, _64
+    (22, 4): 4, (22, 22): 8,  # s390: R_390_32, _64
+    (21, 1): 4, (21, 38): 8,  # ppc64: R_PPC64_ADDR32, _ADDR64
+}
+_SHT_RELA, _SHT_REL = 4, 9
+
+
+def _relocate_debug_sections(elf: Any, data: bytearray, values: list[int], path: str) -> None:
+    """Apply the ``.rela.debug_*`` (or ``.rel.debug_*``) relocations of a module to ``data`` in place,
+    with the symbol values of our layout.  (pyelftools can do it too, ~50 times slower.)"""
+    e = elf.endian
+    machine = elf.machine
+    secs = elf.sections
+    for rel in secs:
+        if rel.type not in (_SHT_RELA, _SHT_REL) or not rel.info or rel.info >= len(secs):
+            continue
+        target = secs[rel.info]
+        if not target.name.startswith(".debug_"):
+            continue
+        rela = rel.type == _SHT_RELA
+        if elf.is64:
+            entry = struct.Struct(e + ("QQq" if rela else "QQ"))
+        else:
+            entry = struct.Struct(e + ("IIi" if rela else "II"))
+        body = elf.section_data(rel)
+        usable = len(body) - len(body) % entry.size
+        for fields in entry.iter_unpack(body[:usable]):
+            r_offset, r_info = fields[0], fields[1]
+            sym, rtype = (r_info >> 32, r_info & 0xFFFFFFFF) if elf.is64 else (r_info >> 8, r_info & 0xFF)
+            size = _RELOCATIONS.get((machine, rtype))
+            if size is None or sym >= len(values) or r_offset + size > target.size:
+                continue
+            at = target.offset + r_offset
+            fmt = e + ("Q" if size == 8 else "I")
+            addend = fields[2] if rela else struct.unpack_from(fmt, data, at)[0]
+            struct.pack_into(fmt, data, at, (values[sym] + addend) & ((1 << (8 * size)) - 1))
