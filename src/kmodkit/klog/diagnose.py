@@ -49,10 +49,13 @@ class Diagnosis:
         """The diagnosis as a JSON object."""
         doc = self.report.to_json()
         decoded = {f.frame.index: f.to_json() for f in self.frames.values()}
-        doc["frames"] = [decoded.get(f.index, {**f.to_json(), "module_file": None, "source": []})
-                         for f in self.report.frames]
-        if self.report.rip is not None:
-            doc["rip"] = decoded.get(self.report.rip.index, doc["rip"])
+
+        def frame(f: Frame) -> dict[str, object]:
+            return decoded.get(f.index) or {**f.to_json(), "module_file": None, "source": []}
+
+        doc["frames"] = [frame(f) for f in self.report.frames]
+        doc["rip"] = frame(self.report.rip) if self.report.rip is not None else None
+        doc["guilty"] = frame(self.report.guilty) if self.report.guilty is not None else None
         doc["code_disassembly"] = [i.to_json() for i in self.code]
         return doc
 

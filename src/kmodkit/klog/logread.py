@@ -114,7 +114,7 @@ class LogScanner:
             pending, self._pending = self._pending, b""
             self._base = self.bytes - len(pending)
             out += self._lines(pending + b"\n", 0, len(pending) + 1)
-        out += self._finish()
+        out += self._finish(truncated=True)
         return out
 
     def idle(self) -> list[Report]:
@@ -177,7 +177,7 @@ class LogScanner:
                 self._add(cur, text, ts)
                 if len(cur.lines) >= MAX_REPORT_LINES or cur.ended > MAX_TRAILER_LINES \
                         or text.startswith("---[ end Kernel panic"):
-                    out += self._finish()
+                    out += self._finish(truncated=len(cur.lines) >= MAX_REPORT_LINES)
                 return out
         if starter:
             self._open = _Open(self._line_at)
@@ -202,13 +202,15 @@ class LogScanner:
                                or "<TASK>" in text or _is_frame_line(text)):
             cur.traced = True
 
-    def _finish(self) -> list[Report]:
+    def _finish(self, truncated: bool = False) -> list[Report]:
+        """Close the open report; ``truncated``: the input (or the cap) ended it, not its own end or
+        the next report."""
         cur, self._open = self._open, None
         if cur is None or not cur.lines:
             return []
         if cur.foreign:
             del cur.lines[-cur.foreign:]  # the foreign lines after its last own line are not part of it
-        return [parse_report(cur.lines, self.source, cur.offset)]
+        return [parse_report(cur.lines, self.source, cur.offset, truncated)]
 
 
 def _is_frame_line(text: str) -> bool:

@@ -86,7 +86,7 @@ class Report:
     modules: tuple[LinkedModule, ...]  #: "Modules linked in", in order
     code: Code | None  #: the Code: line
     panic: str | None  #: the message when the report ends in "Kernel panic - not syncing"
-    complete: bool  #: False when the log ended (or the cap was reached) before the report's end marker
+    complete: bool  #: False when the log ended (or the line cap was reached) inside it, before an end marker
     details: dict[str, str] = field(default_factory=dict)  #: named parts of the start line (where, what)
     line: int | None = None  #: its first line's number in the log (1-based), None when not counted
 
@@ -199,8 +199,9 @@ def _decode_taint(letters: str) -> tuple[TaintFlag, ...]:
     return tuple(by_letter[c] for c in letters if c in by_letter)
 
 
-def parse_report(lines: list[tuple[str, str | None]], source: str, offset: int) -> Report:
-    """Structure the lines of one report (prefixes already stripped)."""
+def parse_report(lines: list[tuple[str, str | None]], source: str, offset: int, truncated: bool = False) -> Report:
+    """Structure the lines of one report (prefixes already stripped); ``truncated``: the log ended
+    inside it (it is complete when it has an end marker or is followed by something else)."""
     best: tuple[kinds.Starter, re.Match[str]] | None = None
     frames: list[Frame] = []
     rip: Frame | None = None
@@ -301,7 +302,8 @@ def parse_report(lines: list[tuple[str, str | None]], source: str, offset: int) 
     kind = starter.kind
     title = _title(starter.title, guilty, details)
     return Report(kind, title, source, offset, texts, lines[0][1], frames_t, rip, guilty, registers, cpu, pid,
-                  comm, release, taint, _decode_taint(taint or ""), tuple(modules), code, panic, ended, details)
+                  comm, release, taint, _decode_taint(taint or ""), tuple(modules), code, panic, ended or not truncated,
+                  details)
 
 
 def _title(template: str, guilty: Frame | None, details: dict[str, str]) -> str:
