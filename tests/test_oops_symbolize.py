@@ -112,3 +112,21 @@ def test_a_module_without_debug_info_decodes_to_nothing(xz_tree: KernelTree) -> 
     info = ModuleDebugInfo(str(path))
     assert not info.has_dwarf and info.locate(0) == []
     assert info.address("pfkey_sendmsg", 0) is not None
+
+
+def test_text_output_appends_file_line_and_inline_callers(built: Path) -> None:
+    from kmodkit.klog.diagnose import render_text
+
+    info = ModuleDebugInfo(str(built / "crashy_inline.ko"))
+    start, size = info._functions["crashy_walk"]  # noqa: SLF001
+    off = next(o for o in range(size) if len(info.locate(start + o)) > 1)  # an address inside crashy_peek
+    log = (f"BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
+           f"RIP: 0010:crashy_walk+0x{off:x}/0x{size:x} [crashy_inline]\nCall Trace:\n <TASK>\n"
+           " crashy_init+0x1b/0x32 [crashy_inline]\n </TASK>\n---[ end trace 0000000000000000 ]---\n").encode()
+    (rep,) = scan_bytes(log)
+    text = render_text(Decoder(ModuleFinder([str(built)])).diagnose(rep))
+    inner, outer = info.locate(start + off)
+    assert inner.function == "crashy_peek" and outer.function == "crashy_walk"
+    assert f"RIP: 0010:crashy_walk+0x{off:x}/0x{size:x} [crashy_inline] {inner.file}:{inner.line} (crashy_peek)\n" \
+        f" (inlined by) crashy_walk {outer.file}:{outer.line}\n" in text
+    assert text.startswith("== BUG: kernel NULL pointer dereference in crashy_walk  [null-deref, <memory>, byte 0]\n")

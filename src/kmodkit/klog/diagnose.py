@@ -232,7 +232,7 @@ def render_text(d: Diagnosis, paths: Sequence[str] = ()) -> str:
         dec = d.frames.get(i)
         if dec is not None and dec.locations:
             first, *outer = dec.locations
-            out.append(f"{text} {first}")
+            out.append(f"{text} {first}" + (f" ({first.function})" if outer and first.function else ""))
             for loc in outer:
                 out.append(f"{' ' * (len(text) - len(text.lstrip()))} (inlined by) {loc.function or '??'} {loc}")
         else:

@@ -3,7 +3,8 @@
 No library parses kernel reports (satyr is C and ABRT-specific, syzkaller's parser is Go), and their
 format is a loose convention of printk lines, so this is hand-written line parsing.  Speed comes from
 never looking at a line outside a report with a regex: :class:`LogScanner` searches whole chunks for
-the table's plain literals (``bytes.find``) and only decodes the lines where one occurs.
+the table's few anchors (``bytes.find``, see kinds.toml) and only decodes the lines where one occurs;
+it does not even count lines there (reports carry byte offsets; the file reader numbers them).
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ MAX_TRAILER_LINES = 40
 #: traces) after which a report that has a trace is closed
 MAX_FOREIGN_LINES = 8
 
+#: a line that may be a frame of a call trace (report.parse_frame decides)
 _FRAME_START = re.compile(r"\s*(?:<\w+>\s*|<<\w+>>\s*)*(?:\(?\[<?[0-9a-f]{6,16}>?\]|\? |[\w.$]+\+0x[0-9a-f]+/0x|0x[0-9a-f]+$)")
+#: the start of a line that belongs to a report after its call trace began: indented text, registers
+#: (x86, arm64, ppc, s390), context markers, the end markers and what x86 reprints after them
 _TRACE_LINE = re.compile(
     r"(?:\s|\[<|\(\[<|RIP|EIP|NIP|Code:|RSP|ESP|R[A-DS-Z0-9]{1,2}\b|EFLAGS|FS:|CS:|DS:|CR\d|DR\d|PKRU|ORIG_RAX|"
     r"Call [Tt]race|Backtrace|Stack:|<\w+>|</\w+>|---\[|Kernel panic|Kernel Offset|note:|Modules linked in|"
     r"Last Breaking|Exception stack|irq event stamp|hardirqs last|softirqs last|pc :|lr :|sp :|x\d+\s*:|"
     r"Krnl|Hardware name|Workqueue|Mem abort|ESR|Data abort|CPU:|Pid:|Process |Rebooting|Dumping ftrace|"
-    r"SMP:|Kernel Offset|PANIC|LR |CTR|MSR|TRAP|GPR|REGS|Instruction dump|CFAR|IRQMASK|DAR|DSISR|SOFTE|---)"
+    r"SMP:|PANIC|LR |CTR|MSR|TRAP|GPR|REGS|Instruction dump|CFAR|IRQMASK|DAR|DSISR|SOFTE|---)"
 )
 
 
