@@ -69,16 +69,13 @@ def main() -> None:
     mbs = len(data) / t / 1e6
     rows.append(Row(f"scan 100 MB without reports ({mbs:.0f} MB/s)", t, grep, "grep -c BUG", ">= 100 MB/s", mbs >= 100))
 
-    from test_oops_decode import COMMON_H, MODES
+    from test_oops_decode import build_crashy
 
     tree = newest_generic_tree("bench_oops")
     kver = os.path.basename(tree)
     headers = f"/lib/modules/{kver}/build"
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "crashy_common.h").write_text(COMMON_H)
-        Path(d, "crashy_inline.c").write_text('#define CRASHY_MODE 4\n#include "crashy_common.h"\n')
-        Path(d, "Kbuild").write_text("obj-m := crashy_inline.o\nccflags-y := -I$(src)\n")
-        run(["make", "-s", "-C", headers, f"M={d}", "modules"])
+        build_crashy(Path(d), Path(headers), ("inline",))
         from kmodkit.klog.symbolize import ModuleDebugInfo
 
         functions = sorted(ModuleDebugInfo(f"{d}/crashy_inline.ko")._functions.items())  # noqa: SLF001

@@ -102,6 +102,16 @@ MODES = {
 }
 
 
+def build_crashy(d: Path, headers: Path, modes: tuple[str, ...] = tuple(MODES)) -> None:
+    """Write the crash module's sources into ``d`` (one module per mode) and build them for ``headers``."""
+    (d / "crashy_common.h").write_text(COMMON_H)
+    for mode in modes:
+        (d / f"crashy_{mode}.c").write_text(f'#define CRASHY_MODE {MODES[mode][0]}\n#include "crashy_common.h"\n')
+    (d / "Kbuild").write_text("obj-m := " + " ".join(f"crashy_{m}.o" for m in modes) + "\nccflags-y := -I$(src)\n")
+    done = subprocess.run(["make", "-s", "-C", str(headers), f"M={d}", "modules"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, object]]]:
     if shutil.which("qemu-system-x86_64") is None:
@@ -111,12 +121,8 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[s
         need("a Debian generic amd64 kernel with its headers")
     assert tree is not None
     d = tmp_path_factory.mktemp("crashy")
-    (d / "crashy_common.h").write_text(COMMON_H)
-    for mode, (n, _k, _g) in MODES.items():
-        (d / f"crashy_{mode}.c").write_text(f'#define CRASHY_MODE {n}\n#include "crashy_common.h"\n')
-    (d / "Kbuild").write_text("obj-m := " + " ".join(f"crashy_{m}.o" for m in MODES) + "\nccflags-y := -I$(src)\n")
-    done = subprocess.run(["make", "-s", "-C", str(tree.headers), f"M={d}", "modules"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert tree.headers is not None
+    build_crashy(d, tree.headers)
     script = "".join(f"insmod {d}/crashy_{m}.ko; echo insmod {m} $?\n" for m in MODES)
     (d / "guest.sh").write_text("#!/bin/sh\n" + script)
     (d / "guest.sh").chmod(0o755)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KernelTree, discover_trees, need
-from test_oops_decode import COMMON_H, MODES
+from test_oops_decode import MODES, build_crashy
 
 from kmodkit.klog.diagnose import Decoder
 from kmodkit.klog.locate import ModuleFinder
@@ -30,12 +30,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         need("an installed kernel's headers")
     assert tree is not None
     d = tmp_path_factory.mktemp("crashy")
-    (d / "crashy_common.h").write_text(COMMON_H)
-    for mode, (n, _k, _g) in MODES.items():
-        (d / f"crashy_{mode}.c").write_text(f'#define CRASHY_MODE {n}\n#include "crashy_common.h"\n')
-    (d / "Kbuild").write_text("obj-m := " + " ".join(f"crashy_{m}.o" for m in MODES) + "\nccflags-y := -I$(src)\n")
-    done = subprocess.run(["make", "-s", "-C", str(tree.headers), f"M={d}", "modules"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert tree.headers is not None
+    build_crashy(d, tree.headers)
     return d
 
 
