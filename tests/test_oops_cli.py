@@ -104,3 +104,16 @@ def test_follow_prints_each_report_while_the_stream_is_still_open() -> None:
 def test_follow_reads_stdin_only() -> None:
     r = _run("--follow", str(_corpus() / "gitlog-01"))
     assert r.returncode == 2 and "dmesg -w | kmodkit oops --follow" in r.stderr
+
+
+def test_no_log_on_a_terminal_is_a_usage_error() -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run(KMODKIT, stdin=slave, capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 2
+    assert r.stderr == "error: oops: no log given; name log files, or pipe one in: dmesg | kmodkit oops\n"

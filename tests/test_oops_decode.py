@@ -1,4 +1,5 @@
-"""Decoding for real: a test module with crash modes, built for the generic kernel, crashed in it under
+"""Decoding for real: a test module with crash modes (WARN_ON, divide by zero, BUG_ON, an inlined helper
+that faults, a NULL dereference, a wild pointer), built for the generic kernel, crashed in it under
 QEMU (one boot: WARN_ON first, then the fatal modes, each killing only its insmod since Debian does not
 panic on oops), and every module frame of the guest's log decoded by ``kmodkit oops`` compared with
 binutils' ``addr2line -i -f`` (function, line, inline chain) and gdb's ``info line`` (the file: the
@@ -69,6 +70,12 @@ static noinline int crashy_bug(void)
 	return 0;
 }
 
+static noinline int crashy_wild(void)
+{
+	/* a non-canonical address: x86 raises a general protection fault, not a page fault */
+	return *(volatile int *)0xdead000000000100UL;
+}
+
 static noinline int crashy_run(void)
 {
 	switch (CRASHY_MODE) {
@@ -76,6 +83,7 @@ static noinline int crashy_run(void)
 	case 1: return crashy_div(100);
 	case 2: return crashy_warn();
 	case 3: return crashy_bug();
+	case 5: return crashy_wild();
 	default: return crashy_walk(READ_ONCE(head));
 	}
 }
@@ -99,6 +107,7 @@ MODES = {
     "bug": (3, "bug", {"crashy_bug"}),
     "inline": (4, "null-deref", {"crashy_walk"}),
     "null": (0, "null-deref", {"crashy_null", "crashy_run"}),  # gcc may fold crashy_null into its caller
+    "wild": (5, "gpf", {"crashy_wild"}),
 }
 
 

@@ -172,6 +172,15 @@ def test_every_table_example_matches_its_own_row() -> None:
         assert any(a in s.example for a in table().anchors) or s.kind is Kind.REFCOUNT, s.example
 
 
+def test_a_report_that_never_ends_is_cut_at_the_cap() -> None:
+    from kmodkit.klog.logread import MAX_REPORT_LINES
+
+    endless = OOPS_61.split("Call Trace:")[0] + "Call Trace:\n" + " foo+0x1/0x2\n" * (3 * MAX_REPORT_LINES)
+    reports = scan_bytes((endless + WARN_61).encode())
+    assert [r.kind for r in reports] == [Kind.NULL_DEREF, Kind.WARNING]
+    assert len(reports[0].lines) == MAX_REPORT_LINES and not reports[0].complete
+
+
 def test_a_line_longer_than_any_kernel_line_is_cut_not_kept() -> None:
     reports = scan_bytes(b"x" * 10_000_000 + b"\n" + OOPS_61.encode())
     assert [r.kind for r in reports] == [Kind.NULL_DEREF]

@@ -90,6 +90,13 @@ def test_module_found_by_build_id_among_decoys_and_compressed(built: Path, tmp_p
     assert finder.find("crashy_inline") == str(decoy_dir / "crashy_inline.ko")  # no build id: the first
     assert finder.find("crashy-inline", build_id) == str(xz_dir / "crashy_inline.ko.xz")
     assert finder.find("crashy_inline", "00" * 20) is None
+    # kmodkit build's out/KVER/ under the project, for the kernel the report (or -k) names
+    (tmp_path / "proj/out/6.1.0-99-amd64").mkdir(parents=True)
+    shutil.copy(real, tmp_path / "proj/out/6.1.0-99-amd64/crashy_inline.ko")
+    in_build = ModuleFinder(project=str(tmp_path / "proj"), root=str(tmp_path))
+    assert in_build.find("crashy_inline", build_id, kver="6.1.0-99-amd64") == \
+        str(tmp_path / "proj/out/6.1.0-99-amd64/crashy_inline.ko")
+    assert in_build.find("crashy_inline", build_id, kver="6.1.0-98-amd64") is None
     # decoding through the compressed file gives what the plain file gives
     log = (f"BUG: kernel NULL pointer dereference, address: 0000000000000000\nCall Trace:\n <TASK>\n"
            f" crashy_walk+0x5/0x20 [crashy_inline {build_id}]\n crashy_init+0x1b/0x32 [crashy_inline {build_id}]\n"

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.klog.diagnose import STDIN, OopsQuery, render_text
 
     logs = tuple(args.logs) or (STDIN,)
+    if not args.logs and sys.stdin.isatty():
+        raise UserError("oops", "no log given", "name log files, or pipe one in: dmesg | kmodkit oops")
     if args.follow and logs != (STDIN,):
         raise UserError("--follow", "reads standard input only", "pipe the stream in: dmesg -w | kmodkit oops --follow")
     query = OopsQuery(logs=logs, module_paths=tuple(args.module_path), kver=args.kver)
