@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("kmodkit.cli.status", "show loaded modules, their state, parameters and taint"),
     "health": ("kmodkit.cli.health", "check that a manifest's modules are loaded and healthy"),
     "exporter": ("kmodkit.cli.exporter", "serve module metrics for Prometheus"),
+    "oops": ("kmodkit.cli.oops", "find kernel crash reports in logs and decode them to source lines"),
 }
 
 EXIT_OK = 0
