@@ -27,6 +27,7 @@ import enum
 import errno
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kmodkit.check.elfcheck import ElfFacts, ElfRefusal, kernel_elf_check
 from kmodkit.check.symvers import Export
@@ -34,12 +35,17 @@ from kmodkit.check.target import TargetKernel
 from kmodkit.check.verdict import LogLine, Outcome, Prediction, Refusal
 from kmodkit.errors import KmodkitError
 
+if TYPE_CHECKING:
+    from kmodkit.modfile.module import ModuleFile
+    from kmodkit.signing.verify import Verifier
+
 _MAGIC = b"~Module signature appended~\n"
 _SIG_INFO = struct.Struct(">BBBBB3sI")
 _PKEY_ID_PKCS7 = 2
 _SHF_WRITE, _SHF_EXECINSTR = 0x1, 0x4
 _SHN_UNDEF, _SHN_COMMON = 0, 0xFFF2
 _STB_WEAK = 2
+_UNDEF_OR_COMMON = frozenset({_SHN_UNDEF, _SHN_COMMON})
 
 #: include/linux/license.h: license_is_gpl_compatible()
 GPL_COMPATIBLE = frozenset({"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL",
@@ -98,7 +104,8 @@ class Checker:
         self.machine = machine or Machine()
         #: out-of-tree modules that can be loaded before the checked one (its siblings)
         self.providers = providers or []
-        self._certs: tuple[bytes, ...] | None = None
+        self._verifier: Verifier | None = None
+        self._unknown_keys: str | None = None
 
     # --- the machine's settings, from the user or the kernel's config -------------------------
 
@@ -139,11 +146,28 @@ class Checker:
         with ModuleFile.open(path) as mod:
             return _Run(self, mod, path).run()
 
-    def trusted_certs(self) -> tuple[bytes, ...]:
-        """The certificates the kernel trusts: its image's, plus the machine's extra ones."""
-        if self._certs is None:
-            self._certs = self.kernel.trusted_certs() + self.machine.extra_certs
-        return self._certs
+    def verifier(self, assumptions: list[str]) -> Verifier:
+        """One verifier for every module, trusting the kernel's image's certificates and the machine's extra ones.
+
+        When the image's certificates cannot be read, that is added to ``assumptions``.
+        """
+        from kmodkit.signing.trust import TrustStore
+        from kmodkit.signing.verify import Verifier
+
+        if self._verifier is None:
+            store = TrustStore()
+            for der in self.machine.extra_certs:
+                store.add_der(der, "machine")
+            try:
+                for der in self.kernel.trusted_certs():
+                    store.add_der(der, self.kernel.release)
+            except KmodkitError as exc:
+                self._unknown_keys = (f"the kernel's trusted keys are unknown ({exc.problem}): a signature is taken "
+                                      "as made with an unavailable key")
+            self._verifier = Verifier(store, self.kernel.release)
+        if self._unknown_keys:
+            assumptions.append(self._unknown_keys)
+        return self._verifier
 
 
 class _Refused(Exception):
@@ -296,17 +320,9 @@ class _Run:
             self.log(3, "module: PKCS#7 signature info has unexpected non-zero params")
             return errno.EBADMSG, size
         stripped = size - sig_len - _SIG_INFO.size
-        from kmodkit.signing.trust import TrustStore
-        from kmodkit.signing.verify import Verdict, Verifier
+        from kmodkit.signing.verify import Verdict
 
-        store = TrustStore()
-        try:
-            for der in self.c.trusted_certs():
-                store.add_der(der, self.k.release)
-        except KmodkitError as exc:
-            self.assumptions.append(f"the kernel's trusted keys are unknown ({exc.problem}): "
-                                    "the signature is taken as made with an unavailable key")
-        verdict = Verifier(store, self.k.release).verify_bytes(data[:size + len(_MAGIC)], self.path)
+        verdict = self.c.verifier(self.assumptions).verify_bytes(data[:size + len(_MAGIC)], self.path)
         if verdict.verdict is Verdict.VALID:
             return None, stripped
         if verdict.verdict in (Verdict.UNTRUSTED, Verdict.UNKNOWN_KEY):
@@ -464,38 +480,37 @@ class _Run:
         last: tuple[int, str, str | None] | None = None
         imports = set(self.mod.get_all("import_ns"))
         gplok = "P" not in self.taints
-        for sym in self.mod.elf.iter_symbols():
-            if sym.shndx == _SHN_COMMON and not sym.name.startswith("__gnu_lto"):
-                self.log(4, f"{m}: please compile with -fno-common")
-                last = (errno.ENOEXEC, "a common symbol", "compile with -fno-common")
+        for name, shndx in self.mod.elf.symbol_names_in(_UNDEF_OR_COMMON):
+            if shndx == _SHN_COMMON:
+                if not name.startswith("__gnu_lto"):
+                    self.log(4, f"{m}: please compile with -fno-common")
+                    last = (errno.ENOEXEC, "a common symbol", "compile with -fno-common")
                 continue
-            if sym.shndx != _SHN_UNDEF or not sym.name:
-                continue
-            export = self._lookup(sym.name)
+            export = self._lookup(name)
             err = 0
             fix: str | None = None
             if export is not None and export.gpl_only and not gplok:
                 export = None
-                fix = f"{sym.name} is exported GPL-only: declare a GPL-compatible MODULE_LICENSE"
+                fix = f"{name} is exported GPL-only: declare a GPL-compatible MODULE_LICENSE"
             if export is None:
-                if sym.bind == _STB_WEAK or sym.name == "_GLOBAL_OFFSET_TABLE_":
+                if name == "_GLOBAL_OFFSET_TABLE_" or self._weak(name):
                     continue
                 err = errno.ENOENT
-                fix = fix or f"{self.k.release} exports no {sym.name}: build for a kernel that has it"
-            elif not self._check_version(facts, sym.name, export.crc if self.k.enabled("MODVERSIONS") else None):
+                fix = fix or f"{self.k.release} exports no {name}: build for a kernel that has it"
+            elif not self._check_version(facts, name, export.crc if self.k.enabled("MODVERSIONS") else None):
                 err = errno.EINVAL
                 fix = self._rebuild_fix() if export.in_vmlinux else \
                     f"rebuild it against the {export.owner} module it will be loaded with"
             elif export.namespace and export.namespace not in imports:
                 strict = not self.k.enabled("MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS")
-                self.log(3 if strict else 4, f"{m}: module uses symbol ({sym.name}) from namespace "
+                self.log(3 if strict else 4, f"{m}: module uses symbol ({name}) from namespace "
                                              f"{export.namespace}, but does not import it.")
                 if strict:
                     err = errno.EINVAL
                     fix = f"add MODULE_IMPORT_NS({export.namespace}) to the module's source"
             if err:
-                self.log(4, f"{m}: Unknown symbol {sym.name} (err -{err})")
-                last = (err, sym.name, fix)
+                self.log(4, f"{m}: Unknown symbol {name} (err -{err})")
+                last = (err, name, fix)
                 continue
             if export is not None and not export.in_vmlinux:
                 self.needs.setdefault(export.owner, None)
@@ -504,6 +519,9 @@ class _Run:
             problem = {errno.ENOENT: f"unknown symbol {what}", errno.EINVAL: f"symbol {what} does not match "
                        "the kernel (CRC or namespace)", errno.ENOEXEC: what}[err]
             raise self.refuse("symbols", err, problem, fix)
+
+    def _weak(self, name: str) -> bool:
+        return any(s.name == name and s.bind == _STB_WEAK for s in self.mod.elf.iter_symbols())
 
     # -- 8. formation --
     def _duplicate_exports(self) -> None:
@@ -541,16 +559,19 @@ def provider(path: str) -> Provider:
     from kmodkit.modfile.module import ModuleFile
 
     with ModuleFile.open(path) as mod:
-        elf = mod.elf
-        crcs: dict[str, int] = {}
-        tabs = {s.number: s for s in elf.sections if s.name in ("__kcrctab", "__kcrctab_gpl")}
-        if tabs:
-            for sym in elf.iter_symbols():
-                sec = tabs.get(sym.shndx)
-                if sec is not None and sym.name.startswith("__crc_") and sym.value + 4 <= sec.size:
-                    raw = bytes(elf.section_data(sec)[sym.value:sym.value + 4])
-                    crcs[sym.name[len("__crc_"):]] = int.from_bytes(raw, "little" if elf.endian == "<" else "big")
-        name = mod.name
-        exports = {e.name: Export(e.name, crcs.get(e.name), name, e.gpl_only, e.namespace or "")
-                   for e in mod.exported_symbols()}
-    return Provider(name, exports)
+        return Provider(mod.name, _exports_with_crcs(mod))
+
+
+def _exports_with_crcs(mod: ModuleFile) -> dict[str, Export]:
+    # a function of its own, so that no view of the mapping outlives it when the file is closed
+    elf = mod.elf
+    crcs: dict[str, int] = {}
+    tabs = {s.number: s for s in elf.sections if s.name in ("__kcrctab", "__kcrctab_gpl")}
+    if tabs:
+        for sym in elf.iter_symbols():
+            sec = tabs.get(sym.shndx)
+            if sec is not None and sym.name.startswith("__crc_") and sym.value + 4 <= sec.size:
+                raw = bytes(elf.section_data(sec)[sym.value:sym.value + 4])
+                crcs[sym.name[len("__crc_"):]] = int.from_bytes(raw, "little" if elf.endian == "<" else "big")
+    return {e.name: Export(e.name, crcs.get(e.name), mod.name, e.gpl_only, e.namespace or "")
+            for e in mod.exported_symbols()}
