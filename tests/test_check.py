@@ -194,3 +194,37 @@ def test_a_kernel_named_by_a_directory(sample_module: Path, generic_tree: Kernel
     empty.mkdir()
     bad = _kmodkit("check", str(sample_module), "-k", str(empty))
     assert bad.returncode == 2 and "Module.symvers and .config missing" in bad.stderr
+
+
+def _symvers(tree: KernelTree) -> dict[str, tuple[str, ...]]:
+    assert tree.headers is not None
+    rows = [line.split("\t") for line in (tree.headers / "Module.symvers").read_text().splitlines()]
+    return {r[1]: tuple(r) for r in rows}
+
+
+def test_abi_diff_between_flavours_counts_what_module_symvers_says(generic_tree: KernelTree,
+                                                                  cloud_tree: KernelTree) -> None:
+    done = _kmodkit("abi", "diff", cloud_tree.release, generic_tree.release, "--json")
+    assert done.returncode == 1, done.stderr  # module_layout differs: everything must be rebuilt
+    doc = json.loads(done.stdout)["diff"]
+    a, b = _symvers(cloud_tree), _symvers(generic_tree)
+    assert doc["counts"]["removed"] == len(a.keys() - b.keys())
+    assert doc["counts"]["added"] == len(b.keys() - a.keys())
+    assert doc["counts"]["crc"] == sum(1 for s in a.keys() & b.keys() if int(a[s][0], 16) != int(b[s][0], 16))
+    assert doc["module_layout_changed"] is True
+
+
+def test_abi_diff_for_a_module_agrees_with_check(kernel_trees: list[KernelTree], tmp_path: Path) -> None:
+    """Two ABIs of the same flavour: what abi diff calls safe, check predicts loads, for an in-tree module."""
+    clouds = [t for t in kernel_trees if t.flavour == "cloud-amd64" and t.series == "6.1" and t.headers]
+    if len(clouds) < 2:
+        need("two 6.1 cloud kernels with headers")
+    new, old = clouds[0], clouds[1]
+    module = next(p for p in old.modules() if p.name == "af_key.ko")
+    done = _kmodkit("abi", "diff", old.release, new.release, "--for", str(module), "--json")
+    doc = json.loads(done.stdout)
+    [verdict] = doc["modules"]
+    predicted = json.loads(_kmodkit("check", str(module), "-k", new.release, "--json").stdout)[0]
+    # the module was signed by the old build's key: the new kernel lacks it (E), which is not an ABI matter
+    assert predicted["loads"] is (not verdict["rebuild_needed"])
+    assert done.returncode == (1 if verdict["rebuild_needed"] else 0)

@@ -13,6 +13,13 @@ from kmodkit.check.verdict import Prediction
 from kmodkit.errors import KmodkitError, UserError
 
 
+def target_kernel(name: str, root: str | Path = "/") -> TargetKernel:
+    """The kernel ``name``: a directory holding its files when ``name`` contains a slash, else an installed release."""
+    if os.sep in name:
+        return TargetKernel.from_dir(name)
+    return TargetKernel.installed(name, root)
+
+
 @dataclass(frozen=True)
 class PairResult:
     """One (module, kernel) pair: a prediction, or the error that kept it from being made."""
@@ -60,9 +67,7 @@ class CheckRun:
         self._providers: dict[str, Provider | None] = {}
 
     def _target(self, name: str) -> TargetKernel:
-        if os.sep in name or os.path.isdir(name) and not name.startswith(("5.", "6.", "7.")):
-            return TargetKernel.from_dir(name)
-        return TargetKernel.installed(name, self.root)
+        return target_kernel(name, self.root)
 
     def _provider(self, path: str) -> Provider | None:
         if path not in self._providers:
