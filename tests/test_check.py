@@ -228,3 +228,17 @@ def test_abi_diff_for_a_module_agrees_with_check(kernel_trees: list[KernelTree],
     # the module was signed by the old build's key: the new kernel lacks it (E), which is not an ABI matter
     assert predicted["loads"] is (not verdict["rebuild_needed"])
     assert done.returncode == (1 if verdict["rebuild_needed"] else 0)
+
+
+def test_cli_prints_the_fleet_matrix_for_many_pairs(sample_module: Path, generic_tree: KernelTree,
+                                                    cloud_tree: KernelTree) -> None:
+    cloud_af_key = next(p for p in cloud_tree.modules() if p.name == "af_key.ko")
+    done = _kmodkit("check", str(sample_module), str(cloud_af_key), "-k", generic_tree.release, "-k",
+                    cloud_tree.release)
+    assert done.returncode == 1
+    rows = [line for line in done.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2
+    generic_row = next(r for r in rows if str(sample_module) in r)
+    cells = [c.strip() for c in generic_row.strip("│").split("│")]
+    assert cells == [str(sample_module), "loads", "refused ENOEXEC"]
+    assert done.stdout.rstrip().endswith("2 of 4 load; 2 refused")

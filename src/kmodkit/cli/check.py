@@ -85,6 +85,35 @@ def _print(results: list[PairResult]) -> None:
             out.write(f"    needs loaded first: {', '.join(p.needs)}\n")
     pairs = [r for r in results if r.prediction is not None]
     if len(results) > 1:
+        _matrix(results)
         loads = sum(1 for r in pairs if r.prediction is not None and r.prediction.loads)
         out.write(f"{loads} of {len(results)} load; {len(pairs) - loads} refused"
                   + (f"; {len(results) - len(pairs)} not checked" if len(pairs) < len(results) else "") + "\n")
+
+
+def _cell(r: PairResult) -> str:
+    p = r.prediction
+    if p is None:
+        return "error"
+    if p.refusal is not None:
+        return f"refused {p.refusal.errno_name}"
+    return f"taints {p.taints}" if p.taints else "loads"
+
+
+def _matrix(results: list[PairResult]) -> None:
+    """The fleet matrix: one row per module, one column per kernel."""
+    from rich.console import Console
+    from rich.table import Table
+
+    kernels = list(dict.fromkeys(r.kernel for r in results))
+    modules = list(dict.fromkeys(r.module for r in results))
+    cells = {(r.module, r.kernel): _cell(r) for r in results}
+    table = Table(show_lines=False, header_style="bold")
+    table.add_column("module")
+    for k in kernels:
+        table.add_column(k)
+    style = {"loads": "green", "taints": "yellow", "refused": "red", "error": "red"}
+    for m in modules:
+        row = [cells.get((m, k), "") for k in kernels]
+        table.add_row(m, *(f"[{style[c.split()[0]]}]{c}[/]" if c else "" for c in row))
+    Console(file=sys.stdout, highlight=False, width=max(100, 24 + 28 * len(kernels))).print(table)
