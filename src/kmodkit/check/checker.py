@@ -75,6 +75,26 @@ class Machine:
     tainted: str = ""  #: taint letters already set before this load ("" on a fresh boot)
     comm: str = "kmodkit"  #: the loading process's name (in the lockdown line)
 
+    @classmethod
+    def running(cls, procfs: str = "/proc", sysfs: str = "/sys", comm: str = "kmodkit") -> Machine:
+        """The machine this process runs on: its command line, enforcement, lockdown, loaded modules and taint."""
+        from kmodkit.loader.explain import read_lockdown, read_sig_enforce
+        from kmodkit.runtime.modules import KernelModules
+        from kmodkit.runtime.taint import decode_mask
+
+        try:
+            with open(f"{procfs}/cmdline") as f:
+                cmdline = tuple(f.read().split())
+        except OSError:
+            cmdline = ()
+        mods = KernelModules(procfs, sysfs)
+        mask = mods.kernel_taint() or 0
+        lockdown = read_lockdown(sysfs)
+        return cls(enforce=read_sig_enforce(sysfs),
+                   lockdown=Lockdown(lockdown) if lockdown in ("none", "integrity", "confidentiality") else None,
+                   cmdline=cmdline, loaded=mods.loaded_names(),
+                   tainted="".join(f.letter for f in decode_mask(mask)), comm=comm)
+
     def param(self, key: str) -> str | None:
         """The value of the last ``key=value`` word of the command line, None when absent."""
         found = None
