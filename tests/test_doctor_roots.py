@@ -16,6 +16,8 @@ from kmodkit.errors import UserError
 from kmodkit.kbuild import kernels as kern
 from kmodkit.kbuild import platform
 from kmodkit.kbuild.doctor import Archive, Doctor, Status
+from kmodkit.runtime.modules import KernelModules
+from kmodkit.sysroot import Root
 
 ROOTS = Path(__file__).parent / "fixtures" / "roots"
 
@@ -193,3 +195,32 @@ def test_cli_bad_root_is_one_error_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: /nonexistent/root: is not a directory")
     assert "Traceback" not in proc.stderr
+
+
+# --- one way to point at another machine -------------------------------------------------
+
+
+def test_one_root_serves_doctor_kernels_platform_and_runtime(tmp_path: Path) -> None:
+    """A fake root standing for a Debian guest with hello loaded, sig_enforce on and a kernel whose build link is
+    absolute (a path of that machine): doctor, kernels, platform and runtime all read it through one Root."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/modules").write_text("hello 16384 0 - Live 0x0000000000000000 (OE)\n")
+    (tmp_path / "proc/sys/kernel/osrelease").write_text("6.1.0-9-amd64\n")
+    (tmp_path / "sys/module/module/parameters").mkdir(parents=True)
+    (tmp_path / "sys/module/module/parameters/sig_enforce").write_text("Y\n")
+    (tmp_path / "sys/module/hello").mkdir(parents=True)
+    headers = tmp_path / "usr/src/linux-headers-6.1.0-9-amd64"
+    headers.mkdir(parents=True)
+    (tmp_path / "lib/modules/6.1.0-9-amd64").mkdir(parents=True)
+    (tmp_path / "lib/modules/6.1.0-9-amd64/build").symlink_to("/usr/src/linux-headers-6.1.0-9-amd64")
+    root = Root(tmp_path)
+
+    assert kern.kernel("6.1.0-9-amd64", root).headers == headers  # the absolute link, re-rooted
+    assert platform.detect(root).distro.family is not None
+    assert [m.name for m in KernelModules.of(root).status()] == ["hello"]
+    report = Doctor(root=root, probe_archive=False).run()
+    assert report.running == "6.1.0-9-amd64" and report.module_support
+    assert next(f for f in report.findings if f.check == "sig-enforce").status is Status.WARN
+    assert root.join("/../../etc/os-release") == tmp_path / "etc/os-release"  # never above the root

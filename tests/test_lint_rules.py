@@ -125,3 +125,25 @@ def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
         Linter(tmp_path, only=["no-such-rule"])
     proc = subprocess.run([sys.executable, "-m", "kmodkit", "lint", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_a_dashed_file_name_is_the_module_name_kbuild_makes(tmp_path: Path) -> None:
+    """my-mod.c builds KBUILD_MODNAME my_mod: its exports are prefixed my_mod_ (one name rule, modfile's)."""
+    src = tmp_path / "my-mod.c"
+    src.write_text('#include <linux/module.h>\nint my_mod_count(void) { return 0; }\nEXPORT_SYMBOL(my_mod_count);\n'
+                   'MODULE_LICENSE("GPL");\nMODULE_VERSION("1");\n')
+    report = Linter(src, only=["export-prefix"]).run()
+    assert report.module == "my_mod" and report.findings == ()
+
+
+def test_kbuild_and_lint_records_have_names_of_their_own() -> None:
+    """Finding, Module and Parameter each name one record in the whole package (lint's and doctor's were renamed)."""
+    import ast
+
+    defined: dict[str, list[str]] = {}
+    for path in (Path(__file__).parent.parent / "src" / "kmodkit").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                defined.setdefault(node.name, []).append(str(path))
+    for name in ("Finding", "Module", "Parameter", "LintFinding", "DoctorFinding", "ModuleSources", "ParameterSpec"):
+        assert len(defined.get(name, [])) <= 1, (name, defined[name])

@@ -49,7 +49,7 @@ def test_bundled_example_is_exactly_what_new_makes() -> None:
         assert bool(os.stat(EXAMPLE / rel).st_mode & stat.S_IXUSR) == bool(mode & stat.S_IXUSR), rel
 
 
-@pytest.mark.parametrize("name", ["9lives", "has-dash", "x" * 56, "", "a b"])
+@pytest.mark.parametrize("name", ["9lives", "has-dash", "x" * 56, "", "a b", "module", "_", "cpu", "int", "kernel"])
 def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(UserError):
         NewProject(name, tmp_path / "p")
@@ -61,11 +61,6 @@ def test_non_empty_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not empty"):
         NewProject("demo", tmp_path / "p")
     assert (tmp_path / "p" / "keep.txt").read_text() == "mine"
-
-
-def test_quotes_in_description_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(UserError):
-        NewProject("demo", tmp_path / "p", description='say "hi"')
 
 
 def test_generated_makefile_builds_with_plain_make(tmp_path: Path, cloud_tree) -> None:
@@ -90,4 +85,5 @@ def test_cli_new_with_shell_metacharacters_in_the_path(tmp_path: Path) -> None:
 def test_cli_new_refuses_a_bad_name_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["new", "bad-name", "--dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: bad-name: is not a valid module name; ") and err.count("\n") == 1
+    assert err.startswith("error: bad-name: is not a valid module name: it is not a C identifier") \
+        and err.count("\n") == 1

@@ -15,6 +15,7 @@ from kmodkit.runtime.exporter import Listen, registry, render
 from kmodkit.runtime.health import check, read_manifest
 from kmodkit.runtime.modules import KernelModules, ModuleState, parse_proc_modules
 from kmodkit.runtime.taint import decode_letters, decode_mask, flags, mask_letters
+from kmodkit.sysroot import Root
 
 PROC_MODULES = """hello 16384 0 - Live 0x0000000000000000 (OE)
 af_key 45056 0 - Live 0x0000000000000000
@@ -38,7 +39,7 @@ def fake_kernel(tmp_path: Path) -> KernelModules:
     (sys / "module/hello/parameters/n").write_text("5\n")
     (sys / "module/xfrm_algo/holders/af_key").mkdir(parents=True)
     (sys / "module/printk/parameters").mkdir(parents=True)  # a built-in one
-    return KernelModules(str(proc), str(sys))
+    return KernelModules.of(Root(tmp_path))
 
 
 def test_parse_proc_modules() -> None:
@@ -61,7 +62,7 @@ def test_status_reads_sysfs(fake_kernel: KernelModules) -> None:
 
 def test_no_proc_modules_is_environment_not_ready(tmp_path: Path) -> None:
     with pytest.raises(EnvironmentNotReady, match="kmodkit vm run"):
-        KernelModules(str(tmp_path), str(tmp_path)).proc_modules()
+        KernelModules.of(Root(tmp_path)).proc_modules()
 
 
 def test_taint_table_matches_the_kernel_headers() -> None:
@@ -99,7 +100,7 @@ def test_health_manifest_errors(tmp_path: Path) -> None:
         read_manifest(str(tmp_path / "none.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text('[module]\nname = 3\n')
-    with pytest.raises(ConfigError, match="name must be a string"):
+    with pytest.raises(ConfigError, match="module.name: must be a string"):
         read_manifest(str(bad))
     bad.write_text('[other]\n')
     with pytest.raises(ConfigError, match="expects no module"):

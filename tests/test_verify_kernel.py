@@ -14,7 +14,8 @@ from conftest import KernelTree, need
 from kmodkit.cli.main import main
 from kmodkit.modfile import ModuleFile
 from kmodkit.signing.kernel import kernel_keys
-from kmodkit.signing.kimage import find_certificates, read_vmlinux
+from kmodkit.kimage import read_vmlinux
+from kmodkit.signing.kimage import find_certificates
 from kmodkit.signing.sign import find_modules
 from kmodkit.signing.trust import TrustStore
 from kmodkit.signing.verify import Verdict, Verifier

@@ -1,9 +1,11 @@
 """Loading for real: a Debian generic kernel booted under QEMU runs kmodkit's load, unload, status,
 health and exporter against modules built here and modules of the kernel's own tree.
 
-Two boots in all (TCG here, about half a minute each): one with the kernel's defaults, one with
-module.sig_enforce=1.  Inside, one script runs every check through kmodkit's CLI entry point and
-reports JSON on its output; the tests below assert on that report, so each check fails on its own.
+Two boots in all (TCG here, about half a minute each): one with the kernel's defaults through
+`kmodkit vm run --json --append ...` over virtiofs, one with module.sig_enforce=1 through the library
+over 9p.  Inside, one script runs every check through kmodkit's CLI entry point and reports JSON on its
+output; the tests below assert on that report, so each check fails on its own.  At the end of each
+boot, root in the guest tries to write the host through the share.
 In the first boot the guest mounts a tmpfs over its own /etc/modprobe.d (the host's is untouched)
 and writes MODPROBE_CONF there, so plans meet real options, softdep and install lines.  The module
 signed for the second boot is signed by kmodkit with a key kmodkit made.
@@ -12,6 +14,7 @@ signed for the second boot is signed by kmodkit with a key kmodkit made.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,6 +110,20 @@ def read(path):
     except OSError:
         return None
 
+#: root in the guest, in a mount namespace of its own: drop the overlay over /tmp (the host's /tmp is
+#: then the share's), remount the share read-write, overwrite a host file and create one beside it
+ATTACK = (
+    'umount -l /tmp || echo umount-failed; '
+    'mount -o remount,rw / && echo remounted; '
+    'echo guest-wrote > "$1" && echo wrote; '
+    'echo new > "$1.new" && echo created'
+)
+
+def attack_host(victim):
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", ATTACK, "sh", victim],
+                          capture_output=True, text=True)
+    return {"rc": done.returncode, "out": done.stdout.split(), "err": done.stderr}
+
 if sys.argv[2] == "default":
     subprocess.run(["mount", "-t", "tmpfs", "kmodkit-test", "/etc/modprobe.d"], check=True)
     with open("/etc/modprobe.d/kmodkit-test.conf", "w") as f, open(f"{D}/modprobe.conf") as conf:
@@ -150,6 +167,10 @@ else:
     report["untrusted"] = kk("load", f"{D}/signed/hello.ko", "--json")
     report["debian_signed"] = kk("load", "af_key", "--json")
     report["after"] = sorted(m for m in proc_modules() if m in ("af_key", "xfrm_algo", "hello"))
+report["cmdline"] = read("/proc/cmdline")
+with open("/proc/1/environ", "rb") as f:  # the kernel hands unknown name=value parameters to init
+    report["init_env"] = f.read().decode(errors="replace").split("\0")
+report["attack"] = attack_host(f"{D}/victim-{sys.argv[2]}")
 print("KMODKIT-REPORT " + json.dumps(report))
 '''
 
@@ -205,33 +226,55 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[KernelTree, Path]
     (d / "wrong.toml").write_text('[module]\nname = "hello"\nversion = "9.9"\n[health]\nallow_taint = ""\n'
                                   '[[health.modules]]\nname = "not_there"\n')
     (d / "guest.py").write_text(GUEST_SCRIPT)
+    for mode in ("default", "enforce"):
+        (d / f"victim-{mode}").write_text("host original\n")
     return tree, d
 
 
-def _boot(tree: KernelTree, d: Path, mode: str, append: tuple[str, ...]) -> dict[str, object]:
+def _report(out: str, run_dir: str) -> dict[str, object]:
+    line = next(l for l in out.splitlines() if l.startswith("KMODKIT-REPORT "))
+    report: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    with open(Path(run_dir) / "kernel.log", encoding="utf-8", errors="replace") as f:
+        report["_kernel_log"] = f.read()
+    return report
+
+
+def _boot(tree: KernelTree, d: Path, mode: str, append: tuple[str, ...], share: str) -> dict[str, object]:
+    from kmodkit.vm.initramfs import Share
     from kmodkit.vm.machine import Vm, VmSpec
 
     spec = VmSpec(tree.release, (sys.executable, str(d / "guest.py"), str(d), mode), append=append,
-                  runs_dir=str(d / "runs"), timeout=600, cwd="/")
+                  share=Share(share), runs_dir=str(d / "runs"), timeout=600, cwd="/")
     result = Vm(spec).run()
     out = result.output()
     assert result.exit_status == 0, f"guest failed; logs in {result.run_dir}:\n{out[-3000:]}"
-    line = next(l for l in out.splitlines() if l.startswith("KMODKIT-REPORT "))
-    report: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    report = _report(out, result.run_dir)
     report["_result"] = result.to_json()
-    with open(result.kernel_log, encoding="utf-8", errors="replace") as f:
-        report["_kernel_log"] = f.read()
+    return report
+
+
+def _boot_cli(tree: KernelTree, d: Path, mode: str, append: tuple[str, ...]) -> dict[str, object]:
+    share = "virtiofs" if os.geteuid() == 0 else "9p"  # virtiofsd runs only as root
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", tree.release, "--share", share,
+                           "--runs-dir", str(d / "runs"), "--timeout", "600", "--json",
+                           *(f"--append={a}" for a in append),
+                           "--", sys.executable, str(d / "guest.py"), str(d), mode],
+                          capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, f"guest failed:\n{done.stderr[-3000:]}"
+    result = json.loads(done.stdout)  # --json: the result alone on stdout, the command's output on stderr
+    report = _report(done.stderr, result["run_dir"])
+    report["_result"] = result
     return report
 
 
 @pytest.fixture(scope="module")
 def default_boot(workdir: tuple[KernelTree, Path]) -> dict[str, object]:
-    return _boot(*workdir, "default", ())
+    return _boot_cli(*workdir, "default", ('kk_quoted="a b"', "kk_plain=1 kk_word"))
 
 
 @pytest.fixture(scope="module")
 def enforcing_boot(workdir: tuple[KernelTree, Path]) -> dict[str, object]:
-    return _boot(*workdir, "enforce", ("module.sig_enforce=1",))
+    return _boot(*workdir, "enforce", ("module.sig_enforce=1",), "9p")
 
 
 def _j(report: dict[str, object], key: str) -> dict[str, object]:
@@ -401,3 +444,36 @@ def test_sig_enforce_refuses_unsigned_and_untrusted_and_loads_debian_signed(enfo
     debian = _j(enforcing_boot, "debian_signed")
     assert debian["rc"] == 0, debian["err"]
     assert enforcing_boot["after"] == ["af_key", "xfrm_algo"]
+
+
+def test_json_result_is_alone_on_stdout(default_boot: dict[str, object]) -> None:
+    result = default_boot["_result"]
+    assert isinstance(result, dict)
+    assert result["exit_status"] == 0 and Path(str(result["run_dir"])).is_dir()
+
+
+def test_append_reaches_the_kernel_as_the_kernel_parses_it(default_boot: dict[str, object]) -> None:
+    # the text goes to the kernel as it was given, quotes and all: the kernel's own parser (next_arg) keeps
+    # "a b" one value and hands the unknown parameters to init, the oracle here
+    assert str(default_boot["cmdline"]).endswith(' kk_quoted="a b" kk_plain=1 kk_word')
+    env = default_boot["init_env"]
+    assert isinstance(env, list)
+    assert "kk_quoted=a b" in env and "kk_plain=1" in env
+
+
+@pytest.mark.parametrize("boot", ["default_boot", "enforcing_boot"])
+def test_root_in_the_guest_cannot_write_the_host_through_the_share(
+        boot: str, request: pytest.FixtureRequest, workdir: tuple[KernelTree, Path]) -> None:
+    report = request.getfixturevalue(boot)
+    attack = report["attack"]
+    share = report["_result"]["share"]
+    assert isinstance(attack, dict)
+    # the guest got as far as a guest can: its own mount is read-write now
+    assert "remounted" in attack["out"], attack
+    # and the host refused the writes (EROFS from virtiofsd's read-only view or qemu's readonly 9p server)
+    assert "wrote" not in attack["out"] and "created" not in attack["out"], (share, attack)
+    assert "Read-only file system" in attack["err"], attack
+    mode = "default" if boot == "default_boot" else "enforce"
+    d = workdir[1]
+    assert (d / f"victim-{mode}").read_text() == "host original\n"
+    assert not (d / f"victim-{mode}.new").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import NamedTuple
 
 
 class KmodkitError(Exception):
@@ -68,6 +69,33 @@ class SyscallError(EnvironmentNotReady):
         name = _errno.errorcode.get(err, str(err))
         text = problem or os.strerror(err)
         super().__init__(subject, f"{text} ({name})", fix)
+
+
+class ItemError(NamedTuple):
+    """One item of a batch that failed while the batch went on (sign, info --summary, ...).
+
+    The CLI prints it as ``error: PATH: MESSAGE; FIX``
+    (:func:`kmodkit.cli.output.report_item`); JSON carries :meth:`to_json`.
+    """
+
+    path: str  #: the item as the user named it: a file, a module name
+    message: str  #: what is wrong with it, one line
+    fix: str | None = None  #: how to fix it, as an imperative sentence; None when unknown
+    exit_status: int = UserError.exit_status  #: the status this failure alone exits with (2 or 3)
+
+    @classmethod
+    def from_error(cls, path: str, exc: KmodkitError) -> ItemError:
+        """The record of ``exc`` raised for the item ``path`` (its subject kept when it names something else)."""
+        message = exc.problem if exc.subject in ("", path) else f"{exc.subject}: {exc.problem}"
+        return cls(path, message, exc.fix, exc.exit_status)
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}"
+        return f"{text}; {self.fix}" if self.fix else text
+
+    def to_json(self) -> dict[str, object]:
+        """The record as JSON-ready data: path, error, fix."""
+        return {"path": self.path, "error": self.message, "fix": self.fix}
 
 
 def from_oserror(exc: OSError, subject: str | None = None) -> KmodkitError:

@@ -3,12 +3,13 @@
 # Run by the VM harness (never on the host: it loads a module).
 set -eu
 ko=${1:?usage: vm-test.sh PATH/TO/hello.ko}
+version=0.1.0
 
 insmod "$ko" repeat=2
 trap 'rmmod hello 2>/dev/null || true' EXIT
 
 test "$(cat /sys/module/hello/parameters/repeat)" = 2 || { echo "FAIL: repeat is not 2"; exit 1; }
-test "$(cat /sys/module/hello/version)" = "0.1.0" || { echo "FAIL: version is not 0.1.0"; exit 1; }
+test "$(cat /sys/module/hello/version)" = "$version" || { echo "FAIL: version is not $version"; exit 1; }
 greetings=$(dmesg | grep -c "hello: hello from hello") || true
 test "$greetings" -ge 2 || { echo "FAIL: expected 2 greetings in dmesg, found $greetings"; exit 1; }
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="module name (a C identifier)")
+    parser.add_argument("name", metavar="NAME",
+                        help="module name: a C identifier of at most 55 characters that the kernel does not use")
     parser.add_argument("--dir", metavar="DIR", help="create the project here (default: ./NAME)")
     parser.add_argument("--version", dest="module_version", default="0.1.0", help="MODULE_VERSION (default 0.1.0)")
     parser.add_argument("--description", default="", help="MODULE_DESCRIPTION")

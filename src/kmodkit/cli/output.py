@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kmodkit.errors import ItemError
 
 
 def print_json(obj: Any, compact: bool = False) -> None:
@@ -28,6 +31,12 @@ def _default(obj: Any) -> Any:
     if hasattr(obj, "value") and hasattr(obj, "name"):  # enums
         return obj.value
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def report_item(err: ItemError) -> None:
+    """Report one failed batch item on stderr, as ``error: PATH: MESSAGE; FIX`` (stdout flushed first)."""
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {err}\n")
 
 
 def error_line(subject: str, problem: str) -> None:

@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import print_json
+    from kmodkit.cli.output import print_json, report_item
     from kmodkit.signing.algorithms import HashAlgorithm
     from kmodkit.signing.keys import expiry_warning, load_certificate
     from kmodkit.signing.sign import ModuleSigner, SignStatus, find_modules
@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r.status is SignStatus.FAILED:
             failed += 1
-            if not args.json:
-                sys.stdout.flush()
-                sys.stderr.write(f"error: {r.error}\n")  # the error names the file
+            if not args.json and r.error is not None:
+                report_item(r.error)
         elif not args.json:
             sys.stdout.write(f"{r.status.value} {r.path}\n")
     if args.json:

@@ -13,8 +13,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                      "shared read-only, stream its output and return its exit status.")
     run.add_argument("-k", "--kernel", dest="kver", metavar="KVER",
                      help="installed kernel release to boot (default: the newest installed)")
-    run.add_argument("--append", action="append", default=[], metavar="WORDS",
-                     help="extra kernel command line, e.g. 'module.sig_enforce=1' (repeatable)")
+    run.add_argument("--append", action="append", default=[], metavar="TEXT",
+                     help="extra kernel command line, passed as the kernel parses it: words split at spaces, "
+                          "'x=\"a b\"' one value with a space (repeatable)")
     run.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest memory in MiB (default 1024)")
     run.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                      help="stop the guest after this long (default 600); the status is then 124")
@@ -23,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
                      help="how the host's root reaches the guest (default: virtiofs, else 9p)")
     run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
-    run.add_argument("--json", action="store_true", help="print the run's result as JSON on stderr at the end")
+    run.add_argument("--json", action="store_true",
+                     help="print the run's result as JSON on stdout at the end (the command's output then goes "
+                          "to stderr)")
     run.add_argument("guest_command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run inside")
 
 
@@ -40,7 +43,6 @@ def _newest_kernel() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import shlex
 
     from kmodkit.errors import NotFoundError
     from kmodkit.vm.accel import Accel
@@ -51,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     kver = args.kver or _newest_kernel()
     if kver is None:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
-    append = tuple(w for chunk in args.append for w in shlex.split(chunk))
-    spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
+    spec = VmSpec(kver, tuple(command), tuple(args.append), args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir)
-    out = sys.stdout.buffer
+    # with --json, stdout carries the result alone
+    out = sys.stderr.buffer if args.json else sys.stdout.buffer
 
     def stream(chunk: bytes) -> None:
         out.write(chunk)
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = Vm(spec).run(stream)
     if args.json:
-        sys.stderr.write(json.dumps(result.to_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         sys.stderr.write(f"kmodkit vm: exit {result.exit_status}{' (timed out)' if result.timed_out else ''}; "
                          f"{result.accel.value}, {result.share.value}, booted in {result.boot_seconds} s; "

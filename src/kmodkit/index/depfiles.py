@@ -335,39 +335,22 @@ class WrittenIndex:
 
 
 def write_index(files: dict[str, bytes], outdir: str) -> WrittenIndex:
-    """Write ``files`` into ``outdir`` atomically: all to temporary names first, then renamed.
+    """Write ``files`` into ``outdir`` as one set (:func:`kmodkit.fileio.commit_files`): all old or all new.
 
     A file whose current bytes are identical is left untouched.  On any
     error the temporary files are removed and the previous index stays.
     """
+    from kmodkit.fileio import commit_files
+
     os.makedirs(outdir, exist_ok=True)
-    temps: list[tuple[str, str]] = []
-    unchanged: list[str] = []
     for name in files:
         if os.path.isdir(os.path.join(outdir, name)):
             raise IsADirectoryError(21, "is a directory, cannot be replaced by an index file",
                                     os.path.join(outdir, name))
-    try:
-        for name, data in files.items():
-            final = os.path.join(outdir, name)
-            if _same(final, data):
-                unchanged.append(name)
-                continue
-            tmp = os.path.join(outdir, f".{name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            temps.append((tmp, final))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        for tmp, final in temps:
-            os.rename(tmp, final)
-    except BaseException:
-        for tmp, _final in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise
-    return WrittenIndex(outdir, tuple(files), tuple(unchanged))
+    changed = {name: data for name, data in files.items() if not _same(os.path.join(outdir, name), data)}
+    if changed:
+        commit_files(outdir, changed)
+    return WrittenIndex(outdir, tuple(files), tuple(n for n in files if n not in changed))
 
 
 def _same(path: str, data: bytes) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kmodkit.fileio import finish_commit
 from kmodkit.index.inputs import TreeInputs, TreeWalk
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Indexer:
         self.inputs = TreeInputs(kver, basedir, config_paths=config_paths, symvers=symvers, system_map=system_map)
         #: where the index is written (default: the tree's directory)
         self.outdir = outdir or self.inputs.dirname
+        finish_commit(self.outdir)  # a killed run's half-renamed index is completed before the quick check trusts it
         self.errsyms = errsyms
         self.jobs = jobs
         self._cache: IndexCache | None = None

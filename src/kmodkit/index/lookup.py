@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from kmodkit.errors import NotFoundError, UserError
+from kmodkit.fileio import finish_commit
 from kmodkit.index.config import ModprobeConfig
 from kmodkit.index.glob import alias_normalize, fnmatch
 from kmodkit.index.trie import IndexReader
@@ -62,6 +63,7 @@ class ModuleTree:
         if not os.path.isdir(dirname):
             raise NotFoundError(dirname, "no such module directory",
                                 "install the kernel's modules or name another kernel with -k KVER")
+        finish_commit(dirname)  # a killed `kmodkit index` left its files half renamed: finish (or refuse) first
         #: the tree's directory
         self.dirname = dirname
         #: the modprobe.d configuration lookups consult

@@ -416,12 +416,9 @@ def worker_pool(jobs: int) -> Iterator[Executor | None]:
 
     The processes start at the first task, so a run that reads nothing pays nothing.
     """
-    if jobs <= 1:
-        yield None
-        return
-    from concurrent.futures import ProcessPoolExecutor
+    from kmodkit._util.pool import worker_pool as _pool
 
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with _pool(jobs) as pool:
         yield pool
 
 
@@ -463,10 +460,12 @@ def scan_paths(paths: list[str], jobs: int = 2, pool: Executor | None = None) ->
 
     Large batches are split over ``jobs`` worker processes (those of ``pool`` when given).
     """
-    if jobs <= 1 or len(paths) < 400:
+    from kmodkit._util.pool import Cost, chunks as _chunks, jobs_for
+
+    jobs = jobs_for(len(paths), Cost.SCAN, jobs)
+    if not jobs:
         return _read_batch(paths)
-    size = (len(paths) + jobs * 4 - 1) // (jobs * 4)
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    chunks = _chunks(paths, jobs)
     if pool is not None:
         return [r for chunk in pool.map(_read_batch, chunks) for r in chunk]
     with worker_pool(jobs) as own:

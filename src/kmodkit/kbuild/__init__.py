@@ -4,7 +4,8 @@
 * :mod:`.kernels`: installed kernels, their headers, config and compiler.
 * :mod:`.doctor`: is this machine ready to build for these kernels, and how to fix it.
 * :mod:`.project`: ``kmodkit new``, a project that builds as it is.
-* :mod:`.manifest`: ``kmodkit.toml``.
+* :mod:`.names`: the rule for a project's module name (``taken_names.toml``: names the kernel headers use).
+* :mod:`.manifest`: ``kmodkit.toml``, its one reader (build, lint, load, health and the exporter use it).
 * :mod:`.builder`: ``kmodkit build``, parallel over kernels, cached.
 * :mod:`.jobserver`: one GNU make jobserver shared by every kernel's make.
 """

@@ -33,6 +33,7 @@ from kmodkit.kbuild import buildlog, inputs, kernels as kern
 from kmodkit.kbuild.buildlog import Diagnostic, Severity
 from kmodkit.kbuild.jobserver import Jobserver
 from kmodkit.kbuild.manifest import Manifest
+from kmodkit.sysroot import HOST, Root
 
 if TYPE_CHECKING:
     from kmodkit.kbuild.signhook import SignOutcome
@@ -134,7 +135,7 @@ class Build:
     shm: bool = False
     force: bool = False
     make: str = "make"
-    root: Path = Path("/")
+    root: Root = HOST  #: the machine whose kernels are built for
 
     def __post_init__(self) -> None:
         self.project = Path(self.project).resolve()
@@ -146,8 +147,12 @@ class Build:
         if self.workdir is not None and self.shm:
             raise UserError("--workdir/--shm", "give one work directory, not both")
         self.targets = self._targets()
+        for release in self.targets:
+            problem = kern.release_problem(release)
+            if problem is not None:
+                raise UserError(f"-k {release!r}", problem, "name a kernel as /lib/modules does")
         if not self.targets:
-            raise UserError(str(self.root / "lib/modules"), "no kernel is installed to build for",
+            raise UserError(str(self.root.join("/lib/modules")), "no kernel is installed to build for",
                             "install a kernel's headers or name one with -k")
         missing = [s for s in self.manifest.source_paths() if not s.is_file()]
         if missing:
@@ -179,8 +184,9 @@ class Build:
             return Path(self.workdir).resolve() / tag
         if self.shm:
             return Path("/dev/shm") / f"kmodkit-{os.getuid()}" / tag
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(cache) / "kmodkit" / "build" / tag
+        from kmodkit._util.cachedir import cache_dir
+
+        return Path(cache_dir("build", tag))
 
     # --- running --------------------------------------------------------------------------
 

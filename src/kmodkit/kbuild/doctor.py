@@ -2,7 +2,7 @@
 
 :class:`Doctor` reads everything below a root (``/`` on a real machine, a fake root in tests) and
 returns a :class:`DoctorReport`: the platform, one :class:`KernelReport` per target kernel and a flat
-list of :class:`Finding` records, each with the exact command that fixes it on this distro.
+list of :class:`DoctorFinding` records, each with the exact command that fixes it on this distro.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any
 
 from kmodkit.errors import UserError
 from kmodkit.kbuild import kernels as kern
-from kmodkit.kbuild.platform import Platform, detect
+from kmodkit.kbuild.platform import Platform, ShellText, detect
+from kmodkit.sysroot import HOST, Root
 
 #: efivars file of the Secure Boot variable (EFI global variable GUID)
-SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 #: below this much free space in /dev/shm, --shm builds are discouraged
 SHM_LOW = 512 * 1024 * 1024
 #: tools a module build or its checks use: name -> (what for, whether a build cannot go on without it)
@@ -54,7 +55,7 @@ class Archive(Enum):
 
 
 @dataclass(frozen=True)
-class Finding:
+class DoctorFinding:
     """One checked fact, with the command that fixes it when it is a problem."""
 
     check: str  #: what was checked: distro, cloud, running-kernel, headers, compiler, tool, signing, ...
@@ -117,7 +118,7 @@ class DoctorReport:
     running: str | None  #: running kernel release, None when unknown
     module_support: bool  #: whether the running kernel can load modules (/proc/modules)
     kernels: tuple[KernelReport, ...]  #: one per target kernel, in the order asked
-    findings: tuple[Finding, ...]  #: every finding, machine first, then per kernel
+    findings: tuple[DoctorFinding, ...]  #: every finding, machine first, then per kernel
     cpus: int | None  #: CPU count, None when unknown
     shm_free: int | None  #: free bytes in /dev/shm, None when absent
     tools: dict[str, str | None] = field(default_factory=dict)  #: tool -> path, None when missing
@@ -156,36 +157,39 @@ class Doctor:
     (only on the real root, and only through apt-cache, which answers from its local cache).
     """
 
-    def __init__(self, root: str | Path = "/", kernels: list[str] | None = None, probe_archive: bool = True) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+    def __init__(self, root: Root | str | Path = HOST, kernels: list[str] | None = None,
+                 probe_archive: bool = True) -> None:
+        #: the machine checked
+        self.root = Root.of(root)
+        if not self.root.path.is_dir():
             raise UserError(str(root), "is not a directory", "pass --root the directory a machine's / is copied to")
         self.requested = list(dict.fromkeys(kernels or []))
-        self.probe_archive = probe_archive and self.root == Path("/")
+        self.probe_archive = probe_archive and self.root.is_host
 
     def run(self) -> DoctorReport:
         """Run every check and return the report."""
         platform = detect(self.root)
         distro = platform.distro
-        findings: list[Finding] = []
+        findings: list[DoctorFinding] = []
         family = distro.family
-        findings.append(Finding(
+        findings.append(DoctorFinding(
             "distro", "", Status.OK if family else Status.WARN,
             f"{distro.pretty_name or 'unknown distro'}" + (f" ({family.name} family, {distro.manager})" if family else
                                                           ": not a distro family kmodkit knows; fixes are not distro-specific"),
         ))
         cloud = platform.cloud
-        findings.append(Finding("cloud", "", Status.INFO,
+        findings.append(DoctorFinding("cloud", "", Status.INFO,
                                 cloud.name if cloud else "no cloud detected" + ("" if platform.dmi else " (no DMI)")))
 
         running = kern.running_release(self.root)
         support = kern.module_support(self.root)
         if running is None:
-            findings.append(Finding("running-kernel", "", Status.INFO, "running kernel unknown (no /proc)"))
+            findings.append(DoctorFinding("running-kernel", "", Status.INFO, "running kernel unknown (no /proc)"))
         elif support:
-            findings.append(Finding("running-kernel", running, Status.OK, f"running {running}, which can load modules"))
+            findings.append(DoctorFinding("running-kernel", running, Status.OK,
+                                          f"running {running}, which can load modules"))
         else:
-            findings.append(Finding(
+            findings.append(DoctorFinding(
                 "running-kernel", running, Status.INFO,
                 f"running {running}, which has no module support (no /proc/modules): modules cannot be loaded here;"
                 " the installed kernels are build targets (load them under 'kmodkit vm')"))
@@ -198,17 +202,18 @@ class Doctor:
             if running and support and running not in targets:
                 targets.insert(0, running)
         if not targets:
-            findings.append(Finding("kernels", "", Status.FAIL, "no kernel installed under /lib/modules",
-                                    distro.command("headers", kver=running or "$(uname -r)", flavour="default")))
+            findings.append(DoctorFinding("kernels", "", Status.FAIL, "no kernel installed under /lib/modules",
+                                    distro.command("headers", kver=running or ShellText("$(uname -r)"),
+                                                   flavour="default")))
 
         tools = {name: self._which(name) for name in TOOLS}
         for name, (purpose, needed) in TOOLS.items():
             if tools[name] is None:
-                findings.append(Finding("tool", name, Status.FAIL if needed else Status.WARN,
+                findings.append(DoctorFinding("tool", name, Status.FAIL if needed else Status.WARN,
                                         f"{name} is missing ({purpose})",
                                         distro.tool_command(TOOL_PACKAGE.get(name, name))))
             else:
-                findings.append(Finding("tool", name, Status.OK, f"{name}: {tools[name]}"))
+                findings.append(DoctorFinding("tool", name, Status.OK, f"{name}: {tools[name]}"))
 
         reports = []
         for release in targets:
@@ -219,13 +224,13 @@ class Doctor:
         findings.extend(self._runtime_findings())
         shm = self._shm_free()
         if shm is None:
-            findings.append(Finding("shm", "", Status.INFO, "/dev/shm is absent: --shm builds are not possible"))
+            findings.append(DoctorFinding("shm", "", Status.INFO, "/dev/shm is absent: --shm builds are not possible"))
         else:
-            findings.append(Finding("shm", "", Status.WARN if shm < SHM_LOW else Status.OK,
+            findings.append(DoctorFinding("shm", "", Status.WARN if shm < SHM_LOW else Status.OK,
                                     f"/dev/shm has {shm / 2**30:.1f} GiB free"
                                     + (" (too little for --shm builds)" if shm < SHM_LOW else "")))
         cpus = self._cpus()
-        findings.append(Finding("cpus", "", Status.INFO, f"{cpus} CPUs (default build parallelism)" if cpus
+        findings.append(DoctorFinding("cpus", "", Status.INFO, f"{cpus} CPUs (default build parallelism)" if cpus
                                 else "CPU count unknown"))
         return DoctorReport(platform, running, support, tuple(reports), tuple(findings), cpus, shm,
                             {k: str(v) if v else None for k, v in tools.items()})
@@ -241,10 +246,10 @@ class Doctor:
             archive = _apt_has(f"linux-headers-{release}")
         return KernelReport(k, config, compiler, archive, release == running)
 
-    def _kernel_findings(self, r: KernelReport, platform: Platform) -> list[Finding]:
+    def _kernel_findings(self, r: KernelReport, platform: Platform) -> list[DoctorFinding]:
         distro = platform.distro
         k = r.kernel
-        out: list[Finding] = []
+        out: list[DoctorFinding] = []
         if not k.headers_complete:
             what = ("no headers (no build link)" if k.headers is None
                     else f"incomplete headers in {k.headers} (missing {', '.join(k.missing)})")
@@ -255,74 +260,74 @@ class Doctor:
                 what += f"; linux-headers-{k.release} is not in the archive (rotated out, or not a distro kernel)"
                 fix = (f"install the current kernel with its headers ({distro.command('current', flavour=_meta_flavour(k))})"
                        " and boot it, or build for the installed kernels")
-            out.append(Finding("headers", k.release, Status.FAIL, f"{k.release}: {what}", fix))
+            out.append(DoctorFinding("headers", k.release, Status.FAIL, f"{k.release}: {what}", fix))
             return out
-        out.append(Finding("headers", k.release, Status.OK, f"{k.release}: headers complete in {k.headers}"))
+        out.append(DoctorFinding("headers", k.release, Status.OK, f"{k.release}: headers complete in {k.headers}"))
         c = r.compiler
         assert c is not None
         if c.match is kern.CompilerMatch.MISSING:
             w = c.wanted
             major = str(w.major) if w and w.major is not None else "?"
-            out.append(Finding("compiler", k.release, Status.FAIL,
+            out.append(DoctorFinding("compiler", k.release, Status.FAIL,
                                f"{k.release}: built with '{w.text if w else '?'}', and no {w.kind.value if w else 'gcc'}"
                                f" {major} is on PATH", distro.command("compiler", major=major)))
         elif c.match is kern.CompilerMatch.UNKNOWN:
-            out.append(Finding("compiler", k.release, Status.WARN,
+            out.append(DoctorFinding("compiler", k.release, Status.WARN,
                                f"{k.release}: its config does not name its compiler; using {c.program}"))
         else:
-            out.append(Finding("compiler", k.release, Status.OK,
+            out.append(DoctorFinding("compiler", k.release, Status.OK,
                                f"{k.release}: built with '{c.wanted.text if c.wanted else '?'}';"
                                f" building with {c.program} ({c.found.version if c.found else '?'}, {c.match.value})"))
         cfg = r.config
         if cfg.get("CONFIG_MODULE_SIG") == "y":
             force = cfg.get("CONFIG_MODULE_SIG_FORCE") == "y"
-            out.append(Finding(
+            out.append(DoctorFinding(
                 "signing", k.release, Status.WARN if force else Status.INFO,
                 f"{k.release}: module signing on (hash {cfg.get('CONFIG_MODULE_SIG_HASH', '?')})"
                 + (", enforced: unsigned modules are refused" if force else ", not enforced: unsigned modules taint"),
                 "sign the module with a key the kernel trusts (kmodkit sign)" if force else None))
         else:
-            out.append(Finding("signing", k.release, Status.INFO, f"{k.release}: module signing off"))
+            out.append(DoctorFinding("signing", k.release, Status.INFO, f"{k.release}: module signing off"))
         if cfg.get("CONFIG_DEBUG_INFO_BTF_MODULES") == "y" and self._which("pahole") is None:
-            out.append(Finding("btf", k.release, Status.WARN, f"{k.release}: modules get no BTF without pahole",
+            out.append(DoctorFinding("btf", k.release, Status.WARN, f"{k.release}: modules get no BTF without pahole",
                                distro.tool_command("pahole")))
         return out
 
     # --- the running system -------------------------------------------------------------
 
-    def _runtime_findings(self) -> list[Finding]:
+    def _runtime_findings(self) -> list[DoctorFinding]:
         out = []
-        enforce = _read(self.root / "sys/module/module/parameters/sig_enforce")
+        enforce = _read(self.root.join("/sys/module/module/parameters/sig_enforce"))
         if enforce is not None:
             on = enforce.strip().upper() == "Y"
-            out.append(Finding("sig-enforce", "", Status.WARN if on else Status.OK,
+            out.append(DoctorFinding("sig-enforce", "", Status.WARN if on else Status.OK,
                                "module.sig_enforce=1: the running kernel loads only signed modules" if on
                                else "module.sig_enforce=0", "sign modules before loading (kmodkit sign)" if on else None))
-        lockdown = _read(self.root / "sys/kernel/security/lockdown")
+        lockdown = _read(self.root.join("/sys/kernel/security/lockdown"))
         if lockdown is not None:
             mode = next((w.strip("[]") for w in lockdown.split() if w.startswith("[")), "none")
-            out.append(Finding("lockdown", "", Status.OK if mode == "none" else Status.WARN,
+            out.append(DoctorFinding("lockdown", "", Status.OK if mode == "none" else Status.WARN,
                                f"kernel lockdown: {mode}" + ("" if mode == "none" else
                                                             " (unsigned modules are refused)")))
-        if (self.root / "sys/firmware/efi").is_dir():
-            raw = _read_bytes(self.root / SECURE_BOOT_VAR)
+        if self.root.join("/sys/firmware/efi").is_dir():
+            raw = _read_bytes(self.root.join(SECURE_BOOT_VAR))
             if raw is None or len(raw) < 5:
-                out.append(Finding("secure-boot", "", Status.INFO, "EFI boot; Secure Boot state not visible"))
+                out.append(DoctorFinding("secure-boot", "", Status.INFO, "EFI boot; Secure Boot state not visible"))
             else:
                 on = raw[4] == 1  # 4 bytes of attributes, then the value
-                out.append(Finding("secure-boot", "", Status.WARN if on else Status.OK,
+                out.append(DoctorFinding("secure-boot", "", Status.WARN if on else Status.OK,
                                    "Secure Boot enabled: modules must be signed by a key in the kernel's or MOK keyring"
                                    if on else "Secure Boot disabled",
                                    "enroll your key with 'mokutil --import CERT' and sign modules" if on else None))
         else:
-            out.append(Finding("secure-boot", "", Status.INFO, "not booted through EFI: no Secure Boot"))
+            out.append(DoctorFinding("secure-boot", "", Status.INFO, "not booted through EFI: no Secure Boot"))
         return out
 
     def _which(self, name: str) -> Path | None:
         return kern.which(name, self.root)
 
     def _shm_free(self) -> int | None:
-        shm = self.root / "dev/shm"
+        shm = self.root.join("/dev/shm")
         if not shm.is_dir():
             return None
         try:
@@ -332,10 +337,10 @@ class Doctor:
         return st.f_bavail * st.f_frsize
 
     def _cpus(self) -> int | None:
-        text = _read(self.root / "sys/devices/system/cpu/online")
+        text = _read(self.root.join("/sys/devices/system/cpu/online"))
         if text is not None:
             return _count_cpus(text)
-        return (os.cpu_count() or None) if self.root == Path("/") else None
+        return (os.cpu_count() or None) if self.root.is_host else None
 
 
 def _meta_flavour(k: kern.Kernel) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from kmodkit.sysroot import HOST, Root
+
 log = logging.getLogger(__name__)
 
 #: files a Kbuild tree needs to build an out-of-tree module
@@ -45,36 +47,31 @@ class Kernel:
         return m.group(1) if m else ""
 
 
-def under(root: Path, path: str | Path) -> Path:
-    """``path`` (absolute) re-rooted below ``root``."""
-    p = Path(path)
-    return root / p.relative_to("/") if p.is_absolute() else root / p
+def release_problem(release: str) -> str | None:
+    """Why ``release`` cannot be a kernel release (a directory name under /lib/modules), or None when it can."""
+    if not release or release in (".", ".."):
+        return "is not a kernel release"
+    if "/" in release:
+        return "holds a /: a kernel release is one directory name under /lib/modules"
+    if any(not c.isprintable() or c.isspace() for c in release):
+        return "holds blanks or control characters"
+    return None
 
 
-def _resolve_in_root(root: Path, link: Path) -> Path | None:
-    # an absolute link target means a path on the machine below root, not on this one
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return link if link.is_dir() else None
-    p = under(root, target) if os.path.isabs(target) else (link.parent / target)
-    return p if p.is_dir() else None
-
-
-def kernel(release: str, root: Path = Path("/")) -> Kernel:
+def kernel(release: str, root: Root = HOST) -> Kernel:
     """The kernel ``release`` below ``root``; a kernel that is not installed comes back with everything missing."""
-    moddir = root / "lib/modules" / release
+    moddir = root.join("/lib/modules") / release
     link = moddir / "build"
-    headers = _resolve_in_root(root, link)
+    headers = root.resolve_link(link)
     if headers is None:
         return Kernel(release, moddir, link, None, ("build link",) + HEADER_FILES)
     missing = tuple(f for f in HEADER_FILES if not (headers / f).exists())
     return Kernel(release, moddir, link, headers, missing)
 
 
-def installed_kernels(root: Path = Path("/")) -> list[Kernel]:
+def installed_kernels(root: Root = HOST) -> list[Kernel]:
     """Kernels with a module directory below ``root``, newest first; empty when there are none."""
-    base = root / "lib/modules"
+    base = root.join("/lib/modules")
     try:
         names = [p.name for p in base.iterdir() if p.is_dir()]
     except OSError:
@@ -86,17 +83,17 @@ def _version_key(release: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", release)]
 
 
-def running_release(root: Path = Path("/")) -> str | None:
+def running_release(root: Root = HOST) -> str | None:
     """The running kernel's release (ROOT/proc/sys/kernel/osrelease); None when unknown."""
     try:
-        return (root / "proc/sys/kernel/osrelease").read_text().strip() or None
+        return root.join("/proc/sys/kernel/osrelease").read_text().strip() or None
     except OSError:
-        return os.uname().release if root == Path("/") else None
+        return os.uname().release if root.is_host else None
 
 
-def module_support(root: Path = Path("/")) -> bool:
+def module_support(root: Root = HOST) -> bool:
     """Whether the running kernel can load modules (it has /proc/modules)."""
-    return (root / "proc/modules").exists()
+    return root.join("/proc/modules").exists()
 
 
 # --- kernel configuration -------------------------------------------------------------------
@@ -234,13 +231,13 @@ class CompilerChoice:
     match: CompilerMatch  #: how it relates to ``wanted``
 
 
-def which(name: str, root: Path = Path("/"), path: str | None = None) -> Path | None:
+def which(name: str, root: Root = HOST, path: str | None = None) -> Path | None:
     """``name`` on PATH (entries re-rooted below ``root``) as an executable file; None when absent."""
     search = path if path is not None else os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     dirs = search.split(os.pathsep)
-    if root != Path("/"):
-        dirs = [str(under(root, d)) for d in dirs if d.startswith("/")]
-        dirs += [str(under(root, d)) for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")]
+    if not root.is_host:
+        dirs = [str(root.join(d)) for d in dirs if d.startswith("/")]
+        dirs += [str(root.join(d)) for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")]
     else:
         dirs += ["/usr/sbin", "/sbin"]
     for d in dirs:
@@ -271,7 +268,7 @@ def _version_of(program: str, dev: int, ino: int, mtime_ns: int) -> CompilerId |
     return CompilerId.parse(first) if first else None
 
 
-def choose_compiler(wanted: CompilerId | None, root: Path = Path("/")) -> CompilerChoice:
+def choose_compiler(wanted: CompilerId | None, root: Root = HOST) -> CompilerChoice:
     """The compiler for a kernel built by ``wanted``: the same program, else ``gcc-N``, else ``gcc`` of major N.
 
     Comes back with match MISSING (and no program) when nothing of that major version is on PATH.

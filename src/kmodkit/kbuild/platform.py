@@ -12,13 +12,17 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from kmodkit.errors import ConfigError
+from kmodkit.sysroot import HOST, Root
 
 #: DMI files the cloud table may match on
 DMI_FIELDS = ("sys_vendor", "product_name", "product_version", "bios_vendor", "bios_version", "chassis_asset_tag")
+
+
+class ShellText(str):
+    """Shell text that a fix command holds as written, e.g. ``$(uname -r)``; never a value from the user."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,16 @@ class Distro:
         return self.family.manager_by_version.get(major, self.family.manager)
 
     def command(self, which: str, **values: str) -> str | None:
-        """The install command of template ``which`` (headers, compiler, tool) filled in; None for an unknown distro."""
+        """The install command of template ``which`` (headers, compiler, tool) filled in; None for an unknown distro.
+
+        Every value is shell-quoted, since a user pastes the command into a shell and a kernel release may come
+        from a manifest; a :class:`ShellText` value is inserted as written.
+        """
         if self.family is None:
             return None
         template: str = getattr(self.family, which)
-        return template.format(manager=self.manager, **values)
+        quoted = {k: v if isinstance(v, ShellText) else shlex.quote(v) for k, v in values.items()}
+        return template.format(manager=self.manager, **quoted)
 
     def tool_command(self, tool: str) -> str | None:
         """The command installing ``tool`` (make, gcc, kmod, openssl, pahole); None for an unknown distro."""
@@ -84,7 +93,7 @@ class Cloud:
 class Platform:
     """The machine below ``root``: distro, cloud and the DMI strings they came from."""
 
-    root: Path  #: the root everything was read from ("/" on a real machine)
+    root: Root  #: the machine everything was read from
     distro: Distro  #: the distro family
     cloud: Cloud | None  #: the cloud, None when no cloud was detected
     dmi: dict[str, str] = field(default_factory=dict)  #: DMI field -> value, only the fields present
@@ -139,11 +148,11 @@ def parse_os_release(text: str) -> dict[str, str]:
     return out
 
 
-def read_os_release(root: Path) -> dict[str, str]:
+def read_os_release(root: Root) -> dict[str, str]:
     """os-release of ``root`` (/etc/os-release, else /usr/lib/os-release); empty when both are absent."""
-    for candidate in ("etc/os-release", "usr/lib/os-release"):
+    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
         try:
-            return parse_os_release((root / candidate).read_text(errors="replace"))
+            return parse_os_release(root.join(candidate).read_text(errors="replace"))
         except OSError:
             continue
     return {}
@@ -159,7 +168,7 @@ def match_family(os_release: dict[str, str]) -> Family | None:
     return None
 
 
-def detect_distro(root: Path) -> Distro:
+def detect_distro(root: Root) -> Distro:
     """The distro below ``root``; its family is None when os-release is absent or unknown."""
     rel = read_os_release(root)
     return Distro(
@@ -171,9 +180,9 @@ def detect_distro(root: Path) -> Distro:
     )
 
 
-def read_dmi(root: Path) -> dict[str, str]:
+def read_dmi(root: Root) -> dict[str, str]:
     """DMI strings of ``root`` (/sys/class/dmi/id); empty when the machine has no DMI (or hides it)."""
-    base = root / "sys/class/dmi/id"
+    base = root.join("/sys/class/dmi/id")
     out = {}
     for name in DMI_FIELDS:
         try:
@@ -195,7 +204,7 @@ def match_cloud(dmi: dict[str, str]) -> Cloud | None:
     return None
 
 
-def detect(root: Path = Path("/")) -> Platform:
+def detect(root: Root = HOST) -> Platform:
     """Distro and cloud of the machine below ``root``."""
     dmi = read_dmi(root)
     return Platform(root=root, distro=detect_distro(root), cloud=match_cloud(dmi), dmi=dmi)

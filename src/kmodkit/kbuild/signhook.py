@@ -61,5 +61,5 @@ def sign_built_module(module: Path, signing: Signing, project: Path) -> SignOutc
     except KmodkitError as exc:
         return SignOutcome(SignState.FAILED, str(exc))
     if result.status is SignStatus.FAILED:
-        return SignOutcome(SignState.FAILED, result.error or "signing failed")
+        return SignOutcome(SignState.FAILED, str(result.error or "signing failed"))
     return SignOutcome(SignState.SIGNED, f"signed with {signing.key} ({signing.hash})")

@@ -30,7 +30,7 @@ EXPORT_MACROS = frozenset({"EXPORT_SYMBOL", "EXPORT_SYMBOL_GPL", "EXPORT_SYMBOL_
 
 
 @dataclass(frozen=True)
-class Finding:
+class LintFinding:
     """One rule broken at one place."""
 
     file: str  #: the file, as named
@@ -47,7 +47,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Module:
+class ModuleSources:
     """What the checks look at: a module's parsed sources and what they are checked against."""
 
     name: str  #: the module's name (export prefix)
@@ -59,10 +59,10 @@ class Module:
         return [(s, c) for s in self.sources for c in s.calls if c.name in names]
 
 
-Check = Callable[[Module], list[Finding]]
+Check = Callable[[ModuleSources], list[LintFinding]]
 
 
-def _main_file(m: Module) -> SourceFile:
+def _main_file(m: ModuleSources) -> SourceFile:
     # where module-wide findings go: the file with module_init, else the first
     for s in m.sources:
         if any(c.name == "module_init" for c in s.calls):
@@ -70,19 +70,19 @@ def _main_file(m: Module) -> SourceFile:
     return m.sources[0]
 
 
-def old_entry_points(m: Module) -> list[Finding]:
+def old_entry_points(m: ModuleSources) -> list[LintFinding]:
     """init_module/cleanup_module defined by name."""
     out = []
     for s in m.sources:
         for d in s.definitions:
             if d.function and not d.prototype and d.name in ("init_module", "cleanup_module"):
                 new = "module_init" if d.name == "init_module" else "module_exit"
-                out.append(Finding(str(s.path), d.line, "old-entry-points",
+                out.append(LintFinding(str(s.path), d.line, "old-entry-points",
                                    f"'{d.name}' is the old entry point; use a static function and {new}()"))
     return out
 
 
-def _license(m: Module) -> tuple[SourceFile, int, str | None] | None:
+def _license(m: ModuleSources) -> tuple[SourceFile, int, str | None] | None:
     for s in m.sources:
         for c in s.calls:
             if c.name == "MODULE_LICENSE":
@@ -91,15 +91,15 @@ def _license(m: Module) -> tuple[SourceFile, int, str | None] | None:
     return None
 
 
-def missing_license(m: Module) -> list[Finding]:
+def missing_license(m: ModuleSources) -> list[LintFinding]:
     """No MODULE_LICENSE in any file."""
     if _license(m) is not None:
         return []
-    return [Finding(str(_main_file(m).path), 1, "missing-license",
+    return [LintFinding(str(_main_file(m).path), 1, "missing-license",
                     'no MODULE_LICENSE(): the module taints the kernel; add MODULE_LICENSE("GPL")')]
 
 
-def gpl_only_symbol(m: Module) -> list[Finding]:
+def gpl_only_symbol(m: ModuleSources) -> list[LintFinding]:
     """GPL-only symbols used when the licence is not GPL-compatible."""
     lic = _license(m)
     if m.gpl_only is None or lic is None or lic[2] is None or lic[2] in GPL_COMPATIBLE:
@@ -109,12 +109,12 @@ def gpl_only_symbol(m: Module) -> list[Finding]:
     for s in m.sources:
         for name, line in sorted(s.identifiers().items(), key=lambda kv: kv[1]):
             if name in m.gpl_only and name not in defined:
-                out.append(Finding(str(s.path), line, "gpl-only-symbol",
+                out.append(LintFinding(str(s.path), line, "gpl-only-symbol",
                                    f"'{name}' is exported GPL-only, and MODULE_LICENSE is \"{lic[2]}\""))
     return out
 
 
-def export_prefix(m: Module) -> list[Finding]:
+def export_prefix(m: ModuleSources) -> list[LintFinding]:
     """Exported names without the module's name as prefix."""
     out = []
     prefix = m.name.lower() + "_"
@@ -123,7 +123,7 @@ def export_prefix(m: Module) -> list[Finding]:
             if c.name in EXPORT_MACROS and c.args:
                 sym = s.text(c.args[0])
                 if not sym.lower().startswith(prefix):
-                    out.append(Finding(str(s.path), c.line, "export-prefix",
+                    out.append(LintFinding(str(s.path), c.line, "export-prefix",
                                        f"exported '{sym}' lacks the module prefix '{prefix}'"))
     return out
 
@@ -150,7 +150,7 @@ def _permission(s: SourceFile, node: Node) -> int | None:
     return None
 
 
-def param_writable_by_others(m: Module) -> list[Finding]:
+def param_writable_by_others(m: ModuleSources) -> list[LintFinding]:
     """Parameters whose permission has S_IWOTH."""
     out = []
     for s in m.sources:
@@ -159,13 +159,13 @@ def param_writable_by_others(m: Module) -> list[Finding]:
                 perm = _permission(s, c.args[-1])
                 if perm is not None and perm & 0o002:
                     name = s.text(c.args[PARAM_MACROS[c.name]])
-                    out.append(Finding(str(s.path), c.line, "param-writable-by-others",
+                    out.append(LintFinding(str(s.path), c.line, "param-writable-by-others",
                                        f"parameter '{name}' has permissions {perm:04o}: others may write it, which "
                                        "the kernel refuses at build time; use 0644 or 0444"))
     return out
 
 
-def param_no_desc(m: Module) -> list[Finding]:
+def param_no_desc(m: ModuleSources) -> list[LintFinding]:
     """Parameters without MODULE_PARM_DESC."""
     described = {s.text(c.args[0]) for s in m.sources for c in s.calls if c.name == "MODULE_PARM_DESC" and c.args}
     out = []
@@ -174,20 +174,20 @@ def param_no_desc(m: Module) -> list[Finding]:
             if c.name in PARAM_MACROS and c.args:
                 name = s.text(c.args[PARAM_MACROS[c.name]])
                 if name not in described:
-                    out.append(Finding(str(s.path), c.line, "param-no-desc",
+                    out.append(LintFinding(str(s.path), c.line, "param-no-desc",
                                        f"parameter '{name}' has no MODULE_PARM_DESC({name}, \"...\")"))
     return out
 
 
-def missing_version(m: Module) -> list[Finding]:
+def missing_version(m: ModuleSources) -> list[LintFinding]:
     """No MODULE_VERSION in any file."""
     if any(c.name == "MODULE_VERSION" for s in m.sources for c in s.calls):
         return []
-    return [Finding(str(_main_file(m).path), 1, "missing-version",
+    return [LintFinding(str(_main_file(m).path), 1, "missing-version",
                     'no MODULE_VERSION(): add MODULE_VERSION("0.1.0") so loaded versions can be told apart')]
 
 
-def non_static_global(m: Module) -> list[Finding]:
+def non_static_global(m: ModuleSources) -> list[LintFinding]:
     """File-scope definitions neither static nor exported (prototypes and extern declarations excepted)."""
     exported = {s.text(c.args[0]) for s in m.sources for c in s.calls if c.name in EXPORT_MACROS and c.args}
     out = []
@@ -196,7 +196,7 @@ def non_static_global(m: Module) -> list[Finding]:
             if d.storage or d.prototype or d.name in exported or d.name in ("init_module", "cleanup_module"):
                 continue
             kind = "function" if d.function else "variable"
-            out.append(Finding(str(s.path), d.line, "non-static-global",
+            out.append(LintFinding(str(s.path), d.line, "non-static-global",
                                f"{kind} '{d.name}' is global but not exported; make it static"))
     return out
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from kmodkit.errors import NotFoundError, UserError, from_oserror
-from kmodkit.lint.checks import CHECKS, Finding, Module
+from kmodkit.lint.checks import CHECKS, LintFinding, ModuleSources
 from kmodkit.lint.rules import rules
 from kmodkit.lint.source import SourceFile
 from kmodkit.lint.symvers import gpl_only_symbols
+from kmodkit.modfile.module import module_name, normalize_name
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class LintReport:
 
     module: str  #: the module's name
     files: tuple[str, ...]  #: the files checked
-    findings: tuple[Finding, ...]  #: every finding, by file and line
+    findings: tuple[LintFinding, ...]  #: every finding, by file and line
     symvers: str | None  #: the Module.symvers GPL-only symbols came from, None when none was found
     skipped: tuple[str, ...]  #: rules not run, with why ("gpl-only-symbol: no Module.symvers")
 
@@ -54,7 +55,7 @@ class Linter:
 
     def _files(self) -> tuple[list[Path], str, tuple[str, ...]]:
         if self.path.is_file():
-            return [self.path], self.path.name.split(".", 1)[0], ()
+            return [self.path], module_name(str(self.path)), ()
         from kmodkit.kbuild.manifest import MANIFEST, Manifest
 
         if (self.path / MANIFEST).is_file():
@@ -64,7 +65,7 @@ class Linter:
                        and "out" not in p.relative_to(self.path).parts)
         if not files:
             raise UserError(str(self.path), "holds no .c file", "name a module's source or project directory")
-        return files, self.path.resolve().name, ()
+        return files, normalize_name(self.path.resolve().name), ()
 
     @staticmethod
     def _find_symvers(kernel: str | None, targets: tuple[str, ...]) -> Path | None:
@@ -88,8 +89,8 @@ class Linter:
             except OSError as exc:
                 raise from_oserror(exc, str(f)) from None
         gpl_only = gpl_only_symbols(self.symvers) if self.symvers and "gpl-only-symbol" in self.only else None
-        module = Module(self.name, tuple(sources), gpl_only)
-        findings: list[Finding] = []
+        module = ModuleSources(self.name, tuple(sources), gpl_only)
+        findings: list[LintFinding] = []
         for rule_id in self.only:
             findings.extend(CHECKS[rule_id](module))
         findings.sort(key=lambda f: (f.file, f.line, list(rules()).index(f.rule)))

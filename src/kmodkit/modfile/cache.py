@@ -23,9 +23,10 @@ Key = tuple[int, int, int, int, int]
 
 
 def default_path() -> str:
-    """``$XDG_CACHE_HOME/kmodkit/info-VERSION.sqlite`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "kmodkit", f"info-{__version__}.sqlite")
+    """``$XDG_CACHE_HOME/kmodkit/info-VERSION.sqlite`` (see :func:`kmodkit._util.cachedir.cache_dir`)."""
+    from kmodkit._util.cachedir import cache_dir
+
+    return cache_dir(f"info-{__version__}.sqlite")
 
 
 def file_key(st: os.stat_result) -> Key:

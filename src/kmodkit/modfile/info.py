@@ -137,10 +137,6 @@ class Rendered:
     error: KmodkitError | None  #: what went wrong, None on success
 
 
-#: below this many targets one process is faster than starting workers
-PARALLEL_THRESHOLD = 64
-
-
 def render_all(query: InfoQuery, view: View, field: str | None = None, separator: bytes = b"\n",
                jobs: int | None = None, cache: bool = False) -> Iterator[Rendered]:
     """Render every target of ``query`` in order, in ``jobs`` processes for large batches.
@@ -184,20 +180,15 @@ def render_all(query: InfoQuery, view: View, field: str | None = None, separator
 
 def _render_many(query: InfoQuery, targets: list[str], view: View, field: str | None, separator: bytes,
                  jobs: int | None) -> Iterator[Rendered]:
-    jobs = jobs if jobs is not None else min(os.cpu_count() or 1, 8)
-    if jobs <= 1 or len(targets) < PARALLEL_THRESHOLD:
+    from kmodkit._util.pool import Cost, chunks, fan_out, jobs_for
+
+    jobs = jobs_for(len(targets), Cost.READ, jobs)
+    if not jobs:
         for t in targets:
             yield _render(query, t, view, field, separator)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    step = -(-len(targets) // (jobs * 4))
-    chunks = [targets[i:i + step] for i in range(0, len(targets), step)]
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        for batch in pool.map(_render_chunk, [(query, c, view, field, separator) for c in chunks]):
-            yield from batch
+    for batch in fan_out(_render_chunk, [(query, c, view, field, separator) for c in chunks(targets, jobs)], jobs):
+        yield from batch
 
 
 def _render_chunk(args: tuple[InfoQuery, list[str], View, str | None, bytes]) -> list[Rendered]:

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmodkit.errors import KmodkitError
+from kmodkit.errors import ItemError, KmodkitError
 from kmodkit.modfile.module import ModuleFile
 
 
@@ -25,24 +25,29 @@ class TreeSummary:
     vermagics: Counter[str] = field(default_factory=Counter)  #: vermagic -> count
     with_parameters: int = 0  #: modules that declare parameters
     exporting: int = 0  #: modules that export symbols
-    errors: list[tuple[str, str]] = field(default_factory=list)  #: (path, problem) for unreadable files
+    errors: list[ItemError] = field(default_factory=list)  #: the unreadable files, one record each
 
     def add(self, mod: ModuleFile) -> None:
-        """Count one module."""
+        """Count one module; a module that fails to parse raises before anything is counted."""
+        size = len(mod.data)
+        licence = mod.get("license") or "(none)"
+        vermagic = (mod.vermagic or "(none)").strip()
+        signer = mod.pkcs7 if mod.is_signed else None
+        params = bool(mod.parameters)
+        exports = mod.elf.has_section("__ksymtab") or mod.elf.has_section("__ksymtab_gpl")
         self.modules += 1
         self.bytes_on_disk += mod.file_size
-        self.bytes_decompressed += len(mod.data)
+        self.bytes_decompressed += size
         self.compression[mod.compression.value] += 1
-        self.licenses[mod.get("license") or "(none)"] += 1
-        self.vermagics[(mod.vermagic or "(none)").strip()] += 1
-        signer = mod.pkcs7 if mod.is_signed else None
+        self.licenses[licence] += 1
+        self.vermagics[vermagic] += 1
         if signer is None:
             self.signers["unsigned" if not mod.is_signed else "(not PKCS#7)"] += 1
         else:
             self.signers[signer.issuer_cn or signer.key_identifier.hex()] += 1
             self.hashes[signer.hash_name or signer.digest_oid] += 1
-        self.with_parameters += bool(mod.parameters)
-        self.exporting += mod.elf.has_section("__ksymtab") or mod.elf.has_section("__ksymtab_gpl")
+        self.with_parameters += params
+        self.exporting += exports
 
     def merge(self, other: TreeSummary) -> None:
         """Add another summary's counts to this one."""
@@ -65,7 +70,7 @@ class TreeSummary:
             "vermagics": dict(self.vermagics.most_common()),
             "with_parameters": self.with_parameters,
             "exporting": self.exporting,
-            "errors": [{"path": p, "error": e} for p, e in self.errors],
+            "errors": [e.to_json() for e in self.errors],
         }
 
 
@@ -84,17 +89,14 @@ def tree_modules(dirname: str) -> list[str]:
 
 def summarize(paths: list[str], jobs: int | None = None) -> TreeSummary:
     """Summarize the modules at ``paths``; unreadable files are listed in ``errors``, not raised."""
-    jobs = jobs if jobs is not None else min(os.cpu_count() or 1, 8)
-    if jobs <= 1 or len(paths) < 64:
-        return _summarize_chunk(paths)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from kmodkit._util.pool import Cost, chunks, fan_out, jobs_for
 
-    step = -(-len(paths) // (jobs * 4))
+    jobs = jobs_for(len(paths), Cost.READ, jobs)
+    if not jobs:
+        return _summarize_chunk(paths)
     total = TreeSummary()
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        for part in pool.map(_summarize_chunk, [paths[i:i + step] for i in range(0, len(paths), step)]):
-            total.merge(part)
+    for part in fan_out(_summarize_chunk, chunks(paths, jobs), jobs):
+        total.merge(part)
     return total
 
 
@@ -105,7 +107,7 @@ def _summarize_chunk(paths: list[str]) -> TreeSummary:
             with ModuleFile.open(p) as mod:
                 summary.add(mod)
         except KmodkitError as exc:
-            summary.errors.append((p, exc.problem))
+            summary.errors.append(ItemError.from_error(p, exc))
     return summary
 
 
@@ -129,5 +131,5 @@ def format_summary(s: TreeSummary, title: str) -> str:
         f"  parameters:   {s.with_parameters} modules declare some; {s.exporting} export symbols",
     ]
     if s.errors:
-        lines.append(f"  unreadable:   {len(s.errors)} (first: {s.errors[0][0]}: {s.errors[0][1]})")
+        lines.append(f"  unreadable:   {len(s.errors)} (first: {s.errors[0].path}: {s.errors[0].message})")
     return "\n".join(lines) + "\n"

@@ -2,23 +2,35 @@
 
 A custom collector reads /proc/modules and /sys/module on every scrape, so the
 numbers are never stale; the health verdicts come from the manifests given.
+:func:`make_server` serves them one thread per connection, each connection
+closed after :data:`CONNECTION_TIMEOUT` seconds of silence, so an idle or
+half-sent request never holds up a scrape; IPv4 and IPv6 alike.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from kmodkit.errors import UserError
+from kmodkit.errors import EnvironmentNotReady, UserError
 from kmodkit.runtime.health import Expectation, check
 from kmodkit.runtime.modules import KernelModules, ModuleState
 from kmodkit.runtime.taint import flags
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
 DEFAULT_LISTEN = "127.0.0.1:9417"
+#: seconds a connection may stay silent (idle, or a request half sent) before the server closes it
+CONNECTION_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -30,18 +42,67 @@ class Listen:
 
     @classmethod
     def parse(cls, text: str) -> Listen:
-        """``HOST:PORT`` (``[V6]:PORT`` for IPv6); UserError when malformed."""
+        """``HOST:PORT``, ``[V6]:PORT`` for IPv6; UserError when malformed."""
         host, sep, port = text.rpartition(":")
-        host = host.strip("[]")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"--listen {text}", "is not HOST:PORT", "write e.g. 127.0.0.1:9417")
+            raise UserError(f"--listen {text}", "is not HOST:PORT", "write e.g. 127.0.0.1:9417 or [::1]:9417")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            if ":" not in host:
+                raise UserError(f"--listen {text}", "brackets are for IPv6 addresses", "write e.g. 127.0.0.1:9417")
+        elif ":" in host or "[" in host or "]" in host:
+            raise UserError(f"--listen {text}", "an IPv6 address needs brackets", "write e.g. [::1]:9417")
         try:
             ipaddress.ip_address(host)
         except ValueError:
             if host != "localhost":
                 raise UserError(f"--listen {text}", f"'{host}' is not an IP address",
-                                "give an address, e.g. 127.0.0.1 or 0.0.0.0") from None
+                                "give an address, e.g. 127.0.0.1, [::1] or 0.0.0.0") from None
         return cls(host, int(port))
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """AF_INET6 for an IPv6 address, else AF_INET."""
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def url(self, port: int | None = None) -> str:
+        """``http://HOST:PORT/metrics`` (brackets around IPv6), with ``port`` instead of :attr:`port` when given."""
+        host = f"[{self.host}]" if self.family is socket.AF_INET6 else self.host
+        return f"http://{host}:{self.port if port is None else port}/metrics"
+
+
+def make_server(listen: Listen, reg: CollectorRegistry, timeout: float = CONNECTION_TIMEOUT) -> WSGIServer:
+    """A server for ``reg``'s metrics bound to ``listen``: a thread per connection, silent ones closed after
+    ``timeout`` seconds.  Run it with ``serve_forever()``.
+
+    Raises UserError when the address is not this machine's, EnvironmentNotReady when it cannot be bound
+    (in use, not permitted, no IPv6).
+    """
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as wsgi_server
+
+    from prometheus_client import make_wsgi_app
+
+    silence = timeout
+
+    class Handler(WSGIRequestHandler):
+        timeout = silence  # StreamRequestHandler.setup() sets it on each connection's socket
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = listen.family
+        daemon_threads = True  # a connection still open never keeps the process from exiting
+
+    try:
+        return wsgi_server(listen.host, listen.port, make_wsgi_app(reg), server_class=Server, handler_class=Handler)
+    except OSError as exc:
+        what = f"--listen {listen.host}:{listen.port}"
+        reason = (exc.strerror or str(exc)).lower()
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+            raise UserError(what, f"cannot listen there: {reason}", "give an address of this machine") from None
+        raise EnvironmentNotReady(what, f"cannot listen there: {reason}",
+                                  "choose another port, or stop what listens there") from None
 
 
 class ModuleCollector(Collector):

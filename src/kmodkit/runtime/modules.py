@@ -1,7 +1,8 @@
 """What is loaded: /proc/modules and /sys/module/NAME, read into records.
 
-The roots are parameters so that tests can point them at a tree that stands
-for another machine; by default they are the running kernel's.
+Where /proc and /sys are mounted are parameters; :meth:`KernelModules.of` takes
+them from a :class:`kmodkit.sysroot.Root` that stands for another machine (a
+fake root in tests).  By default they are the running kernel's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from kmodkit.errors import EnvironmentNotReady, NotFoundError
 from kmodkit.modfile.module import normalize_name
 from kmodkit.runtime.taint import TaintFlag, decode_letters, decode_mask, read_kernel_taint
+from kmodkit.sysroot import Root
 
 
 class ModuleState(enum.Enum):
@@ -92,6 +94,11 @@ class KernelModules:
         self.procfs = procfs
         #: where /sys is mounted
         self.sysfs = sysfs
+
+    @classmethod
+    def of(cls, root: Root) -> KernelModules:
+        """The modules of the machine at ``root``, read from its /proc and /sys."""
+        return cls(str(root.join("/proc")), str(root.join("/sys")))
 
     def proc_modules(self) -> list[ProcModule]:
         """Every line of /proc/modules; EnvironmentNotReady when the kernel has no module support."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from kmodkit.errors import KmodkitError, from_oserror
 from kmodkit.modfile import der as _der
 from kmodkit.fileio import write_atomic
-from kmodkit.signing.kimage import image_for_release, system_certificates
+from kmodkit.kimage import image_for_release
+from kmodkit.signing.kimage import system_certificates
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ class KernelKeys:
 
 def cache_dir() -> str:
     """Where extracted certificate lists are cached."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "kmodkit", "kernel-certs")
+    from kmodkit._util.cachedir import cache_dir as _base
+
+    return _base("kernel-certs")
 
 
 def _cache_path(image: str) -> str:

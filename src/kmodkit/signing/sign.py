@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from kmodkit.errors import KmodkitError, ModuleFormatError, UserError, from_oserror
+from kmodkit.errors import ItemError, KmodkitError, ModuleFormatError, UserError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 #: key_id_len (all 0 but id_type), 3 pad bytes, sig_len (big-endian)
 _MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
 _PKEY_ID_PKCS7 = 2
-#: below this many files, signing in worker processes costs more than it saves
-_PARALLEL_THRESHOLD = 8
 #: files written before one sync makes them durable and they are renamed into place
 _CHUNK = 128
 
@@ -58,12 +56,12 @@ class SignResult:
     path: str  #: the file, as named
     status: SignStatus  #: signed, replaced or failed
     compression: Compression  #: the file's compression (kept as it was)
-    error: str | None = None  #: ``subject: problem; fix`` when it failed, else None
+    error: ItemError | None = None  #: why it failed, else None
 
     def to_json(self) -> dict[str, object]:
         """The result as JSON-ready data."""
         return {"path": self.path, "status": self.status.value, "compression": self.compression.value,
-                "error": self.error}
+                "error": str(self.error) if self.error else None}
 
 
 def module_signature_trailer(sig_len: int) -> bytes:
@@ -177,7 +175,7 @@ class ModuleSigner:
         for (i, _, _), err in zip(pending, errors):
             if err is not None:
                 r = results[i]
-                results[i] = SignResult(r.path, SignStatus.FAILED, r.compression, str(from_oserror(err, r.path)))
+                results[i] = SignResult(r.path, SignStatus.FAILED, r.compression, ItemError.from_error(r.path, from_oserror(err, r.path)))
         return results
 
     def _prepare(self, path: str) -> tuple[SignResult, tuple[str, str] | None]:
@@ -202,13 +200,15 @@ class ModuleSigner:
             except OSError as exc:
                 raise from_oserror(exc, path) from None
         except KmodkitError as exc:
-            return SignResult(path, SignStatus.FAILED, kind, str(exc)), None
+            return SignResult(path, SignStatus.FAILED, kind, ItemError.from_error(path, exc)), None
         return SignResult(path, SignStatus.REPLACED if replaced else SignStatus.SIGNED, kind), (tmp, real)
 
     def sign_files(self, paths: Sequence[str], jobs: int | None = None) -> list[SignResult]:
         """Sign every file; one result per path, in order.  Large batches use ``jobs`` worker processes."""
-        jobs = jobs or min(len(os.sched_getaffinity(0)), 8)
-        if jobs <= 1 or len(paths) < _PARALLEL_THRESHOLD or not self.key.forkable:
+        from kmodkit._util.pool import Cost, jobs_for
+
+        jobs = jobs_for(len(paths), Cost.SIGN, jobs) if self.key.forkable else 0
+        if not jobs:
             return [r for i in range(0, len(paths), _CHUNK) for r in self.sign_chunk(paths[i:i + _CHUNK])]
         return _sign_in_workers(self, paths, jobs)
 
@@ -260,16 +260,11 @@ def _worker_sign(paths: list[str]) -> list[SignResult]:
 
 
 def _sign_in_workers(signer: ModuleSigner, paths: Sequence[str], jobs: int) -> list[SignResult]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from kmodkit._util.pool import chunks, fan_out
 
     global _WORKER_SIGNER
     _WORKER_SIGNER = signer
     try:
-        ctx = multiprocessing.get_context("fork")
-        size = max(1, min(_CHUNK, -(-len(paths) // (jobs * 2))))
-        chunks = [list(paths[i:i + size]) for i in range(0, len(paths), size)]
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            return [r for done in pool.map(_worker_sign, chunks) for r in done]
+        return [r for done in fan_out(_worker_sign, chunks(paths, jobs, 2, _CHUNK), jobs) for r in done]
     finally:
         _WORKER_SIGNER = None

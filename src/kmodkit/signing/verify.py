@@ -31,7 +31,6 @@ from kmodkit.signing.keys import format_key_id
 from kmodkit.signing.trust import TrustedCert, TrustStore
 
 _PKEY_ID_PKCS7 = 2
-_PARALLEL_THRESHOLD = 64
 _SIGNATURE_OIDS = RSA_SIGNATURE_OIDS | ECDSA_SIGNATURE_OIDS
 
 
@@ -194,8 +193,10 @@ class Verifier:
 
     def verify_files(self, paths: Sequence[str], jobs: int | None = None) -> list[ModuleVerdict]:
         """Verdicts for every file, in order; large batches run in ``jobs`` worker processes."""
-        jobs = jobs or min(len(os.sched_getaffinity(0)), 8)
-        if jobs <= 1 or len(paths) < _PARALLEL_THRESHOLD:
+        from kmodkit._util.pool import Cost, jobs_for
+
+        jobs = jobs_for(len(paths), Cost.READ, jobs)
+        if not jobs:
             return [self.verify_file(p) for p in paths]
         return _verify_in_workers(self, paths, jobs)
 
@@ -272,8 +273,7 @@ def _worker_verify(paths: list[str]) -> list[ModuleVerdict]:
 
 
 def _verify_in_workers(verifier: Verifier, paths: Sequence[str], jobs: int) -> list[ModuleVerdict]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from kmodkit._util.pool import fan_out
 
     global _WORKER_VERIFIER
     _WORKER_VERIFIER = verifier
@@ -281,9 +281,7 @@ def _verify_in_workers(verifier: Verifier, paths: Sequence[str], jobs: int) -> l
     # leave one worker busy while the other idles
     batches = _batches(paths, jobs * 16)
     try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            done = list(pool.map(_worker_verify, [b for _, b in batches]))
+        done = list(fan_out(_worker_verify, [b for _, b in batches], jobs))
     finally:
         _WORKER_VERIFIER = None
     out: list[ModuleVerdict | None] = [None] * len(paths)

@@ -32,10 +32,11 @@ class Accel(enum.Enum):
 
 
 def _cache_file(qemu: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    from kmodkit._util.cachedir import cache_dir
+
     st = os.stat(qemu)
     key = f"{os.uname().release}-{st.st_ino}-{int(st.st_mtime)}"
-    return os.path.join(base, "kmodkit", f"kvm-probe-{key}")
+    return cache_dir(f"kvm-probe-{key}")
 
 
 def kvm_openable() -> bool:

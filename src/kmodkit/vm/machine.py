@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import selectors
 import shutil
@@ -37,6 +38,12 @@ QEMU_BINARIES: dict[str, tuple[str, str]] = {
 #: exit status reported when the command ran out of time (as timeout(1) does)
 EXIT_TIMEOUT = 124
 
+#: the kernel command line every run starts with; the user's ``append`` text follows it
+BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "8250.nr_uarts=4")
+
+#: bytes the x86 kernel keeps of its command line, the final NUL included (COMMAND_LINE_SIZE)
+COMMAND_LINE_SIZE = 2048
+
 
 @dataclass(frozen=True)
 class VmSpec:
@@ -44,7 +51,7 @@ class VmSpec:
 
     kver: str  #: the installed kernel release to boot
     command: tuple[str, ...]  #: the command to run inside
-    append: tuple[str, ...] = ()  #: extra kernel command-line words (module.sig_enforce=1 ...)
+    append: tuple[str, ...] = ()  #: extra kernel command line, each piece as the kernel parses it (x="a b")
     memory_mb: int = 1024  #: guest memory in MiB
     accel: Accel = Accel.AUTO  #: KVM when it works, TCG otherwise
     share: Share | None = None  #: how the host root is shared; None picks virtiofs or 9p
@@ -60,8 +67,24 @@ class VmSpec:
             raise UserError("vm run", "no command given", "name one after --, e.g. -- uname -r")
         if self.memory_mb < 128:
             raise UserError(f"--memory {self.memory_mb}", "too little memory to boot", "give at least 128 (MiB)")
-        if self.timeout <= 0:
-            raise UserError(f"--timeout {self.timeout}", "must be positive")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise UserError(f"--timeout {self.timeout}", "must be a positive number of seconds")
+        for piece in self.append:
+            # the kernel's next_arg() groups by double quotes only; an open quote would swallow what follows
+            if piece.count('"') % 2:
+                raise UserError("--append", f"{piece!r} has an unbalanced double quote",
+                                'close it: a value with spaces is written name="a b"')
+            if "\0" in piece:
+                raise UserError("--append", f"{piece!r} contains a NUL byte")
+        size = len(self.cmdline.encode()) + 1
+        if size > COMMAND_LINE_SIZE:
+            raise UserError("--append", f"the kernel command line would be {size} bytes, over the kernel's "
+                                        f"{COMMAND_LINE_SIZE} (COMMAND_LINE_SIZE)", "shorten it")
+
+    @property
+    def cmdline(self) -> str:
+        """The whole kernel command line: kmodkit's own words, then ``append`` as it was given."""
+        return " ".join((*BASE_CMDLINE, *self.append))
 
 
 @dataclass(frozen=True)
@@ -97,8 +120,9 @@ class VmResult:
 
 
 def _default_runs_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "kmodkit", "vm-runs")
+    from kmodkit._util.cachedir import cache_dir
+
+    return cache_dir("vm-runs")
 
 
 def _guest_env(extra: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -143,6 +167,8 @@ class Vm:
         Raises EnvironmentNotReady when the guest cannot reach the host's root.
         """
         spec = self.spec
+        # first, so that a corrupt image (or a decompression bomb) is refused before anything starts
+        image = boot_image(self.kernel, os.path.join(spec.boot_dir, f"config-{spec.kver}"))
         share = spec.share or choose_share(self.moddir)
         accel = choose_accel(spec.accel, self.qemu, self.kernel)
         runs = spec.runs_dir or _default_runs_dir()
@@ -156,7 +182,7 @@ class Vm:
         daemon: subprocess.Popen[bytes] | None = None
         qlog = open(os.path.join(run_dir, "qemu.log"), "wb")
         try:
-            args = self._qemu_args(run_dir, initrd, accel, share)
+            args = self._qemu_args(image, run_dir, initrd, accel)
             if share is Share.VIRTIOFS:
                 sock = os.path.join(sock_dir, "fs.sock")
                 daemon = start_virtiofsd(sock, qlog)
@@ -187,14 +213,12 @@ class Vm:
                        **result.to_json()}, f, indent=2)
         return result
 
-    def _qemu_args(self, run_dir: str, initrd: str, accel: Accel, share: Share) -> list[str]:
+    def _qemu_args(self, image: str, run_dir: str, initrd: str, accel: Accel) -> list[str]:
         spec = self.spec
-        image = boot_image(self.kernel, os.path.join(spec.boot_dir, f"config-{spec.kver}"))
-        cmdline = ["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "8250.nr_uarts=4", *spec.append]
         return [
             self.qemu, "-accel", accel.value, "-m", f"{spec.memory_mb}M", "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", image, "-initrd", initrd, "-append", " ".join(cmdline),
+            "-kernel", image, "-initrd", initrd, "-append", spec.cmdline,
             "-serial", f"file:{run_dir}/console.log", "-serial", "stdio",
             "-serial", f"file:{run_dir}/status", "-serial", f"file:{run_dir}/kernel.log",
         ]
