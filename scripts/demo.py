@@ -42,6 +42,11 @@ def installed_kernels() -> list[str]:
     return sorted(found, key=lambda r: [int(x) for x in re.findall(r"\d+", r)], reverse=True)
 
 
+def newest_build_of(built: list[str], kver: str) -> str:
+    """The build of the example for ``kver``."""
+    return next(b for b in built if f"/{kver}/" in b)
+
+
 def stage_tree(kver: str, module: Path) -> Path:
     """A root holding lib/modules/KVER: the installed tree's kernel/ and lists, plus ``module`` in extra/."""
     import shutil
@@ -78,6 +83,13 @@ def main() -> int:
     built = sorted(str(p.relative_to(ROOT)) for p in (ROOT / EXAMPLE / "out").glob("*/hello.ko"))
     step("what the builds hold (vermagic per kernel)", "info", "-F", "vermagic", *built)
     step("one build in full", "info", built[0])
+    step("will each build load on each kernel, and why not? (predicted from files, nothing is loaded)",
+         "check", *built, "--all-installed", allow=(0, 1))
+    clouds = [k for k in kernels if k.startswith("6.1.") and k.endswith("-cloud-amd64")]
+    if len(clouds) >= 2:
+        older = next(b for b in built if f"/{clouds[1]}/" in b)
+        step(f"upgrade pre-flight: does the build for {clouds[1]} survive the move to {clouds[0]}?",
+             "abi", "diff", clouds[1], clouds[0], "--for", older, allow=(0, 1))
 
     # signing and trust
     keys = ROOT / ".kmodkit" / "keys"
@@ -88,7 +100,11 @@ def main() -> int:
     step("sign every build in one call, byte-identical to the kernel's sign-file", "sign", "--replace",
          "--key", key, "--cert", cert, *built)
     step("verify against our certificate", "verify", "--cert", cert, *built)
-    newest_build = next(b for b in built if f"/{newest}/" in b)
+    step(f"signed, on {newest} with signatures enforced: our key is not one the kernel trusts",
+         "check", newest_build_of(built, newest), "-k", newest, "--enforce", "1", allow=(0, 1))
+    step("... and on a machine where our certificate is enrolled (MOK)", "check", newest_build_of(built, newest),
+         "-k", newest, "--enforce", "1", "--cert", cert)
+    newest_build = newest_build_of(built, newest)
     step(f"would {newest} accept it? (its own keys, read from /boot/vmlinuz-{newest})", "verify", "-k", newest,
          newest_build, allow=(0, 1))
     step("... and once our certificate is enrolled with mokutil", "verify", "-k", newest, "--mok", cert,

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: command name -> (module that implements it, one-line help); only the chosen module is imported
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("kmodkit.cli.info", "show what a module file holds, as modinfo does (and more with --json)"),
+    "abi": ("kmodkit.cli.abi", "compare two kernels' module ABI; say which imports of a module break"),
+    "check": ("kmodkit.cli.check", "predict whether modules load on given kernels, and why not (from files)"),
     "keys": ("kmodkit.cli.keys", "make signing keys; extract the certificates a kernel trusts"),
     "sign": ("kmodkit.cli.sign", "sign modules, byte-identical to the kernel's sign-file"),
     "verify": ("kmodkit.cli.verify", "verify module signatures against certificates or a kernel"),

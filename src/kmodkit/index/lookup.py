@@ -99,7 +99,8 @@ class ModuleTree:
         return self._index("modules.builtin.alias.bin")
 
     @cached_property
-    def _builtin_modinfo(self) -> dict[str, list[tuple[bytes, bytes]]]:
+    def builtin_modinfo(self) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Built-in module name -> its ``(key, value)`` pairs from modules.builtin.modinfo; {} when missing."""
         try:
             with open(os.path.join(self.dirname, "modules.builtin.modinfo"), "rb") as f:
                 raw = f.read()
@@ -146,7 +147,7 @@ class ModuleTree:
                install: str | None = None) -> FoundModule:
         path = self.path_of(name)
         is_builtin = builtin or (path is None and self.is_builtin(name))
-        info = tuple(self._builtin_modinfo.get(name, ())) if is_builtin else ()
+        info = tuple(self.builtin_modinfo.get(name, ())) if is_builtin else ()
         return FoundModule(name, path, info, alias, is_builtin, install)
 
     def lookup_name(self, name: str) -> FoundModule | None:

@@ -1,0 +1,114 @@
+"""``kmodkit check`` as a library object: many modules against many kernels, every pair its own result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kmodkit.check.checker import Checker, Machine, Provider, provider
+from kmodkit.check.target import TargetKernel
+from kmodkit.check.verdict import Prediction
+from kmodkit.errors import KmodkitError, UserError
+
+
+def target_kernel(name: str, root: str | Path = "/") -> TargetKernel:
+    """The kernel ``name``: a directory holding its files when ``name`` contains a slash, else an installed release."""
+    if os.sep in name:
+        return TargetKernel.from_dir(name)
+    return TargetKernel.installed(name, root)
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One (module, kernel) pair: a prediction, or the error that kept it from being made."""
+
+    module: str  #: the module file, as named
+    kernel: str  #: the kernel, as named (release or directory)
+    prediction: Prediction | None  #: the verdict, None when an error stopped it
+    error: KmodkitError | None  #: why there is no verdict, None when there is one
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready data."""
+        if self.prediction is not None:
+            return self.prediction.to_json()
+        assert self.error is not None
+        return {"path": self.module, "kernel": self.kernel, "error": str(self.error)}
+
+
+class CheckRun:
+    """Predict the verdict of every kernel in ``kernels`` on every module in ``modules``.
+
+    ``kernels`` are releases of installed kernels or directories holding a kernel's Module.symvers and
+    .config; with ``all_installed`` every installed kernel is added.  Modules in the same directory as a
+    checked module (and every checked module) may provide its symbols: the kernel then needs them loaded
+    first, and the prediction says so.  Raises :class:`UserError` when nothing is to be checked.
+    """
+
+    def __init__(self, modules: list[str], kernels: list[str], machine: Machine | None = None,
+                 all_installed: bool = False, root: str | Path = "/") -> None:
+        from kmodkit.kbuild.kernels import installed_kernels
+
+        if not modules:
+            raise UserError("check", "no module named", "name one or more module files")
+        names = list(dict.fromkeys(kernels))
+        if all_installed:
+            names += [k.release for k in installed_kernels(Path(root)) if k.release not in names]
+        if not names:
+            raise UserError("check", "no kernel named", "pass -k KVER (repeatable) or --all-installed")
+        #: the module files
+        self.modules = modules
+        #: the kernels, as named
+        self.kernels = names
+        #: the machine the kernels run on
+        self.machine = machine or Machine()
+        self.root = Path(root)
+        self._providers: dict[str, Provider | None] = {}
+
+    def _target(self, name: str) -> TargetKernel:
+        return target_kernel(name, self.root)
+
+    def _provider(self, path: str) -> Provider | None:
+        if path not in self._providers:
+            try:
+                self._providers[path] = provider(path)
+            except KmodkitError:
+                self._providers[path] = None
+        return self._providers[path]
+
+    def providers_for(self, module: str) -> list[Provider]:
+        """The modules that may provide symbols to ``module``: the other named ones and its directory's."""
+        from kmodkit.modfile.module import MODULE_SUFFIXES
+
+        here = os.path.dirname(os.path.abspath(module))
+        try:
+            siblings = sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(MODULE_SUFFIXES))
+        except OSError:
+            siblings = []
+        me = os.path.abspath(module)
+        found = []
+        for path in dict.fromkeys([os.path.abspath(m) for m in self.modules] + siblings):
+            if path != me:
+                p = self._provider(path)
+                if p is not None:
+                    found.append(p)
+        return found
+
+    def results(self) -> Iterator[PairResult]:
+        """Every (module, kernel) pair, kernel by kernel, in the order named."""
+        for kname in self.kernels:
+            try:
+                target = self._target(kname)
+            except KmodkitError as exc:
+                for m in self.modules:
+                    yield PairResult(m, kname, None, exc)
+                continue
+            for m in self.modules:
+                in_tree = target.source.moddir is not None and \
+                    os.path.abspath(m).startswith(str(target.source.moddir) + os.sep)
+                checker = Checker(target, self.machine, [] if in_tree else self.providers_for(m))
+                try:
+                    yield PairResult(m, kname, checker.check(m), None)
+                except KmodkitError as exc:
+                    yield PairResult(m, kname, None, exc)
