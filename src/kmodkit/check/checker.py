@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,14 +36,10 @@ from kmodkit.errors import KmodkitError
 
 if TYPE_CHECKING:
     from kmodkit.modfile.module import ModuleFile
-    from kmodkit.signing.verify import Verifier
+    from kmodkit.signing.trust import TrustStore
 
-_MAGIC = b"~Module signature appended~\n"
-_SIG_INFO = struct.Struct(">BBBBB3sI")
-_PKEY_ID_PKCS7 = 2
 _SHF_WRITE, _SHF_EXECINSTR = 0x1, 0x4
 _SHN_UNDEF, _SHN_COMMON = 0, 0xFFF2
-_STB_WEAK = 2
 _UNDEF_OR_COMMON = frozenset({_SHN_UNDEF, _SHN_COMMON})
 
 #: include/linux/license.h: license_is_gpl_compatible()
@@ -124,7 +119,7 @@ class Checker:
         self.machine = machine or Machine()
         #: out-of-tree modules that can be loaded before the checked one (its siblings)
         self.providers = providers or []
-        self._verifier: Verifier | None = None
+        self._store: TrustStore | None = None
         self._unknown_keys: str | None = None
 
     # --- the machine's settings, from the user or the kernel's config -------------------------
@@ -166,15 +161,14 @@ class Checker:
         with ModuleFile.open(path) as mod:
             return _Run(self, mod, path).run()
 
-    def verifier(self, assumptions: list[str]) -> Verifier:
-        """One verifier for every module, trusting the kernel's image's certificates and the machine's extra ones.
+    def trust_store(self, assumptions: list[str]) -> TrustStore:
+        """The certificates the kernel trusts, its image's and the machine's extra ones, read once.
 
         When the image's certificates cannot be read, that is added to ``assumptions``.
         """
         from kmodkit.signing.trust import TrustStore
-        from kmodkit.signing.verify import Verifier
 
-        if self._verifier is None:
+        if self._store is None:
             store = TrustStore()
             for der in self.machine.extra_certs:
                 store.add_der(der, "machine")
@@ -184,10 +178,10 @@ class Checker:
             except KmodkitError as exc:
                 self._unknown_keys = (f"the kernel's trusted keys are unknown ({exc.problem}): a signature is taken "
                                       "as made with an unavailable key")
-            self._verifier = Verifier(store, self.kernel.release)
+            self._store = store
         if self._unknown_keys:
             assumptions.append(self._unknown_keys)
-        return self._verifier
+        return self._store
 
 
 class _Refused(Exception):
@@ -297,59 +291,34 @@ class _Run:
 
     # -- 1. signature --
     def _signature(self, data: memoryview) -> int:
-        """module_sig_check(); returns the length the ELF checks see (what the signature check left)."""
-        n = len(data)
-        err: int | None = errno.ENODATA
-        length = n
-        if n > len(_MAGIC) and bytes(data[n - len(_MAGIC):]) == _MAGIC:
-            err, length = self._verify(data, n - len(_MAGIC))
-            if err is None:
-                self.sig_ok = True
-                return length
-        reasons = {errno.ENODATA: "unsigned module", errno.ENOPKG: "module with unsupported crypto",
-                   errno.ENOKEY: "module with unavailable key"}
-        reason = reasons.get(err or 0)
+        """module_sig_check() (the one model: :mod:`kmodkit.signing.kernel_check`); returns the length the ELF
+        checks see."""
+        import errno as _e
+
+        from kmodkit.signing.kernel_check import SOFT_ERRORS, check_module_signature, length_after_sig_check
+
+        sig = check_module_signature(data, self.c.trust_store(self.assumptions), self.path)
+        if sig.log is not None:
+            # pr_err() in module_signature.c / signing.c ("module: ..."), pr_warn() in the PKCS#7 code
+            self.log(4 if sig.log.startswith("PKCS7: ") else 3, sig.log)
+        if sig.accepted:
+            self.sig_ok = True
+            return length_after_sig_check(data)
+        reason = SOFT_ERRORS.get(sig.errno)
         if reason is None:
-            assert err is not None
-            raise self.refuse("signature", err, _FATAL_SIG.get(err, "the signature is broken"),
+            raise self.refuse("signature", sig.errno, sig.problem or _FATAL_SIG.get(sig.errno, "the signature is broken"),
                               "sign the module again (kmodkit sign) with a key the kernel trusts")
         article = "an" if reason.startswith("unsigned") else "a"
         if self.c.enforced:
             self.log(5, f"Loading of {reason} is rejected")
-            raise self.refuse("signature", errno.EKEYREJECTED,
-                              f"signatures are enforced and this is {article} {reason}", self._sign_fix(err))
+            raise self.refuse("signature", _e.EKEYREJECTED,
+                              f"signatures are enforced and this is {article} {reason}", self._sign_fix(sig.errno))
         if self.c.lockdown is not Lockdown.NONE:
             self.log(5, f"Lockdown: {self.c.machine.comm}: unsigned module loading is restricted; "
                         "see man kernel_lockdown.7")
-            raise self.refuse("lockdown", errno.EPERM, f"the kernel is locked down ({self.c.lockdown.value}) "
-                              f"and this is {article} {reason}", self._sign_fix(err))
-        return length
-
-    def _verify(self, data: memoryview, size: int) -> tuple[int | None, int]:
-        """mod_verify_sig() on data[:size] (the marker removed): (None when valid, else the errno; the length
-        left for the ELF checks: the module without its signature once mod_check_sig() passed)."""
-        if size <= _SIG_INFO.size:
-            return errno.EBADMSG, size
-        algo, hash_, id_type, signer_len, key_id_len, pad, sig_len = _SIG_INFO.unpack_from(data, size - _SIG_INFO.size)
-        if sig_len >= size - _SIG_INFO.size:
-            return errno.EBADMSG, size
-        if id_type != _PKEY_ID_PKCS7:
-            self.log(3, "module: not signed with expected PKCS#7 message")
-            return errno.ENOPKG, size
-        if algo or hash_ or signer_len or key_id_len or pad != b"\0\0\0":
-            self.log(3, "module: PKCS#7 signature info has unexpected non-zero params")
-            return errno.EBADMSG, size
-        stripped = size - sig_len - _SIG_INFO.size
-        from kmodkit.signing.verify import Verdict
-
-        verdict = self.c.verifier(self.assumptions).verify_bytes(data[:size + len(_MAGIC)], self.path)
-        if verdict.verdict is Verdict.VALID:
-            return None, stripped
-        if verdict.verdict in (Verdict.UNTRUSTED, Verdict.UNKNOWN_KEY):
-            return errno.ENOKEY, stripped
-        if verdict.verdict is Verdict.INVALID:
-            return errno.EKEYREJECTED, stripped
-        return errno.EBADMSG, stripped
+            raise self.refuse("lockdown", _e.EPERM, f"the kernel is locked down ({self.c.lockdown.value}) "
+                              f"and this is {article} {reason}", self._sign_fix(sig.errno))
+        return length_after_sig_check(data)
 
     def _sign_fix(self, err: int | None) -> str:
         if err == errno.ENOKEY:
@@ -500,8 +469,15 @@ class _Run:
         last: tuple[int, str, str | None] | None = None
         imports = set(self.mod.get_all("import_ns"))
         gplok = "P" not in self.taints
-        for name, shndx in self.mod.elf.symbol_names_in(_UNDEF_OR_COMMON):
-            if shndx == _SHN_COMMON:
+        table = self.mod.elf.symbol_table()
+        positions = [] if table is None else table.in_sections(_UNDEF_OR_COMMON)
+        names = [] if table is None else table.names_of(positions)
+        for k, raw in zip(positions, names):
+            if not raw:
+                continue
+            name = raw.decode("utf-8", "replace")
+            assert table is not None
+            if table.shndx[k] == _SHN_COMMON:
                 if not name.startswith("__gnu_lto"):
                     self.log(4, f"{m}: please compile with -fno-common")
                     last = (errno.ENOEXEC, "a common symbol", "compile with -fno-common")
@@ -513,7 +489,7 @@ class _Run:
                 export = None
                 fix = f"{name} is exported GPL-only: declare a GPL-compatible MODULE_LICENSE"
             if export is None:
-                if name == "_GLOBAL_OFFSET_TABLE_" or self._weak(name):
+                if name == "_GLOBAL_OFFSET_TABLE_" or table.weak[k]:
                     continue
                 err = errno.ENOENT
                 fix = fix or f"{self.k.release} exports no {name}: build for a kernel that has it"
@@ -539,9 +515,6 @@ class _Run:
             problem = {errno.ENOENT: f"unknown symbol {what}", errno.EINVAL: f"symbol {what} does not match "
                        "the kernel (CRC or namespace)", errno.ENOEXEC: what}[err]
             raise self.refuse("symbols", err, problem, fix)
-
-    def _weak(self, name: str) -> bool:
-        return any(s.name == name and s.bind == _STB_WEAK for s in self.mod.elf.iter_symbols())
 
     # -- 8. formation --
     def _duplicate_exports(self) -> None:

@@ -11,9 +11,10 @@ from kmodkit.check.checker import Checker, Machine, Provider, provider
 from kmodkit.check.target import TargetKernel
 from kmodkit.check.verdict import Prediction
 from kmodkit.errors import KmodkitError, UserError
+from kmodkit.sysroot import Root
 
 
-def target_kernel(name: str, root: str | Path = "/") -> TargetKernel:
+def target_kernel(name: str, root: Root | str | Path | None = None) -> TargetKernel:
     """The kernel ``name``: a directory holding its files when ``name`` contains a slash, else an installed release."""
     if os.sep in name:
         return TargetKernel.from_dir(name)
@@ -47,14 +48,14 @@ class CheckRun:
     """
 
     def __init__(self, modules: list[str], kernels: list[str], machine: Machine | None = None,
-                 all_installed: bool = False, root: str | Path = "/") -> None:
+                 all_installed: bool = False, root: Root | str | Path | None = None) -> None:
         from kmodkit.kbuild.kernels import installed_kernels
 
         if not modules:
             raise UserError("check", "no module named", "name one or more module files")
         names = list(dict.fromkeys(kernels))
         if all_installed:
-            names += [k.release for k in installed_kernels(Path(root)) if k.release not in names]
+            names += [k.release for k in installed_kernels(Root.of(root)) if k.release not in names]
         if not names:
             raise UserError("check", "no kernel named", "pass -k KVER (repeatable) or --all-installed")
         #: the module files
@@ -63,8 +64,9 @@ class CheckRun:
         self.kernels = names
         #: the machine the kernels run on
         self.machine = machine or Machine()
-        self.root = Path(root)
+        self.root = Root.of(root)
         self._providers: dict[str, Provider | None] = {}
+        self._checkers: dict[tuple[str, bool], Checker] = {}
 
     def _target(self, name: str) -> TargetKernel:
         return target_kernel(name, self.root)
@@ -95,8 +97,11 @@ class CheckRun:
                     found.append(p)
         return found
 
-    def results(self) -> Iterator[PairResult]:
-        """Every (module, kernel) pair, kernel by kernel, in the order named."""
+    def results(self, jobs: int | None = None) -> Iterator[PairResult]:
+        """Every (module, kernel) pair, kernel by kernel, in the order named; large batches in ``jobs`` workers."""
+        global _WORK
+        from kmodkit._util.pool import Cost, chunks, fan_out, jobs_for
+
         for kname in self.kernels:
             try:
                 target = self._target(kname)
@@ -104,11 +109,37 @@ class CheckRun:
                 for m in self.modules:
                     yield PairResult(m, kname, None, exc)
                 continue
-            for m in self.modules:
-                in_tree = target.source.moddir is not None and \
-                    os.path.abspath(m).startswith(str(target.source.moddir) + os.sep)
-                checker = Checker(target, self.machine, [] if in_tree else self.providers_for(m))
-                try:
-                    yield PairResult(m, kname, checker.check(m), None)
-                except KmodkitError as exc:
-                    yield PairResult(m, kname, None, exc)
+            workers = jobs_for(len(self.modules), Cost.READ, jobs)
+            if workers:
+                # read once here what every worker needs, so the forked workers share it
+                _ = target.exports, target.struct_module_size, target.sysfs_builtin
+            _WORK = (self, target, kname)
+            try:
+                for batch in fan_out(_check_batch, chunks(self.modules, workers), workers):
+                    yield from batch
+            finally:
+                _WORK = None
+
+    def check_one(self, target: TargetKernel, kname: str, module: str) -> PairResult:
+        """The result of one module on one kernel."""
+        in_tree = target.source.moddir is not None and \
+            os.path.abspath(module).startswith(str(target.source.moddir) + os.sep)
+        checker = self._checkers.get((kname, in_tree))
+        if checker is None or checker.kernel is not target:
+            checker = Checker(target, self.machine)
+            self._checkers[(kname, in_tree)] = checker
+        checker.providers = [] if in_tree else self.providers_for(module)
+        try:
+            return PairResult(module, kname, checker.check(module), None)
+        except KmodkitError as exc:
+            return PairResult(module, kname, None, exc)
+
+
+#: the run a batch of workers serves (set before forking, so it reaches them without pickling)
+_WORK: tuple[CheckRun, TargetKernel, str] | None = None
+
+
+def _check_batch(modules: list[str]) -> list[PairResult]:
+    assert _WORK is not None
+    run, target, kname = _WORK
+    return [run.check_one(target, kname, m) for m in modules]

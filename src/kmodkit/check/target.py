@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kmodkit.check.symvers import Export, read_symvers
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
+from kmodkit.sysroot import Root
 
 #: configuration options check reads (the rest of a distro's ~9,000 lines is never parsed)
 CONFIG_OPTIONS = (
@@ -68,11 +69,13 @@ class TargetKernel:
         self.config = config
 
     @classmethod
-    def installed(cls, release: str, root: str | Path = "/") -> TargetKernel:
-        """The installed kernel ``release`` below ``root``; needs its headers (Module.symvers, .config)."""
+    def installed(cls, release: str, root: Root | str | Path | None = None) -> TargetKernel:
+        """The installed kernel ``release`` of the machine at ``root`` (this one by default); needs its headers
+        (Module.symvers, .config)."""
         from kmodkit.kbuild.kernels import kernel
 
-        k = kernel(release, Path(root))
+        machine = Root.of(root)
+        k = kernel(release, machine)
         if not k.installed and k.headers is None:
             raise NotFoundError(release, "no such kernel is installed (no /lib/modules/" + release + ")",
                                 "install linux-image-" + release + " and linux-headers-" + release
@@ -80,7 +83,7 @@ class TargetKernel:
         if k.headers is None or not (k.headers / "Module.symvers").is_file():
             raise EnvironmentNotReady(release, "its headers (Module.symvers, .config) are not installed",
                                       "install linux-headers-" + release)
-        image = Path(root) / "boot" / f"vmlinuz-{release}"
+        image = machine.join(f"/boot/vmlinuz-{release}")
         source = KernelSource(release, k.headers, k.moddir if k.installed else None,
                               image if image.exists() else None)
         return cls(source, _read_config(k.headers))

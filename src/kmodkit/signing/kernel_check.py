@@ -115,6 +115,23 @@ class _Refusal(Exception):
         self.err, self.log, self.problem = err, log, problem
 
 
+def length_after_sig_check(data: bytes | memoryview) -> int:
+    """How much of the decompressed module ``data`` load_module() goes on with after module_sig_check
+    (info->len): all of an unsigned file, less the magic when mod_check_sig refused the trailer, and the
+    module without its signature once the trailer passed."""
+    size = len(data)
+    if size <= len(MAGIC) or bytes(data[size - len(MAGIC):]) != MAGIC:
+        return size
+    modlen = size - len(MAGIC)
+    if modlen <= TRAILER_SIZE - len(MAGIC):
+        return modlen
+    raw = bytes(data[size - TRAILER_SIZE:modlen])
+    sig_len = int.from_bytes(raw[8:12], "big")
+    if sig_len >= modlen - len(raw) or raw[2] != PKEY_ID_PKCS7 or any(raw[:2] + raw[3:8]):
+        return modlen
+    return modlen - len(raw) - sig_len
+
+
 def check_module_signature(data: bytes | memoryview, store: TrustStore, name: str = "<memory>") -> KernelSigCheck:
     """The kernel's decision on the signature of the decompressed module ``data``, trusting ``store``'s
     trusted certificates (its untrusted ones only say whether the signature itself holds).  Never raises."""
