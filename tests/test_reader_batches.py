@@ -137,8 +137,8 @@ def test_fifo_and_dev_zero_are_refused_at_once(tmp_path: Path, sample_module: Pa
     assert r.returncode == 2
     assert r.stdout.count("filename:") == 1
     assert r.stderr.splitlines() == [
-        f"error: {fifo}: is a FIFO, not a module file: refused without reading it",
-        f"error: {zero}: is a character device, not a module file: refused without reading it",
+        f"error: {fifo}: is a FIFO, not a regular file (a module file): refused without reading it",
+        f"error: {zero}: is a character device, not a regular file (a module file): refused without reading it",
     ]
     # modinfo refuses them at once too (it takes them for module names it cannot find)
     theirs = subprocess.run(["modinfo", str(fifo), str(zero)], capture_output=True, text=True, timeout=60)

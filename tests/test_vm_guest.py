@@ -157,6 +157,7 @@ if sys.argv[2] == "default":
     report["chain"] = kk("load", f"{D}/chain_b.ko", "--json")
     report["after_chain"] = sorted(m for m in proc_modules() if m.startswith("chain_"))
     report["vermagic"] = kk("load", f"{D}/other/hello.ko", "--json")
+    report["vermagic_no_check"] = kk("load", f"{D}/other/hello.ko", "--no-check", "--json")
     report["after_vermagic"] = "hello" in proc_modules()
     t = time.monotonic()
     kk("status", "--json")
@@ -420,6 +421,21 @@ def test_module_for_another_kernel_is_explained_with_the_kernels_line(default_bo
     assert "version magic" in why["problem"] or "module_layout" in why["problem"]
     assert why["kernel_lines"]
     assert default_boot["after_vermagic"] is False
+
+
+def test_load_checks_first_and_the_kernel_agrees_with_the_prediction(default_boot: dict[str, object]) -> None:
+    """A refusal is predicted before the kernel is asked (issue 11); --no-check asks it: same errno, same lines."""
+    predicted = _j(default_boot, "vermagic")["json"]["explanation"]  # type: ignore[index]
+    asked = _j(default_boot, "vermagic_no_check")["json"]["explanation"]  # type: ignore[index]
+    assert predicted["predicted"] is True and asked["predicted"] is False
+    assert predicted["errno"] == asked["errno"] == "ENOEXEC"
+    assert predicted["kernel_lines"] == asked["kernel_lines"] and asked["kernel_lines"]
+    assert predicted["problem"].startswith("predicted, not loaded: ")
+
+
+def test_load_passes_on_the_kernels_verification_failed_notice(default_boot: dict[str, object]) -> None:
+    lines = _j(default_boot, "load_hello")["json"]["kernel_lines"]  # type: ignore[index]
+    assert "hello: module verification failed: signature and/or required key missing - tainting kernel" in lines
 
 
 def test_kmodkit_signature_verifies_on_the_host_but_the_kernel_would_not_trust_it(

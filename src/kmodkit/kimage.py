@@ -22,7 +22,6 @@ from __future__ import annotations
 import bz2
 import lzma
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -106,19 +105,15 @@ def read_vmlinux(path: str, limit: int = MAX_VMLINUX) -> tuple[KernelImage, byte
 
 
 def _read_bounded(path: str, limit: int) -> bytes:
-    # O_NONBLOCK: a FIFO named like an image must not hang the open; only regular files are read
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise from_oserror(exc, path) from None
+    from kmodkit.modfile.opener import open_regular
+
+    fd, st = open_regular(path, "a kernel image")  # a FIFO named like an image must not hang; only regular files are read
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(path, "is not a regular file", "give a kernel image file")
         if st.st_size > limit:
             raise ModuleFormatError(path, f"is {st.st_size} bytes, over the {limit >> 20} MiB a kernel image may be")
         try:
-            return f.read(limit)
+            # what the file holds, never the bound: read(n) allocates n bytes first (a 1 GiB guest cannot)
+            return f.read(st.st_size)
         except OSError as exc:
             raise from_oserror(exc, path) from None
 

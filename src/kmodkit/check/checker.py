@@ -133,6 +133,13 @@ class Checker:
         return self.kernel.enabled("MODULE_SIG_FORCE") or value in ("1", "y", "Y")
 
     @property
+    def enforced_by(self) -> str:
+        """What enforces signatures, in the kernel's words (for messages)."""
+        if self.kernel.enabled("MODULE_SIG_FORCE"):
+            return "CONFIG_MODULE_SIG_FORCE"
+        return "module.sig_enforce=1"
+
+    @property
     def lockdown(self) -> Lockdown:
         """The lockdown level in effect."""
         if self.machine.lockdown is not None:
@@ -297,7 +304,13 @@ class _Run:
 
         from kmodkit.signing.kernel_check import SOFT_ERRORS, check_module_signature, length_after_sig_check
 
-        sig = check_module_signature(data, self.c.trust_store(self.assumptions), self.path)
+        from kmodkit.modfile.signature import MAGIC
+        from kmodkit.signing.trust import TrustStore
+
+        # the kernel's keys are read (from its image) only for a module that carries a signature
+        signed = len(data) > len(MAGIC) and bytes(data[len(data) - len(MAGIC):]) == MAGIC
+        store = self.c.trust_store(self.assumptions) if signed else TrustStore()
+        sig = check_module_signature(data, store, self.path)
         if sig.log is not None:
             # pr_err() in module_signature.c / signing.c ("module: ..."), pr_warn() in the PKCS#7 code
             self.log(4 if sig.log.startswith("PKCS7: ") else 3, sig.log)
@@ -312,7 +325,8 @@ class _Run:
         if self.c.enforced:
             self.log(5, f"Loading of {reason} is rejected")
             raise self.refuse("signature", _e.EKEYREJECTED,
-                              f"signatures are enforced and this is {article} {reason}", self._sign_fix(sig.errno))
+                              f"signatures are enforced ({self.c.enforced_by}) and this is {article} {reason}",
+                              self._sign_fix(sig.errno))
         if self.c.lockdown is not Lockdown.NONE:
             self.log(5, f"Lockdown: {self.c.machine.comm}: unsigned module loading is restricted; "
                         "see man kernel_lockdown.7")

@@ -19,6 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kmodkit.toml whose [parameters] defaults apply to its module (default: the "
                              "project manifest found beside or above a module file)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, load nothing")
+    parser.add_argument("--no-check", action="store_true",
+                        help="hand every module to the kernel without predicting its verdict first (kmodkit check)")
     parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")
 
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.loader.loader import LoadFailed
 
     try:
-        result = loader.load(plan)
+        result = loader.load(plan, check=not args.no_check)
     except LoadFailed as exc:
         if args.json:
             print_json({"ok": False, "explanation": exc.explanation, "rolled_back": exc.rolled_back,
@@ -55,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             why = exc.explanation
             sys.stderr.write(f"error: {why.module}: {why.problem}; {why.fix}\n")
+            said = "kernel would say" if why.predicted else "kernel"
             for line in why.kernel_lines:
-                sys.stderr.write(f"  kernel: {line}\n")
+                sys.stderr.write(f"  {said}: {line}\n")
+            if why.predicted:
+                sys.stderr.write("  (predicted by kmodkit check; nothing was loaded: --no-check asks the kernel)\n")
             if exc.rolled_back:
                 sys.stderr.write(f"  rolled back: {', '.join(exc.rolled_back)}\n")
             if exc.left_loaded:

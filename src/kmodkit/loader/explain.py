@@ -119,12 +119,14 @@ class Explanation:
     kernel_lines: tuple[str, ...]  #: what the kernel logged meanwhile (warning level and worse)
     sig_enforce: bool | None  #: module.sig_enforce, None when unknown
     lockdown: str | None  #: the lockdown mode (none, integrity, confidentiality), None when unknown
+    predicted: bool = False  #: True when ``kmodkit check`` predicted the refusal and the kernel was not asked
 
     def to_json(self) -> dict[str, object]:
         """The explanation as a JSON object."""
         return {"module": self.module, "errno": errno.errorcode.get(self.errno, str(self.errno)),
                 "reason": self.reason.value, "problem": self.problem, "fix": self.fix,
-                "kernel_lines": list(self.kernel_lines), "sig_enforce": self.sig_enforce, "lockdown": self.lockdown}
+                "kernel_lines": list(self.kernel_lines), "sig_enforce": self.sig_enforce, "lockdown": self.lockdown,
+                "predicted": self.predicted}
 
 
 def read_sig_enforce(sysfs: str = "/sys") -> bool | None:

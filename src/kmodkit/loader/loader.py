@@ -117,6 +117,7 @@ class Loader:
         #: the running kernel's modules
         self.kernel = KernelModules(procfs, sysfs)
         self._sysfs = sysfs
+        self._procfs = procfs
 
     def planner(self, moddir: str, manifest: Manifest | None = None) -> Planner:
         """A planner for the tree ``moddir`` that knows what the running kernel has loaded."""
@@ -126,12 +127,21 @@ class Loader:
         """The plan for ``target`` in the tree ``moddir``, with loaded modules marked."""
         return self.planner(moddir, manifest).plan(target, params)
 
-    def load(self, plan: LoadPlan) -> LoadResult:
+    def load(self, plan: LoadPlan, check: bool = True) -> LoadResult:
         """Run every step not loaded yet; when a required one fails, unload what was loaded and raise LoadFailed.
 
-        A softdep that fails is recorded in the result and the load goes on,
-        as modprobe ignores failures of modules that are not required.
+        With ``check``, every module is first checked against the running kernel
+        (:mod:`kmodkit.loader.precheck`): a predicted refusal raises LoadFailed
+        before anything is loaded.  A softdep that fails is recorded in the
+        result and the load goes on, as modprobe ignores failures of modules
+        that are not required.
         """
+        if check:
+            from kmodkit.loader.precheck import precheck
+
+            predicted = precheck(plan, self._procfs, self._sysfs)
+            if predicted is not None:
+                raise LoadFailed(predicted, [], [])
         done: list[str] = []
         skipped: list[str] = []
         installed: list[InstallRun] = []
@@ -172,7 +182,8 @@ class Loader:
                     continue
                 rolled, left = self._rollback(done)
                 raise LoadFailed(why, rolled, left)
-            warnings = [r.message for r in kmsg.new_records() if r.priority <= 4]
+            # notices too: the kernel's "module verification failed ... tainting kernel" is a <5> line
+            warnings = [r.message for r in kmsg.new_records() if r.priority <= 5]
         return LoadResult(plan, tuple(done), tuple(skipped), tuple(installed), tuple(soft_failures), tuple(warnings))
 
     def _load_one(self, step: PlanStep) -> None:

@@ -33,8 +33,10 @@ _NOT_REGULAR = (
 )
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
+def open_regular(path: str, what: str = "a module file") -> tuple[int, os.stat_result]:
     """A blocking read-only descriptor of the regular file at ``path``, and its stat; the caller closes it.
+
+    ``what`` names the kind of file expected, in messages ("a kernel image").
 
     Never blocks and never reads: raises :class:`~kmodkit.errors.NotFoundError`
     for a missing file and :class:`~kmodkit.errors.UserError` for a directory,
@@ -54,9 +56,9 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
         raise from_oserror(exc, path) from None
     os.close(fd)
     if stat.S_ISDIR(st.st_mode):
-        raise UserError(path, "is a directory, expected a module file")
-    kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-    raise UserError(path, f"is {kind}, not a module file: refused without reading it")
+        raise UserError(path, f"is a directory, expected {what}")
+    kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+    raise UserError(path, f"is {kind}, not a regular file ({what}): refused without reading it")
 
 
 def load_module(path: str, limit: int | None = None) -> tuple[Held, os.stat_result, Compression | None]:
