@@ -178,3 +178,51 @@ def test_the_json_says_up_to_date_where_the_text_does(tmp_path: Path, cloud_tree
     assert _cli(*args).returncode == 0
     text, doc = _cli(*args).stdout, json.loads(_cli(*args, "--json").stdout)
     assert "(up to date)" in text and doc["kernels"][0]["state"] == "up to date"
+
+
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows after ``raw``: lines, with rich's cursor-up (ESC[1A) and erase-line (ESC[2K) applied."""
+    import re as _re
+
+    lines, row = [""], 0
+    for token in _re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r\n|\n|\r|[^\x1b\r\n]+|\x1b", raw):
+        if token in ("\n", "\r\n"):
+            row += 1
+            if row == len(lines):
+                lines.append("")
+        elif token == "\r":
+            lines[row] = ""
+        elif token.startswith("\x1b["):
+            if token.endswith("A"):
+                row = max(0, row - int(token[2:-1] or 1))
+            elif token == "\x1b[2K":
+                lines[row] = ""
+        elif not token.startswith("\x1b"):
+            lines[row] += token
+    return [line for line in lines if line.strip()]
+
+
+def test_on_a_terminal_each_kernel_is_shown_once(tmp_path: Path, cloud_tree) -> None:
+    """0.1 left its live table on the screen and printed the summary under it: every kernel twice."""
+    import pty
+
+    NewProject("demo", tmp_path / "p").create()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "kmodkit", "build", str(tmp_path / "p"), "-k", cloud_tree.release,
+                             "--workdir", str(tmp_path / "work")], stdout=slave, stderr=slave,
+                            env=dict(os.environ, TERM="xterm", COLUMNS="200"))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait() == 0
+    screen = _screen(b"".join(chunks).decode(errors="replace"))
+    assert len([line for line in screen if cloud_tree.release in line]) == 1, screen
+    assert screen[-1].startswith("1 of 1 kernels built")
