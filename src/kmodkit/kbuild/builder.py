@@ -325,7 +325,7 @@ class Build:
         for m in mods:
             module = out / f"{m['name']}.ko"
             # a module signed since (by 'kmodkit sign') is still this build's: compare what precedes the signature
-            if not module.is_file() or _unsigned_sha256(module) != m.get("unsigned_sha256"):
+            if not module.is_file() or products.unsigned_sha256(module) != m.get("unsigned_sha256"):
                 return None
             paths.append(module)
         diags = tuple(Diagnostic(d["file"], d["line"], Severity(d["severity"]), d["message"])
@@ -341,7 +341,7 @@ class Build:
         out.mkdir(parents=True, exist_ok=True)
         logpath = out / "build.log"
         # no -jN: a -j on the command line would make this make the master of a jobserver of its own
-        argv = [self.make, "-C", str(job.headers), f"M={copy}", f"CC={program}", f"KCFLAGS={self._kcflags(copy)}"]
+        argv = [self.make, "-C", str(job.headers), f"M={copy}", f"CC={program}", f"KCFLAGS={products.kcflags(self.manifest, self.project, copy)}"]
         if job.symvers:
             argv.append("KBUILD_EXTRA_SYMBOLS=" + " ".join(str(sv) for sv in job.symvers))
         argv.append("modules")
@@ -360,7 +360,7 @@ class Build:
         if rc != 0 or not built or disagree:
             errors = [d for d in diags if d.severity is Severity.ERROR]
             problem = disagree or ((f"make exited with {rc}" if rc != 127 else f"{self.make} could not run")
-                                   + (f": {errors[0]}" if errors else "") + self._undefined_hint(text, release)
+                                   + (f": {errors[0]}" if errors else "") + products.undefined_hint(text, release, self.project, self.depends)
                                    if rc != 0 else "make built no module")
             return tell(KernelBuild(release, State.FAILED, None, logpath, None, duration, program,
                                     diagnostics=diags, problem=problem))
@@ -369,7 +369,7 @@ class Build:
         written: list[tuple[Path, bytes]] = []
         for spec in self.manifest.modules:  # the manifest's order: the first module stands for the project
             module = out / f"{spec.name}.ko"
-            if self.manifest.signing is None and _is_signed(module):
+            if self.manifest.signing is None and products.is_signed(module):
                 notes.append(f"{module} was signed; the new build is not (the manifest names no key): "
                              f"sign it again with 'kmodkit sign'")
             data = by_name[spec.name].path.read_bytes()
@@ -392,34 +392,6 @@ class Build:
             failed = [o for o in outcomes if o is not None and o.state is not SignState.SIGNED]
             result = replace(result, signed=failed[0] if failed else outcomes[0])
         return tell(self._record(result, written, outcomes, job.choice, job.key))
-
-    def _kcflags(self, copy: Path) -> str:
-        """KCFLAGS: the user's, then debug info and __FILE__ naming the project's files, not the copy.
-
-        ``-iquote PROJECT`` lets ``#include "../core/core.h"`` find the project's neighbours from the copy.
-        A project path make cannot take (blanks, $) gets neither: the module still builds.
-        """
-        flags = [os.environ.get("KCFLAGS", "")]
-        if inputs.make_safe(self.project):
-            flags.append(f"-ffile-prefix-map={copy}={self.project}")
-            flags += [f"-iquote {self.project / d}" if d else f"-iquote {self.project}"
-                      for d in dict.fromkeys(m.subdir for m in self.manifest.modules)]
-        return " ".join(f for f in flags if f)
-
-    def _undefined_hint(self, log_text: str, release: str) -> str:
-        """For modpost's "undefined!": which kmodkit project beside this one exports the symbols (the fix)."""
-        symbols = products.undefined_symbols(log_text)
-        if not symbols:
-            return ""
-        found = products.exporters(symbols, release, [p for p in products.nearby_projects(self.project)
-                                                      if p not in self.depends])
-        if not found:
-            return (f"; {symbols[0]} is exported by no module of this build: when another kmodkit project exports "
-                    f"it, name that project in [project] depends = [...] and build it first")
-        dep = next(iter(found.values()))
-        rel = os.path.relpath(dep, self.project)
-        syms = ", ".join(s for s, p in found.items() if p == dep)
-        return f"; {syms} exported by the project {dep}: add depends = [\"{rel}\"] under [project] in {MANIFEST}"
 
     def _record(self, result: KernelBuild, written: list[tuple[Path, bytes]], outcomes: list[SignOutcome | None],
                 choice: kern.CompilerChoice, key: str) -> KernelBuild:
@@ -516,26 +488,3 @@ def _stamp(path: Path) -> str:
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def _unsigned_sha256(path: Path) -> str | None:
-    """SHA-256 of the module without its signature (of all of it when unsigned); None when unreadable."""
-    from kmodkit.errors import ModuleFormatError
-    from kmodkit.modfile.signature import find_trailer
-
-    try:
-        data = path.read_bytes()
-        t = find_trailer(data, str(path))
-    except (OSError, ModuleFormatError):
-        return None
-    return hashlib.sha256(data[:t.content_len] if t else data).hexdigest()
-
-
-def _is_signed(path: Path) -> bool:
-    """Whether ``path`` is a module with a signature appended (False when absent or unreadable)."""
-    from kmodkit.errors import ModuleFormatError
-    from kmodkit.modfile.signature import find_trailer
-
-    try:
-        return find_trailer(path.read_bytes(), str(path)) is not None
-    except (OSError, ModuleFormatError):
-        return False

@@ -4,17 +4,19 @@ Kbuild stays the authority on what is built; the manifest names the modules it m
 (:class:`kmodkit.kbuild.manifest.ModuleSpec`).  Before make runs, :func:`add_module_flags` appends the
 manifest's include paths and cflags to the build copy's Kbuild as ``CFLAGS_obj.o`` lines (the project is
 never touched); after it, :func:`built_modules` reads make's ``modules.order`` and :func:`disagreement` says
-where make and the manifest part ways.  :func:`exporters` finds which kmodkit project exports a symbol
-modpost called undefined.
+where make and the manifest part ways.  :func:`undefined_hint` names the kmodkit project that exports a
+symbol modpost called undefined; :func:`unsigned_sha256` lets a module signed since its build count as built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmodkit.kbuild import inputs
 from kmodkit.kbuild.manifest import MANIFEST, Manifest
 
 #: modpost: ERROR: modpost: "SYMBOL" [PATH.ko] undefined!
@@ -141,3 +143,56 @@ def nearby_projects(project: Path) -> list[Path]:
                       if p != project and p.is_dir() and (p / MANIFEST).is_file())
     except OSError:
         return []
+
+
+def kcflags(manifest: Manifest, project: Path, copy: Path) -> str:
+    """KCFLAGS for building ``copy``: the user's, then debug info and __FILE__ naming the project's files.
+
+    ``-iquote PROJECT`` (and each module's directory) lets ``#include "../core/core.h"`` find the project's
+    neighbours from the copy.  A project path make cannot take (blanks, $) gets neither: the module still builds.
+    """
+    flags = [os.environ.get("KCFLAGS", "")]
+    if inputs.make_safe(project):
+        flags.append(f"-ffile-prefix-map={copy}={project}")
+        flags += [f"-iquote {project / d}" if d else f"-iquote {project}"
+                  for d in dict.fromkeys(m.subdir for m in manifest.modules)]
+    return " ".join(f for f in flags if f)
+
+
+def undefined_hint(log: str, release: str, project: Path, depends: list[Path]) -> str:
+    """For modpost's "undefined!": which kmodkit project beside ``project`` exports the symbols, and the fix."""
+    symbols = undefined_symbols(log)
+    if not symbols:
+        return ""
+    found = exporters(symbols, release, [p for p in nearby_projects(project) if p not in depends])
+    if not found:
+        return (f"; {symbols[0]} is exported by no module of this build: when another kmodkit project exports "
+                f"it, name that project in [project] depends = [...] and build it first")
+    dep = next(iter(found.values()))
+    rel = os.path.relpath(dep, project)
+    syms = ", ".join(s for s, p in found.items() if p == dep)
+    return f"; {syms} exported by the project {dep}: add depends = [\"{rel}\"] under [project] in {MANIFEST}"
+
+
+def unsigned_sha256(path: Path) -> str | None:
+    """SHA-256 of the module without its signature (of all of it when unsigned); None when unreadable."""
+    from kmodkit.errors import ModuleFormatError
+    from kmodkit.modfile.signature import find_trailer
+
+    try:
+        data = path.read_bytes()
+        t = find_trailer(data, str(path))
+    except (OSError, ModuleFormatError):
+        return None
+    return hashlib.sha256(data[:t.content_len] if t else data).hexdigest()
+
+
+def is_signed(path: Path) -> bool:
+    """Whether ``path`` is a module with a signature appended (False when absent or unreadable)."""
+    from kmodkit.errors import ModuleFormatError
+    from kmodkit.modfile.signature import find_trailer
+
+    try:
+        return find_trailer(path.read_bytes(), str(path)) is not None
+    except (OSError, ModuleFormatError):
+        return False
