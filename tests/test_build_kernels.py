@@ -17,6 +17,7 @@ from kmodkit.kbuild import kernels as kern
 from kmodkit.kbuild.builder import Build, KernelBuild, State
 from kmodkit.kbuild.project import NewProject
 from kmodkit.modfile import ModuleFile
+from kmodkit.sysroot import Root
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -153,15 +154,43 @@ def test_warnings_land_in_the_build_record(tmp_path: Path, cloud_tree) -> None:
     assert any(w.startswith("demo.c:") and "unused variable 'unused_here'" in w for w in rec["warnings"])
 
 
+def test_a_mistyped_kernel_is_refused_with_close_installed_names(tmp_path: Path, cloud_tree) -> None:
+    """0.1 built nothing, exited 1 and suggested installing linux-headers-TYPO, a package that does not exist."""
+    NewProject("demo", tmp_path / "p").create()
+    typo = cloud_tree.release[:-1]
+    with pytest.raises(UserError) as exc:
+        Build(tmp_path / "p", kernels=[typo, cloud_tree.release], workdir=tmp_path / "work")
+    assert exc.value.subject == f"-k {typo}" and "is not an installed kernel" in exc.value.problem
+    assert exc.value.fix is not None and cloud_tree.release in exc.value.fix and "apt" not in exc.value.fix
+    proc = subprocess.run([sys.executable, "-m", "kmodkit", "build", str(tmp_path / "p"), "-k", typo],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and f"did you mean {cloud_tree.release}" in proc.stderr
+
+
+def _root_with(tmp_path: Path, real: str, headerless: str) -> Path:
+    """A fake machine: this one's /usr and /etc, the real kernel ``real``, and ``headerless`` with no headers."""
+    root = tmp_path / "root"
+    (root / "lib" / "modules" / headerless).mkdir(parents=True)
+    (root / "lib" / "modules" / real).symlink_to(f"/lib/modules/{real}")
+    for d in ("usr", "etc"):
+        (root / d).symlink_to(f"/{d}")
+    return root
+
+
 def test_kernel_without_headers_is_blocked_and_the_others_still_built(tmp_path: Path, cloud_tree) -> None:
     NewProject("demo", tmp_path / "p").create()
+    root = _root_with(tmp_path, cloud_tree.release, "6.0.0-0-headerless-amd64")
     events: list[KernelBuild] = []
-    report = Build(tmp_path / "p", kernels=["6.0.0-0-nonexistent-amd64", cloud_tree.release],
-                   workdir=tmp_path / "work").run(events.append)
+    report = Build(tmp_path / "p", kernels=["6.0.0-0-headerless-amd64", cloud_tree.release],
+                   workdir=tmp_path / "work", root=Root(root)).run(events.append)
     missing, real = report.results
-    assert missing.state is State.BLOCKED and missing.fix == "apt-get install linux-headers-6.0.0-0-nonexistent-amd64"
+    assert missing.state is State.BLOCKED and missing.fix == "apt-get install linux-headers-6.0.0-0-headerless-amd64"
     assert real.state is State.BUILT and not report.ok
     assert [e.state for e in events if e.kernel == real.kernel] == [State.QUEUED, State.BUILDING, State.BUILT]
+    skipping = Build(tmp_path / "p", all_installed=True, workdir=tmp_path / "work", root=Root(root),
+                     skip_blocked=True).run()
+    assert skipping.ok and [r.state for r in skipping.results] == [State.CACHED, State.BLOCKED][::1 if
+                                                                   skipping.results[0].kernel == real.kernel else -1]
 
 
 def test_project_path_with_spaces_and_shell_metacharacters(tmp_path: Path, cloud_tree) -> None:

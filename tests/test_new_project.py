@@ -55,12 +55,12 @@ def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
         NewProject(name, tmp_path / "p")
 
 
-def test_non_empty_directory_is_refused(tmp_path: Path) -> None:
+def test_a_file_new_would_overwrite_is_refused(tmp_path: Path) -> None:
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    (tmp_path / "p" / "Kbuild").write_text("mine")
+    with pytest.raises(UserError, match="exists; new never overwrites a file"):
         NewProject("demo", tmp_path / "p")
-    assert (tmp_path / "p" / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "p" / "Kbuild").read_text() == "mine"
 
 
 def test_generated_makefile_builds_with_plain_make(tmp_path: Path, cloud_tree) -> None:

@@ -102,8 +102,11 @@ def test_health_manifest_errors(tmp_path: Path) -> None:
     bad.write_text('[module]\nname = 3\n')
     with pytest.raises(ConfigError, match="module.name: must be a string"):
         read_manifest(str(bad))
-    bad.write_text('[other]\n')
+    bad.write_text('[health]\nallow_taint = "O"\n')
     with pytest.raises(ConfigError, match="expects no module"):
+        read_manifest(str(bad))
+    bad.write_text('[other]\n')  # an unknown table is an error of its own (issue 12)
+    with pytest.raises(ConfigError, match="unknown key 'other'"):
         read_manifest(str(bad))
 
 

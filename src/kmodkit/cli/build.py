@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--workdir", metavar="DIR", help="build copies under DIR (default: ~/.cache/kmodkit/build)")
     where.add_argument("--shm", action="store_true", help="build copies in /dev/shm")
     parser.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    parser.add_argument("--skip-blocked", action="store_true",
+                        help="kernels without headers or their compiler are reported and skipped: exit 0 when every "
+                        "other kernel built")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.kbuild.builder import Build
 
     build = Build(Path(args.project), kernels=args.kernels, all_installed=args.all_installed, jobs=args.jobs,
-                  workdir=Path(args.workdir) if args.workdir else None, shm=args.shm, force=args.force)
+                  workdir=Path(args.workdir) if args.workdir else None, shm=args.shm, force=args.force,
+                  skip_blocked=args.skip_blocked)
     if args.json:
         report = build.run()
         print_json(report.to_json())
@@ -93,7 +97,8 @@ def _run_rich(build: object) -> BuildReport:
             t.add_row(mark, kver, f"[{colours[kb.state]}]{_status(kb)}[/]")
         return t
 
-    with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
+    # transient: the live table goes when the run ends, and the summary shows each kernel once
+    with Live(table(), console=console, refresh_per_second=8, transient=True) as live:
         def listen(kb: KernelBuild) -> None:
             states[kb.kernel] = kb
             live.update(table())
@@ -115,7 +120,12 @@ def _summary(report: BuildReport) -> None:
     for r in report.results:
         if r.ok:
             extra = f", {r.signed.state.value}" if r.signed else ""
-            out.write(f"{r.kernel}: {r.module} ({'built' if r.state.value == 'built' else 'up to date'}{extra})\n")
+            mods = r.modules or ((r.module,) if r.module else ())
+            where = str(mods[0]) if len(mods) == 1 else \
+                f"{', '.join(m.name for m in mods)} in {mods[0].parent}" if mods else "-"
+            out.write(f"{r.kernel}: {where} ({_status(r) if r.state.value != 'built' else 'built'}{extra})\n")
+            for note in r.notes:
+                out.write(f"  note: {note}\n")
         else:
             out.write(f"{r.kernel}: {_status(r)}\n")
             if r.fix:
@@ -123,4 +133,9 @@ def _summary(report: BuildReport) -> None:
         if r.log and (r.diagnostics or not r.ok):
             out.write(f"  full log: {r.log}\n")
     done = sum(r.ok for r in report.results)
-    out.write(f"{done} of {len(report.results)} kernels built ({report.wall:.1f} s, {report.jobs} workers)\n")
+    skipped = sum(r.state.value == "blocked" for r in report.results) if report.skip_blocked else 0
+    out.write(f"{done} of {len(report.results)} kernels built" + (f", {skipped} blocked and skipped" if skipped else "")
+              + f" ({report.wall:.1f} s, {report.jobs} workers)\n")
+    for r in report.results:  # one error line per kernel that failed or (unless skipped) could not start
+        if not r.ok and not (report.skip_blocked and r.state.value == "blocked"):
+            sys.stderr.write(f"error: {r.kernel}: {r.problem}" + (f"; {r.fix}" if r.fix else "") + "\n")

@@ -8,9 +8,15 @@ import argparse
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="modules to show in detail (default: all, as a table)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    parser.add_argument("--built", nargs="?", const=".", metavar="DIR",
+                        help="instead: what the project in DIR (default .) has built, signed and installed per "
+                        "kernel, as 'dkms status' shows")
+    parser.add_argument("--root", metavar="DIR", help="with --built: the machine's root to look at (default /)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.built is not None:
+        return _built(args)
     from kmodkit.cli.output import print_json
     from kmodkit.runtime.modules import KernelModules
     from kmodkit.runtime.taint import decode_mask, mask_letters
@@ -41,5 +47,25 @@ def run(args: argparse.Namespace) -> int:
     flags = decode_mask(mask or 0)
     lines.append(f"kernel taint: {mask if mask is not None else 'unknown'}"
                  + (f" ({', '.join(f'{f.letter} {f.name.lower()}' for f in flags)})" if flags else ""))
+    print("\n".join(lines))
+    return 0
+
+
+def _built(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kmodkit.cli.output import print_json
+    from kmodkit.kbuild.install import built_status
+    from kmodkit.sysroot import Root
+
+    rows = built_status(Path(args.built), Root.of(args.root))
+    if args.json:
+        print_json({"project": str(Path(args.built).resolve()), "modules": [r.to_json() for r in rows]})
+        return 0
+    lines = [f"{'KERNEL':<28} {'MODULE':<20} {'VERSION':<10} {'BUILT':<5} {'SIGNED':<6} INSTALLED"]
+    for r in rows:
+        installed = "-" if r.installed is None else f"{r.installed}" + ("" if r.current else " (not this build)")
+        lines.append(f"{r.kernel:<28} {r.module:<20} {r.version:<10} {'yes' if r.built else 'no':<5} "
+                     f"{'yes' if r.signed else 'no':<6} {installed}")
     print("\n".join(lines))
     return 0

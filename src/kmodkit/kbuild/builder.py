@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from kmodkit import __version__
 from kmodkit.errors import UserError
 from kmodkit.fileio import write_atomic
-from kmodkit.kbuild import buildlog, inputs, kernels as kern
+from kmodkit.kbuild import buildlog, inputs, kernels as kern, products
 from kmodkit.kbuild.buildlog import Diagnostic, Severity
 from kmodkit.kbuild.jobserver import Jobserver
-from kmodkit.kbuild.manifest import Manifest
+from kmodkit.kbuild.manifest import MANIFEST, Manifest
 from kmodkit.sysroot import HOST, Root
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: bump when the build record or the way inputs are hashed changes, so old outputs are rebuilt
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 
 
 class State(Enum):
@@ -50,7 +50,7 @@ class State(Enum):
     QUEUED = "queued"
     BUILDING = "building"
     BUILT = "built"  #: built now
-    CACHED = "cached"  #: nothing changed since the last build: not rebuilt
+    CACHED = "up to date"  #: nothing changed since the last build: not rebuilt (the text and JSON say so alike)
     FAILED = "failed"  #: make failed (compile error, modpost error)
     BLOCKED = "blocked"  #: could not start: headers or compiler missing
 
@@ -61,7 +61,7 @@ class KernelBuild:
 
     kernel: str  #: the kernel release
     state: State  #: queued, building, built, cached, failed, blocked
-    module: Path | None = None  #: out/KVER/NAME.ko, None until built
+    module: Path | None = None  #: out/KVER/NAME.ko of the first module, None until built
     log: Path | None = None  #: the full make log, None when make did not run
     record: Path | None = None  #: out/KVER/build.json, None until built
     duration: float = 0.0  #: seconds make ran (of the build that made the module, when cached)
@@ -71,7 +71,9 @@ class KernelBuild:
     diagnostics: tuple[Diagnostic, ...] = ()  #: warnings and errors, file:line: severity: message
     problem: str | None = None  #: why it failed or was blocked, None when it did not
     fix: str | None = None  #: the command that fixes a blocked build, None when unknown
-    signed: SignOutcome | None = None  #: what signing did, None when the manifest names no key
+    signed: SignOutcome | None = None  #: what signing did (the first module it failed for), None without a key
+    modules: tuple[Path, ...] = ()  #: every module built, out/KVER/NAME.ko, in make's order
+    notes: tuple[str, ...] = ()  #: what the build did besides building (a signature dropped), one sentence each
 
     @property
     def ok(self) -> bool:
@@ -88,6 +90,7 @@ class KernelBuild:
             "errors": [str(d) for d in self.diagnostics if d.severity is Severity.ERROR],
             "problem": self.problem, "fix": self.fix,
             "signed": self.signed.to_json() if self.signed else None,
+            "modules": [str(m) for m in self.modules], "notes": list(self.notes),
         }
 
 
@@ -103,15 +106,19 @@ class BuildReport:
     results: tuple[KernelBuild, ...]  #: one per kernel
     wall: float  #: seconds the whole run took
     jobs: int  #: worker count
+    skip_blocked: bool = False  #: whether kernels that could not start (no headers, no compiler) do not count
 
     @property
     def ok(self) -> bool:
-        """Whether every kernel has a module."""
+        """Whether every kernel has its modules (with ``skip_blocked``: every one not blocked, and one at least)."""
+        if self.skip_blocked:
+            return any(r.ok for r in self.results) and all(r.ok or r.state is State.BLOCKED for r in self.results)
         return all(r.ok for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object."""
-        return {"module": self.manifest.name, "version": self.manifest.version, "ok": self.ok,
+        return {"module": self.manifest.name, "modules": [m.name for m in self.manifest.modules],
+                "version": self.manifest.version, "ok": self.ok,
                 "wall": round(self.wall, 3), "jobs": self.jobs, "kernels": [r.to_json() for r in self.results]}
 
 
@@ -136,6 +143,7 @@ class Build:
     force: bool = False
     make: str = "make"
     root: Root = HOST  #: the machine whose kernels are built for
+    skip_blocked: bool = False  #: a kernel without headers or compiler is reported, and the run is still ok
 
     def __post_init__(self) -> None:
         self.project = Path(self.project).resolve()
@@ -154,14 +162,19 @@ class Build:
         if not self.targets:
             raise UserError(str(self.root.join("/lib/modules")), "no kernel is installed to build for",
                             "install a kernel's headers or name one with -k")
-        missing = [s for s in self.manifest.source_paths() if not s.is_file()]
-        if missing:
-            raise UserError(str(missing[0]), "a source the manifest lists does not exist",
-                            f"create it or fix [module] sources in {self.manifest.path}")
+        self._check_sources()
+        self._check_named_kernels()
+        self.depends = self.manifest.dependency_paths()
+        for dep in self.depends:
+            if not (dep / MANIFEST).is_file():
+                raise UserError(str(dep), f"is named in [project] depends of {self.manifest.path} but holds no "
+                                f"{MANIFEST}", "name the directory of another kmodkit project")
         self.work = self._workdir()
-        if not inputs.make_safe(self.work):
-            raise UserError(str(self.work), "make cannot take this path (spaces or special characters)",
-                            "pass --workdir with a plain path such as /tmp/kmodkit-work")
+        for path, what in [(self.work, "pass --workdir with a plain path such as /tmp/kmodkit-work")] \
+                + [(p, "move it to a plain path") for p in products.include_paths(self.manifest, self.project)] \
+                + [(d, "move it to a plain path") for d in self.depends]:
+            if not inputs.make_safe(path):
+                raise UserError(str(path), "make cannot take this path (spaces or special characters)", what)
         cpus = os.cpu_count() or 1
         # a module build is mostly serial steps (make reading the kernel's Makefiles, cc, modpost, ld, BTF),
         # so one slot more than CPUs keeps them busy: 3 kernels on 2 CPUs all start at once, and when one
@@ -169,6 +182,31 @@ class Build:
         self.slots = max(cpus + 1, self.jobs or 0)
         self.workers = max(1, min(self.jobs or self.slots, len(self.targets)))
         self.out = self.project / "out"
+
+    def _check_named_kernels(self) -> None:
+        """A kernel named with -k that is not installed at all is a typo until shown otherwise: say the close names."""
+        installed = [k.release for k in kern.installed_kernels(self.root)]
+        for release in self.kernels:
+            if kern.kernel(release, self.root).installed:
+                continue
+            import difflib
+
+            close = difflib.get_close_matches(release, installed, n=3, cutoff=0.6)
+            raise UserError(f"-k {release}", f"is not an installed kernel (no {self.root.join('/lib/modules')}/"
+                            f"{release})", f"did you mean {' or '.join(close)}?" if close else
+                            ("the installed kernels are " + ", ".join(installed)) if installed else
+                            "install the kernel and its headers first")
+
+    def _check_sources(self) -> None:
+        for m in self.manifest.modules:
+            for s in m.sources:
+                if not (self.project / s).is_file():
+                    default = m.sources == (str(Path(m.subdir or ".") / f"{m.name}.c"),)
+                    raise UserError(str(self.project / s), f"module {m.name}'s source does not exist"
+                                    + (" (what a [[module]] without sources = [...] is built from)" if default
+                                       else ""),
+                                    f"create it, or list the module's .c files in sources = [...] in "
+                                    f"{self.manifest.path}")
 
     def _targets(self) -> list[str]:
         if self.kernels:
@@ -220,7 +258,7 @@ class Build:
             for release, future in running.items():
                 done[release] = future.result()
         return BuildReport(self.manifest, tuple(done[k] for k in self.targets), time.monotonic() - start,
-                           self.workers)
+                           self.workers, self.skip_blocked)
 
     def _prepare(self, release: str, files: list[Path], record: dict[str, Any] | None) -> KernelBuild | _Job:
         """What building for ``release`` needs, its copy made; a BLOCKED or CACHED result when make need not run."""
@@ -245,17 +283,31 @@ class Build:
                                problem=f"{release} was built with '{w.text if w else '?'}', not on PATH",
                                fix=detect_distro(self.root).command("compiler", major=major)
                                or f"install gcc {major}")
-        key = self._key(files, k.headers, choice)
+        symvers = []
+        for dep in self.depends:
+            sv = dep / "out" / release / "Module.symvers"
+            if not sv.is_file():
+                import shlex
+
+                return KernelBuild(release, State.BLOCKED, problem=f"the project {dep} it depends on is not built "
+                                   f"for {release} (no {sv})", fix=f"kmodkit build {shlex.quote(str(dep))} -k {release}")
+            symvers.append(sv)
+        key = self._key(files, k.headers, choice, symvers)
         cached = self._cached(self.out / release, record, key)
         if cached is not None:
             return cached
         copy = self.work / release
         inputs.copy_tree(self.project, files, copy)
-        return _Job(release, k.headers, choice, copy, key)
+        products.add_module_flags(self.manifest, copy, self.project)
+        return _Job(release, k.headers, choice, copy, key, tuple(symvers))
 
-    def _key(self, files: list[Path], headers: Path, choice: kern.CompilerChoice) -> str:
+    def _key(self, files: list[Path], headers: Path, choice: kern.CompilerChoice, symvers: list[Path]) -> str:
         extra = [f"format={RECORD_FORMAT}", kern.headers_identity(headers),
                  f"cc={choice.program}:{choice.found.text if choice.found else ''}"]
+        # another project's exports (their CRCs) and headers are inputs of this one's build
+        extra += [f"dep={sv}:{_sha256(sv)}" for sv in symvers]
+        for dep in self.depends:
+            extra.append(f"dep-files={dep}:{inputs.inputs_hash(dep, inputs.project_files(dep), [])}")
         sig = self.manifest.signing
         if sig is not None:
             extra.append(f"sign={sig.key}:{sig.cert}:{sig.hash}:{_stamp(self.project / sig.key)}:"
@@ -263,16 +315,24 @@ class Build:
         return inputs.inputs_hash(self.project, files, extra)
 
     def _cached(self, out: Path, rec: dict[str, Any] | None, key: str) -> KernelBuild | None:
-        if self.force or rec is None:
+        if self.force or rec is None or rec.get("inputs") != key:
             return None
-        module = out / f"{self.manifest.name}.ko"
-        if rec.get("inputs") != key or not module.is_file() or rec.get("module_sha256") != _sha256(module):
+        mods = rec.get("modules")
+        if not isinstance(mods, list) or [m.get("name") for m in mods] != [m.name for m in self.manifest.modules] \
+                and sorted(str(m.get("name")) for m in mods) != sorted(m.name for m in self.manifest.modules):
             return None
+        paths = []
+        for m in mods:
+            module = out / f"{m['name']}.ko"
+            # a module signed since (by 'kmodkit sign') is still this build's: compare what precedes the signature
+            if not module.is_file() or products.unsigned_sha256(module) != m.get("unsigned_sha256"):
+                return None
+            paths.append(module)
         diags = tuple(Diagnostic(d["file"], d["line"], Severity(d["severity"]), d["message"])
                       for d in rec.get("diagnostics", []))
-        return KernelBuild(rec["kernel"], State.CACHED, module, out / "build.log", out / "build.json",
+        return KernelBuild(rec["kernel"], State.CACHED, paths[0], out / "build.log", out / "build.json",
                            rec.get("duration", 0.0), rec.get("compiler"), rec.get("vermagic"),
-                           rec.get("srcversion"), diags)
+                           rec.get("srcversion"), diags, modules=tuple(paths))
 
     def _make(self, job: _Job, jobserver: Jobserver, tell: Callable[[KernelBuild], KernelBuild]) -> KernelBuild:
         release, program, copy = job.release, job.choice.program, job.copy
@@ -281,7 +341,10 @@ class Build:
         out.mkdir(parents=True, exist_ok=True)
         logpath = out / "build.log"
         # no -jN: a -j on the command line would make this make the master of a jobserver of its own
-        argv = [self.make, "-C", str(job.headers), f"M={copy}", f"CC={program}", "modules"]
+        argv = [self.make, "-C", str(job.headers), f"M={copy}", f"CC={program}", f"KCFLAGS={products.kcflags(self.manifest, self.project, copy)}"]
+        if job.symvers:
+            argv.append("KBUILD_EXTRA_SYMBOLS=" + " ".join(str(sv) for sv in job.symvers))
+        argv.append("modules")
         # Kbuild unexports LC_ALL, so the compiler's language comes from LANG / LC_MESSAGES / LC_CTYPE
         env = dict(os.environ, LC_ALL="C", LANG="C", LC_MESSAGES="C", LC_CTYPE="C", MAKEFLAGS=jobserver.makeflags())
         log.info("%s: %s", release, " ".join(argv))
@@ -290,45 +353,75 @@ class Build:
             start = time.monotonic()
             rc = _run_logged(argv, env, jobserver, logpath)
             duration = time.monotonic() - start
-        diags = tuple(buildlog.parse(logpath.read_text(errors="replace"), copy))
-        built = copy / f"{self.manifest.name}.ko"
-        if rc != 0 or not built.is_file():
+        text = logpath.read_text(errors="replace")
+        diags = tuple(buildlog.parse(text, copy))
+        built = products.built_modules(copy) if rc == 0 else []
+        disagree = products.disagreement(self.manifest, built) if rc == 0 else None
+        if rc != 0 or not built or disagree:
             errors = [d for d in diags if d.severity is Severity.ERROR]
-            problem = (f"make exited with {rc}" if rc != 127 else f"{self.make} could not run") \
-                + (f": {errors[0]}" if errors else "")
+            problem = disagree or ((f"make exited with {rc}" if rc != 127 else f"{self.make} could not run")
+                                   + (f": {errors[0]}" if errors else "") + products.undefined_hint(text, release, self.project, self.depends)
+                                   if rc != 0 else "make built no module")
             return tell(KernelBuild(release, State.FAILED, None, logpath, None, duration, program,
                                     diagnostics=diags, problem=problem))
-        module = out / f"{self.manifest.name}.ko"
-        data = built.read_bytes()
-        write_atomic(module, data, durable=False)
-        result = KernelBuild(release, State.BUILT, module, logpath, out / "build.json", duration, program,
-                             diagnostics=diags)
+        by_name = {p.name: p for p in built}
+        notes: list[str] = []
+        written: list[tuple[Path, bytes]] = []
+        for spec in self.manifest.modules:  # the manifest's order: the first module stands for the project
+            module = out / f"{spec.name}.ko"
+            if self.manifest.signing is None and products.is_signed(module):
+                notes.append(f"{module} was signed; the new build is not (the manifest names no key): "
+                             f"sign it again with 'kmodkit sign'")
+            data = by_name[spec.name].path.read_bytes()
+            write_atomic(module, data, durable=False)
+            written.append((module, data))
+        for stale in out.glob("*.ko"):
+            if stale.stem not in by_name:
+                stale.unlink()
+        symvers = copy / "Module.symvers"
+        write_atomic(out / "Module.symvers", products.rewrite_symvers(
+            symvers.read_text(errors="replace") if symvers.is_file() else "", copy, self.project).encode(),
+            durable=False)
+        result = KernelBuild(release, State.BUILT, written[0][0], logpath, out / "build.json", duration, program,
+                             diagnostics=diags, modules=tuple(m for m, _ in written), notes=tuple(notes))
+        outcomes: list[SignOutcome | None] = [None] * len(written)
         if self.manifest.signing is not None:
-            from kmodkit.kbuild.signhook import sign_built_module
+            from kmodkit.kbuild.signhook import SignState, sign_built_module
 
-            result = replace(result, signed=sign_built_module(module, self.manifest.signing, self.project))
-        return tell(self._record(result, data, job.choice, job.key))
+            outcomes = [sign_built_module(m, self.manifest.signing, self.project) for m, _ in written]
+            failed = [o for o in outcomes if o is not None and o.state is not SignState.SIGNED]
+            result = replace(result, signed=failed[0] if failed else outcomes[0])
+        return tell(self._record(result, written, outcomes, job.choice, job.key))
 
-    def _record(self, result: KernelBuild, data: bytes, choice: kern.CompilerChoice, key: str) -> KernelBuild:
-        """Write out/KVER/build.json for a module just built from ``data`` (signing adds only a trailer)."""
+    def _record(self, result: KernelBuild, written: list[tuple[Path, bytes]], outcomes: list[SignOutcome | None],
+                choice: kern.CompilerChoice, key: str) -> KernelBuild:
+        """Write out/KVER/build.json for the modules just built from the ``written`` bytes (signing adds a trailer)."""
         from kmodkit.modfile import ModuleFile
 
-        module, record = result.module, result.record
-        assert module is not None and record is not None
-        with ModuleFile.from_bytes(data, str(module)) as mod:
-            vermagic, srcversion = mod.get("vermagic"), mod.get("srcversion")
-        result = replace(result, vermagic=vermagic, srcversion=srcversion)
+        record = result.record
+        assert record is not None
+        mods: list[dict[str, Any]] = []
+        firsts: list[tuple[str | None, str | None]] = []
+        for (module, data), outcome in zip(written, outcomes):
+            with ModuleFile.from_bytes(data, str(module)) as mod:
+                vermagic, srcversion = mod.get("vermagic"), mod.get("srcversion")
+            firsts.append((vermagic, srcversion))
+            mods.append({"name": module.stem, "file": str(module), "vermagic": vermagic, "srcversion": srcversion,
+                         "sha256": _sha256(module), "unsigned_sha256": hashlib.sha256(data).hexdigest(),
+                         "signed": outcome.to_json() if outcome else None})
+        first = mods[0]
+        result = replace(result, vermagic=firsts[0][0], srcversion=firsts[0][1])
         rec = {
-            "kernel": result.kernel, "module": module.name, "version": self.manifest.version,
-            "vermagic": vermagic, "srcversion": srcversion, "compiler": choice.program,
+            "kernel": result.kernel, "module": Path(str(first["file"])).name, "version": self.manifest.version,
+            "vermagic": first["vermagic"], "srcversion": first["srcversion"], "compiler": choice.program,
             "compiler_version": choice.found.text if choice.found else None, "compiler_match": choice.match.value,
             "duration": round(result.duration, 3),
             "warnings": [str(d) for d in result.diagnostics if d.severity is Severity.WARNING],
             "diagnostics": [{"file": d.file, "line": d.line, "severity": d.severity.value, "message": d.message}
                             for d in result.diagnostics],
             "signed": result.signed.to_json() if result.signed else None,
-            "log": str(result.log), "inputs": key,
-            "module_sha256": _sha256(module) if result.signed else hashlib.sha256(data).hexdigest(),
+            "log": str(result.log), "inputs": key, "module_sha256": first["sha256"],
+            "modules": mods, "module_symvers": str(record.parent / "Module.symvers"), "notes": list(result.notes),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kmodkit": __version__,
             "record_format": RECORD_FORMAT,
         }
@@ -345,6 +438,7 @@ class _Job:
     choice: kern.CompilerChoice  #: the compiler to build with (its program is never None)
     copy: Path  #: the project's copy make builds in (M=...)
     key: str  #: the hash of the build's inputs, for the record
+    symvers: tuple[Path, ...] = ()  #: the Module.symvers of the projects it depends on (KBUILD_EXTRA_SYMBOLS)
 
 
 def _read_record(out: Path) -> dict[str, Any] | None:
@@ -393,3 +487,4 @@ def _stamp(path: Path) -> str:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+

@@ -45,7 +45,7 @@ class NewProject:
     """A project to create: validated on construction, written by :meth:`create`."""
 
     name: str  #: module name, a C identifier
-    directory: Path  #: where to create it; must not exist or be empty
+    directory: Path  #: where to create it; may exist and hold other files, none of those it writes
     version: str = "0.1.0"  #: MODULE_VERSION
     description: str = ""  #: MODULE_DESCRIPTION; "" gives "the NAME module"
     author: str = "kmodkit"  #: MODULE_AUTHOR
@@ -61,8 +61,13 @@ class NewProject:
                 raise UserError(f"--{what} {shown(value)}", problem, f"pass a plain one-line {what}")
         if not self.version.strip():
             raise UserError("--version", "is empty", "pass a version such as 0.1.0")
-        if self.directory.exists() and (not self.directory.is_dir() or any(self.directory.iterdir())):
-            raise UserError(str(self.directory), "exists and is not empty", "choose a new directory with --dir")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UserError(str(self.directory), "exists and is not a directory", "choose a directory with --dir")
+        # a directory with other files is fine (a repository's README, a .git): only overwriting is refused
+        taken = [rel for rel in self.render() if os.path.lexists(self.directory / rel)]
+        if taken:
+            raise UserError(str(self.directory / taken[0]), "exists; new never overwrites a file",
+                            "choose another directory with --dir, or 'kmodkit init' to adopt an existing tree")
 
     def render(self) -> dict[str, tuple[str, int]]:
         """Project-relative path -> (content, mode) of every file the project gets."""
