@@ -242,3 +242,34 @@ def test_cli_prints_the_fleet_matrix_for_many_pairs(sample_module: Path, generic
     cells = [c.strip() for c in generic_row.strip("│").split("│")]
     assert cells == [str(sample_module), "loads", "refused ENOEXEC"]
     assert done.stdout.rstrip().endswith("2 of 4 load; 2 refused")
+
+
+def test_build_checks_what_it_built_and_fails_when_the_kernel_would_refuse_it(generic_tree: KernelTree,
+                                                                               tmp_path: Path) -> None:
+    """build runs check on each module against its kernel: a module named like a built-in that owns
+    /sys/module/NAME builds fine and is refused at load ('module is already loaded', EINVAL)."""
+    target = _target(generic_tree)
+    name = next(n for n in sorted(target.sysfs_builtin) if n.isidentifier() and not n.startswith("_"))
+    proj = tmp_path / "clash"
+    proj.mkdir()
+    (proj / f"{name}.c").write_text('#include <linux/module.h>\nstatic int __init kk_init(void) { return 0; }\n'
+                                    'module_init(kk_init);\nMODULE_LICENSE("GPL");\n')
+    (proj / "Kbuild").write_text(f"obj-m := {name}.o\n")
+    adopted = _kmodkit("init", str(proj))
+    if adopted.returncode != 0:
+        pytest.skip(f"init refuses the name {name}: {adopted.stderr}")
+    done = _kmodkit("build", str(proj), "-k", generic_tree.release, "--json",
+                    "--workdir", str(tmp_path / "work"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [kernel] = json.loads(done.stdout)["kernels"]
+    assert kernel["state"] == "built"
+    [verdict] = kernel["check"]
+    assert verdict["refusal"]["errno_name"] == "EINVAL" and verdict["refusal"]["check"] == "sysfs"
+    # the taints are applied before the kernel finds /sys/module/NAME taken (the last thing it checks)
+    assert verdict["lines"][-1] == f"<3>{name}: module is already loaded"
+    assert verdict["lines"][0] == f"<4>{name}: loading out-of-tree module taints kernel."
+    text = _kmodkit("build", str(proj), "-k", generic_tree.release, "--workdir", str(tmp_path / "work"))
+    assert text.returncode == 1 and f"{name}.ko would be refused" in text.stderr
+    unchecked = _kmodkit("build", str(proj), "-k", generic_tree.release, "--no-check", "--json",
+                         "--workdir", str(tmp_path / "work"))
+    assert unchecked.returncode == 0 and json.loads(unchecked.stdout)["kernels"][0]["check"] == []

@@ -4,7 +4,9 @@ For each installed kernel with headers (the generic 6.1 and the 6.12 cloud kerne
 modules is built for it that exercises the verdicts: loads (first and second of a boot: the once-per-boot
 lines), built for another kernel, an in-tree module of the other flavour, a non-GPL licence using a
 GPL-only symbol, a namespace not imported, an unknown symbol, a CRC that disagrees, a corrupt section
-table, a trailer with non-zero parameters, signed by an untrusted key, Debian-signed, already loaded.
+table, a trailer with non-zero parameters, signed by an untrusted key, Debian-signed, already loaded, a
+built-in's name.
+A module named like a built-in that owns a /sys/module directory is refused last of all.
 The kernel is booted twice (defaults, and module.sig_enforce=1); inside, each module goes to
 finit_module() and the errno and every kernel line it caused are recorded with the taint and the loaded
 modules before the call.  On the host, `check` predicts each call from files and that state: errno and
@@ -149,6 +151,12 @@ def _cases(tree: KernelTree, d: Path) -> list[tuple[str, str]]:
         files["kk_ns_ref.c"] = _REF.format(sym=ns[0], n=3)
         files["kk_ns_main.c"] = _PLAIN + _IMPORT.format(ns=ns[1])
         objs["kk_ns"] = ["kk_ns_main", "kk_ns_ref"]
+    from kmodkit.check.target import TargetKernel
+
+    builtin = next(n for n in sorted(TargetKernel.installed(tree.release).sysfs_builtin)
+                   if n.isidentifier() and not n.startswith("_"))
+    files[f"{builtin}.c"] = _PLAIN
+    objs[builtin] = [builtin]
     _make(d, headers, files, objs, warn=True)
     cases: list[tuple[str, str]] = []
     # a licence edited to one the kernel calls proprietary: the GPL-only symbol is then unknown
@@ -194,7 +202,8 @@ def _cases(tree: KernelTree, d: Path) -> list[tuple[str, str]]:
               ("trailer algo byte made non-zero in test", str(bad)),
               ("signed by an untrusted key", str(d / "signed/kk_ok3.ko")),
               ("Debian-signed in-tree module", str(own_algo)),
-              ("already loaded", str(d / "kk_ok.ko"))]
+              ("already loaded", str(d / "kk_ok.ko")),
+              (f"named like the built-in {builtin}, which owns /sys/module/{builtin}", str(d / f"{builtin}.ko"))]
     if ns is not None:
         cases.append(("namespace import edited away in test", str(d / "kk_ns.ko")))
     return cases

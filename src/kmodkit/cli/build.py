@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kmodkit.check.verdict import Prediction
     from kmodkit.kbuild.builder import BuildReport, KernelBuild
 
 
@@ -28,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-blocked", action="store_true",
                         help="kernels without headers or their compiler are reported and skipped: exit 0 when every "
                         "other kernel built")
+    parser.add_argument("--no-check", action="store_true",
+                        help="do not predict whether each kernel takes what was built for it (kmodkit check)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     build = Build(Path(args.project), kernels=args.kernels, all_installed=args.all_installed, jobs=args.jobs,
                   workdir=Path(args.workdir) if args.workdir else None, shm=args.shm, force=args.force,
-                  skip_blocked=args.skip_blocked)
+                  skip_blocked=args.skip_blocked, check=not args.no_check)
     if args.json:
         report = build.run()
         print_json(report.to_json())
@@ -126,6 +129,14 @@ def _summary(report: BuildReport) -> None:
             out.write(f"{r.kernel}: {where} ({_status(r) if r.state.value != 'built' else 'built'}{extra})\n")
             for note in r.notes:
                 out.write(f"  note: {note}\n")
+            for v in r.verdicts:
+                out.write(f"  check: {Path(v.path).name} {_verdict(v)}\n")
+        elif r.verdicts:  # built, and the kernel would refuse it
+            out.write(f"{r.kernel}: built, but the kernel would refuse it\n")
+            for v in r.verdicts:
+                out.write(f"  check: {Path(v.path).name} {_verdict(v)}\n")
+                for line in v.lines:
+                    out.write(f"    {line}\n")
         else:
             out.write(f"{r.kernel}: {_status(r)}\n")
             if r.fix:
@@ -137,5 +148,18 @@ def _summary(report: BuildReport) -> None:
     out.write(f"{done} of {len(report.results)} kernels built" + (f", {skipped} blocked and skipped" if skipped else "")
               + f" ({report.wall:.1f} s, {report.jobs} workers)\n")
     for r in report.results:  # one error line per kernel that failed or (unless skipped) could not start
-        if not r.ok and not (report.skip_blocked and r.state.value == "blocked"):
+        refused = [v for v in r.verdicts if v.refusal is not None]
+        if refused:
+            v = refused[0]
+            assert v.refusal is not None
+            sys.stderr.write(f"error: {r.kernel}: {Path(v.path).name} would be refused: {v.refusal.problem}"
+                             + (f"; {v.refusal.fix}" if v.refusal.fix else "") + "\n")
+        elif not r.ok and not (report.skip_blocked and r.state.value == "blocked"):
             sys.stderr.write(f"error: {r.kernel}: {r.problem}" + (f"; {r.fix}" if r.fix else "") + "\n")
+
+
+def _verdict(v: Prediction) -> str:
+    """``loads``, ``loads, taints O E`` or ``REFUSED (ENOEXEC)``, as check says it."""
+    if v.refusal is not None:
+        return f"REFUSED ({v.refusal.errno_name})"
+    return f"{v.outcome.value} {' '.join(v.taints)}".rstrip()

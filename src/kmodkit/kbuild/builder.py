@@ -36,6 +36,7 @@ from kmodkit.kbuild.manifest import MANIFEST, Manifest
 from kmodkit.sysroot import HOST, Root
 
 if TYPE_CHECKING:
+    from kmodkit.check.verdict import Prediction
     from kmodkit.kbuild.signhook import SignOutcome
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,12 @@ class KernelBuild:
     signed: SignOutcome | None = None  #: what signing did (the first module it failed for), None without a key
     modules: tuple[Path, ...] = ()  #: every module built, out/KVER/NAME.ko, in make's order
     notes: tuple[str, ...] = ()  #: what the build did besides building (a signature dropped), one sentence each
+    verdicts: tuple[Prediction, ...] = ()  #: ``kmodkit check`` of each module against this kernel (when asked)
 
     @property
     def ok(self) -> bool:
-        """Whether a module is there for this kernel (built now or cached)."""
-        return self.state in (State.BUILT, State.CACHED)
+        """Whether a module is there for this kernel (built now or cached) and, when checked, the kernel takes it."""
+        return self.state in (State.BUILT, State.CACHED) and all(v.loads for v in self.verdicts)
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
@@ -91,6 +93,7 @@ class KernelBuild:
             "problem": self.problem, "fix": self.fix,
             "signed": self.signed.to_json() if self.signed else None,
             "modules": [str(m) for m in self.modules], "notes": list(self.notes),
+            "check": [v.to_json() for v in self.verdicts],
         }
 
 
@@ -144,6 +147,7 @@ class Build:
     make: str = "make"
     root: Root = HOST  #: the machine whose kernels are built for
     skip_blocked: bool = False  #: a kernel without headers or compiler is reported, and the run is still ok
+    check: bool = True  #: predict each built module's verdict on its kernel (``kmodkit check``, default machine)
 
     def __post_init__(self) -> None:
         self.project = Path(self.project).resolve()
@@ -257,8 +261,25 @@ class Build:
                     running[release] = pool.submit(self._make, job, jobserver, tell)
             for release, future in running.items():
                 done[release] = future.result()
+        if self.check:
+            done = {k: self._checked(kb) for k, kb in done.items()}
         return BuildReport(self.manifest, tuple(done[k] for k in self.targets), time.monotonic() - start,
                            self.workers, self.skip_blocked)
+
+    def _checked(self, kb: KernelBuild) -> KernelBuild:
+        """``kb`` with the verdict its kernel would give each module (the others of the build loaded first)."""
+        if kb.state not in (State.BUILT, State.CACHED) or not kb.modules:
+            return kb
+        from kmodkit.check.run import CheckRun
+
+        verdicts = []
+        notes = list(kb.notes)
+        for r in CheckRun([str(m) for m in kb.modules], [kb.kernel], root=self.root).results():
+            if r.prediction is not None:
+                verdicts.append(r.prediction)
+            else:
+                notes.append(f"{Path(r.module).name} not checked: {r.error}")
+        return replace(kb, verdicts=tuple(verdicts), notes=tuple(notes))
 
     def _prepare(self, release: str, files: list[Path], record: dict[str, Any] | None) -> KernelBuild | _Job:
         """What building for ``release`` needs, its copy made; a BLOCKED or CACHED result when make need not run."""
