@@ -280,3 +280,20 @@ def test_dry_run_shows_the_plan_the_library_makes_for_a_load(generic_tree: Kerne
     assert plan.probe is not None and plan.probe.request == "af_key"
     assert [(s.name, s.required, s.already_loaded) for s in plan.steps] == [
         (p.name, p.required, p.name == "xfrm_algo") for p in plan.probe.steps]
+
+
+def test_a_refused_signed_module_is_told_to_enrol_its_key_not_to_sign() -> None:
+    """Issue 11: 0.1 advised 'kmodkit sign' for a module that is signed, by a key the kernel lacks."""
+    import errno
+
+    from kmodkit.loader.explain import Reason, explain
+    from kmodkit.loader.kmsg import KmsgRecord
+
+    why = explain("hello", errno.EKEYREJECTED, [KmsgRecord(5, 1, 0, "Loading of module with unavailable key is rejected")],
+                  sysfs="/nonexistent")
+    assert why.reason is Reason.SIGNATURE_REFUSED
+    assert "signed, by a key the kernel does not trust" in why.problem
+    assert why.fix.startswith("enrol the certificate of the key that signed it (mokutil --import")
+    unsigned = explain("hello", errno.EKEYREJECTED, [KmsgRecord(5, 2, 0, "Loading of unsigned module is rejected")],
+                       sysfs="/nonexistent")
+    assert "kmodkit sign" in unsigned.fix

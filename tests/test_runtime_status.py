@@ -91,8 +91,8 @@ def test_health_verdicts(fake_kernel: KernelModules, tmp_path: Path) -> None:
     assert [(v.expectation.name, v.healthy) for v in verdicts] == [
         ("hello", True), ("af_key", True), ("gone", False), ("hello", False)]
     assert verdicts[3].problems == ("srcversion is ABC, expected XYZ",
-                                    "unexpected taint E: an unsigned module was loaded in a kernel that supports "
-                                    "signatures")
+                                    "unexpected taint E: a module was loaded whose signature and/or required key "
+                                    "is missing: unsigned, or signed by a key the kernel does not trust")
 
 
 def test_health_manifest_errors(tmp_path: Path) -> None:
@@ -122,3 +122,12 @@ def test_exporter_render_and_listen(fake_kernel: KernelModules, tmp_path: Path) 
     assert Listen.parse("[::1]:80") == Listen("::1", 80)
     with pytest.raises(UserError):
         Listen.parse("9417")
+
+
+def test_taint_e_is_stated_as_the_kernel_states_it() -> None:
+    """0.1 called E 'an unsigned module'; the kernel's E covers a key it does not trust as well (issue 11)."""
+    from kmodkit.runtime.taint import by_letter
+
+    e = by_letter("E")
+    assert e is not None and e.name == "UNSIGNED_MODULE"
+    assert "signature and/or required key is missing" in e.meaning and "does not trust" in e.meaning

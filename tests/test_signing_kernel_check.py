@@ -203,8 +203,8 @@ def test_text_line_says_the_kernel_refuses_even_without_enforcement_made_in_test
     capsys.readouterr()
     assert main(["verify", "-k", trees[0].release, "--mok", str(key[1]), str(path)]) == 1
     line = capsys.readouterr().out.splitlines()[0]
-    assert line.endswith(f"; {trees[0].release} refuses it (EBADMSG: {NON_ZERO_PARAMS}), even without "
-                         "module.sig_enforce")
+    assert line.endswith(f"; {trees[0].release} refuses it (EBADMSG: {NON_ZERO_PARAMS}), even where nothing is "
+                         "enforced")
 
 
 def test_model_needs_no_certificate_to_see_a_refused_trailer_made_in_test() -> None:

@@ -433,6 +433,12 @@ def test_load_checks_first_and_the_kernel_agrees_with_the_prediction(default_boo
     assert predicted["problem"].startswith("predicted, not loaded: ")
 
 
+def test_run_record_keeps_the_kernels_refusals(default_boot: dict[str, object]) -> None:
+    """0.1's record said nothing of refused loads; the kernel's own line of the --no-check load is there."""
+    refused = _j(default_boot, "_result")["refused_loads"]
+    assert "hello: disagrees about version of symbol module_layout" in refused  # type: ignore[operator]
+
+
 def test_load_passes_on_the_kernels_verification_failed_notice(default_boot: dict[str, object]) -> None:
     lines = _j(default_boot, "load_hello")["json"]["kernel_lines"]  # type: ignore[index]
     assert "hello: module verification failed: signature and/or required key missing - tainting kernel" in lines
@@ -457,6 +463,7 @@ def test_sig_enforce_refuses_unsigned_and_untrusted_and_loads_debian_signed(enfo
     untrusted = _j(enforcing_boot, "untrusted")["json"]["explanation"]  # type: ignore[index]
     assert untrusted["reason"] == "signature-refused" and untrusted["errno"] == "EKEYREJECTED"
     assert "unavailable key" in untrusted["problem"]
+    assert "mokutil --import" in untrusted["fix"]  # a signed module: enrol its key, not "kmodkit sign"
     debian = _j(enforcing_boot, "debian_signed")
     assert debian["rc"] == 0, debian["err"]
     assert enforcing_boot["after"] == ["af_key", "xfrm_algo"]

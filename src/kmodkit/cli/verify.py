@@ -18,8 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="every certificate file in DIR (e.g. the output of 'keys extract')")
     kernel = parser.add_mutually_exclusive_group()
     kernel.add_argument("--vmlinuz", metavar="PATH", help="trust what this kernel image trusts")
-    kernel.add_argument("-k", "--kernel", dest="kver", metavar="KVER",
-                        help="trust what the installed kernel KVER trusts (/boot/vmlinuz-KVER)")
+    kernel.add_argument("-k", "--kernel", dest="kvers", action="append", default=[], metavar="KVER",
+                        help="trust what the installed kernel KVER trusts (/boot/vmlinuz-KVER); repeatable: each "
+                             "module is verified for each kernel")
     parser.add_argument("--mok", action="append", default=[], metavar="CERT",
                         help="a certificate enrolled with mokutil: the kernel trusts it too; repeatable")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: CPUs)")
@@ -33,13 +34,19 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.signing.verify import Verdict, VerifyRequest
 
     paths = find_modules(args.targets)
-    request = VerifyRequest(certs=tuple(args.cert), cert_dirs=tuple(args.certs_dir), kernel_release=args.kver,
-                            vmlinuz=args.vmlinuz, mok=tuple(args.mok))
-    verifier = request.verifier()
-    store, kernel = verifier.store, verifier.kernel
-    results = verifier.verify_files(paths, jobs=args.jobs)
+    store_certs: list[object] = []
+    kernels: list[str | None] = []
+    results: list[ModuleVerdict] = []
+    for kver in args.kvers or [None]:
+        request = VerifyRequest(certs=tuple(args.cert), cert_dirs=tuple(args.certs_dir), kernel_release=kver,
+                                vmlinuz=args.vmlinuz, mok=tuple(args.mok))
+        verifier = request.verifier()
+        kernels.append(verifier.kernel)
+        store_certs.extend(c for c in verifier.store.certs if c not in store_certs)
+        results.extend(verifier.verify_files(paths, jobs=args.jobs))
+    kernel = kernels[0]
     if args.json:
-        print_json({"kernel": kernel, "certificates": store.certs, "modules": results})
+        print_json({"kernel": kernel, "kernels": kernels, "certificates": store_certs, "modules": results})
     else:
         out = sys.stdout.write
         for r in results:
@@ -50,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             counts[r.verdict] = counts.get(r.verdict, 0) + 1
         summary = ", ".join(f"{n} {v.value}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        where = f" against the keys of {kernel}" if kernel else ""
+        named = [k for k in kernels if k]
+        where = f" against the keys of {', '.join(named)}" if named else ""
         out(f"{len(results)} module(s){where}: {summary}\n")
     return 0 if all(r.ok for r in results) else 1
 
@@ -76,13 +84,15 @@ def _line(r: ModuleVerdict) -> str:
     if r.detail:
         line += f": {r.detail}"
     if r.kernel:
-        if r.kernel_accepts:
-            line += f"; {r.kernel} accepts it"
+        if r.verdict is Verdict.VALID:
+            line += f"; {r.kernel} accepts it, also where signatures are enforced"
         elif r.kernel_fatal:
             said = f": {r.kernel_log}" if r.kernel_log else ""
             why = f" ({r.kernel_errno}{said})" if r.kernel_errno else ""
-            line += f"; {r.kernel} refuses it{why}, even without module.sig_enforce"
+            line += f"; {r.kernel} refuses it{why}, even where nothing is enforced"
         else:
-            line += f"; {r.kernel} refuses it with module.sig_enforce=1 (without, it loads and taints the kernel)"
+            line += (f"; {r.kernel} refuses it where signatures are enforced (module.sig_enforce=1, "
+                     "CONFIG_MODULE_SIG_FORCE, UEFI Secure Boot) or it is locked down; elsewhere it loads and taints "
+                     "the kernel (E)")
     return line
 

@@ -40,6 +40,12 @@ class KmsgRule:
 
 #: the kernel's lines, most specific first (texts of kernel/module/main.c, signing.c, version.c; params.c)
 KMSG_RULES: tuple[KmsgRule, ...] = (
+    KmsgRule(re.compile(r"Loading of (?P<what>module with unavailable key) is rejected"), Reason.SIGNATURE_REFUSED,
+             "the kernel refused the {what}: the module is signed, by a key the kernel does not trust",
+             "enrol the certificate of the key that signed it (mokutil --import CERT.der, then reboot and confirm "
+             "in MokManager), or sign it again with a key the kernel trusts; 'kmodkit verify -k KVER MODULE' "
+             "names the signer",
+             "Loading of module with unavailable key is rejected"),
     KmsgRule(re.compile(r"Loading of (?P<what>.+) is rejected"), Reason.SIGNATURE_REFUSED,
              "the kernel refused the {what}",
              "sign the module with a key the kernel trusts (kmodkit sign), or enroll your key (mokutil --import)",

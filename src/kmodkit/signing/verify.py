@@ -76,16 +76,28 @@ class ModuleVerdict:
         return self.verdict is Verdict.VALID
 
     @property
-    def kernel_accepts(self) -> bool | None:
-        """Whether the named kernel would load it with module.sig_enforce=1; None when no kernel was named."""
-        return None if self.kernel is None else self.verdict is Verdict.VALID
+    def kernel_loads(self) -> dict[str, object] | None:
+        """What the named kernel does with it, as the kernel decides (one model: :mod:`kmodkit.signing.kernel_check`);
+        None when no kernel was named.
+
+        ``enforced``: where signatures are enforced (module.sig_enforce=1, CONFIG_MODULE_SIG_FORCE, or UEFI
+        Secure Boot, whose IMA policy enforces them on Debian) or the kernel is locked down, it loads only with
+        a valid signature by a key the kernel trusts.  ``not_enforced``: elsewhere only a fatal error (a
+        malformed signature, a trusted key that does not verify it) stops it; ``taints`` then says what the
+        load adds (E: signature and/or required key missing).
+        """
+        if self.kernel is None:
+            return None
+        valid = self.verdict is Verdict.VALID
+        return {"enforced": valid, "not_enforced": not self.kernel_fatal, "taints": "" if valid or self.kernel_fatal
+                else "E"}
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready data."""
         return {"path": self.path, "verdict": self.verdict.value, "ok": self.ok, "signer": self.signer,
                 "key_id": self.key_id, "hash": self.hash, "key_type": self.key_type, "cert": self.cert,
                 "cert_source": self.cert_source, "detail": self.detail, "kernel": self.kernel,
-                "kernel_accepts": self.kernel_accepts, "kernel_errno": self.kernel_errno,
+                "kernel_loads": self.kernel_loads, "kernel_errno": self.kernel_errno,
                 "kernel_log": self.kernel_log, "kernel_fatal": self.kernel_fatal}
 
 

@@ -100,6 +100,7 @@ class VmResult:
     command_seconds: float | None  #: guest time the command took, None when it did not finish
     wall_seconds: float  #: host time of the whole run, qemu start to exit
     insmod_failures: tuple[str, ...] = field(default=())  #: guest modules the init script could not load
+    refused_loads: tuple[str, ...] = field(default=())  #: the guest kernel's lines telling of refused module loads
 
     @property
     def kernel_log(self) -> str:
@@ -116,7 +117,7 @@ class VmResult:
         return {"exit_status": self.exit_status, "timed_out": self.timed_out, "run_dir": self.run_dir,
                 "accel": self.accel.value, "share": self.share.value, "boot_seconds": self.boot_seconds,
                 "command_seconds": self.command_seconds, "wall_seconds": round(self.wall_seconds, 3),
-                "insmod_failures": list(self.insmod_failures)}
+                "insmod_failures": list(self.insmod_failures), "refused_loads": list(self.refused_loads)}
 
 
 def _default_runs_dir() -> str:
@@ -282,7 +283,28 @@ class Vm:
             raise EnvironmentNotReady(self.spec.kver, "the guest stopped before the command finished",
                                       f"read {run_dir}/console.log and {run_dir}/qemu.log")
         took = end - boot if end is not None and boot is not None else None
-        return VmResult(int(status["exit"]), False, run_dir, accel, share, boot, took, wall, tuple(failures))
+        return VmResult(int(status["exit"]), False, run_dir, accel, share, boot, took, wall, tuple(failures),
+                        refused_loads(os.path.join(run_dir, "kernel.log")))
+
+
+def refused_loads(kernel_log: str) -> tuple[str, ...]:
+    """The lines of a guest's kernel log that tell why a module load was refused (the loader's rules of
+    :mod:`kmodkit.loader.explain`), in order; () when there are none or the log is missing."""
+    import re
+
+    from kmodkit.loader.explain import KMSG_RULES, Reason
+
+    rules = [r.pattern for r in KMSG_RULES if r.reason is not Reason.INVALID_PARAMETER]
+    out = []
+    try:
+        with open(kernel_log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                text = re.sub(r"^<\d+>(\[[^\]]*\] )?", "", line.rstrip("\n"))
+                if any(p.search(text) for p in rules):
+                    out.append(text)
+    except OSError:
+        return ()
+    return tuple(out)
 
 
 def _float(text: str | None) -> float | None:
