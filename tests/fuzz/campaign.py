@@ -123,7 +123,7 @@ def campaign(harness: Harness, seeds: list[Seed], seed: int, count: int, batch: 
         for command in commands:
             run = harness.run(command, items, timeout=special_timeout if special else None)
             report.runs += 1
-            _record(report, harness, run, items, bisect, out)
+            _record(report, harness, run, items, bisect, out, special)
         report.seconds = time.monotonic() - start_time
         if progress is not None:
             progress(f"{report.inputs}/{count} inputs, {report.runs} runs: " + report.summary())
@@ -134,7 +134,8 @@ def campaign(harness: Harness, seeds: list[Seed], seed: int, count: int, batch: 
     return report
 
 
-def _record(report: Report, harness: Harness, run: Run, items: list[Input], bisect: int, out: Path | None) -> None:
+def _record(report: Report, harness: Harness, run: Run, items: list[Input], bisect: int, out: Path | None,
+            special: bool) -> None:
     for finding in run.findings:
         report.counts[finding.kind] += 1
         group = report.groups.get(finding.group)
@@ -146,14 +147,14 @@ def _record(report: Report, harness: Harness, run: Run, items: list[Input], bise
         culprits = finding.inputs
         if len(culprits) != 1 and finding.kind in BATCH_KINDS and report.bisections < bisect:
             report.bisections += 1
-            # a hang shows within seconds on a small part; the others need the whole time a batch may take
             group_key = finding.group
 
             def same(r: Run, g: tuple[str, str, str] = group_key) -> bool:
                 return any(f.group == g for f in r.findings)
 
+            # a hang shows within seconds on a small part; in a batch of special files the others show as fast
             culprits = harness.bisect(run.command, [i for i in items if not i.control], same,
-                                      timeout=8.0 if finding.kind == "hang" else harness.timeout)
+                                      timeout=8.0 if finding.kind == "hang" or special else harness.timeout)
         if len(culprits) == 1:
             group.reproducer = culprits[0]
             if out is not None:

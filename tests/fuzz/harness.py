@@ -75,6 +75,22 @@ def _limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
+def _input_kind(raw: bytes, data: bytes) -> str:
+    """What sort of module an input is, as far as the sign oracle cares: compressed, or its trailer's fields."""
+    if raw != data:
+        return "compressed input"
+    if len(data) >= TRAILER and data.endswith(MAGIC):
+        fields = SIG_INFO.unpack_from(data, len(data) - TRAILER)
+        names = ("algo", "hash", "id_type", "signer_len", "key_id_len", "pad")
+        odd = [n for n, got, want in zip(names, fields, KERNEL_SIG_INFO) if got != want]
+        if odd:
+            return "signed input, trailer " + ",".join(odd) + " not the kernel's"
+        if fields[-1] > len(data) - TRAILER:
+            return "signed input, sig_len past the start"
+        return "signed input"
+    return "unsigned input"
+
+
 def _errors(stderr: str) -> list[tuple[str, str]]:
     """(item, line) of every ``error: ITEM: why`` line."""
     found = []
@@ -291,8 +307,9 @@ class Harness:
             if not trailer or not body.startswith(b"\x7fELF") or body not in candidates:
                 what = ("cut to fewer bytes" if any(c.startswith(body) and c != body for c in candidates)
                         else "not the module it read")
-                run.findings.append(Finding("sign_body", run.command, f"the signed module's body is {what}",
-                                            [item], f"{path}: {len(body)} bytes signed"))
+                run.findings.append(Finding("sign_body", run.command, f"the signed module's body is {what} "
+                                            f"({_input_kind(item.data, before)})", [item],
+                                            f"{path}: {len(body)} of {len(split_signature(before)[0])} bytes signed"))
 
     def _check_verify(self, run: Run) -> None:
         for path, item in run.paths.items():
