@@ -66,7 +66,8 @@ def main() -> int:
     report = campaign(harness, seeds, args.seed, args.count, batch=args.batch, commands=commands,
                       special_every=args.special_every, bisect=args.bisect, out=out / "repro", progress=progress)
     print(report.summary())
-    print(f"seeds: {len(seeds)} from {len(paths)} module files; batches of {args.batch}; reproducers in {out / 'repro'}")
+    print(f"seeds: {len(seeds)} from {len(paths)} module files; batches of {args.batch}; "
+          f"reproducers in {out / 'repro'}")
     if report.groups:
         print(report.details())
     return 0 if report.clean else 1

@@ -169,4 +169,5 @@ def test_info_and_index_agree_on_each_corrupt_file_made_in_test(arch: str, tmp_p
     index = subprocess.run([*KMODKIT, "index", "-b", str(tmp_path), RELEASE], capture_output=True, text=True,
                            check=False, timeout=120)
     by_info, by_index = set(_errors(info.stderr)), set(_errors(index.stderr))
-    assert by_info == by_index, f"only info rejects {sorted(by_info - by_index)}, only index {sorted(by_index - by_info)}"
+    assert by_info == by_index, (f"only info rejects {sorted(by_info - by_index)}, "
+                                 f"only index {sorted(by_index - by_info)}")

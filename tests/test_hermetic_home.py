@@ -81,8 +81,8 @@ def _inner_run(tmp_path: Path, test_source: str) -> tuple[subprocess.CompletedPr
     (suite / "pytest.ini").write_text("[pytest]\n")
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "KMODKIT_TEST_REAL_CACHE")}
     env["HOME"] = str(real_home)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(suite / "pytest.ini"),
-                           str(suite)], cwd=suite, env=env, capture_output=True, text=True, check=False, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-c", str(suite / "pytest.ini"), str(suite)], cwd=suite, env=env, capture_output=True, text=True, check=False, timeout=120)
     return done, real_home
 
 

@@ -64,6 +64,8 @@ class Run:
 
 def normalise(text: str) -> str:
     """A message with paths, numbers and quoted values replaced, so the same cause groups together."""
+    if not text.startswith("error: internal error: "):
+        text = re.sub(r"^error: [^:]*: ", "error: ITEM: ", text)  # the item (a path, a name, an alias)
     text = re.sub(r"/\S+", "PATH", text)
     text = re.sub(r"'[^']*'", "'X'", text)
     text = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)\b", "N", text)
@@ -84,7 +86,8 @@ def _input_kind(raw: bytes, data: bytes) -> str:
         names = ("algo", "hash", "id_type", "signer_len", "key_id_len", "pad")
         odd = [n for n, got, want in zip(names, fields, KERNEL_SIG_INFO) if got != want]
         if odd:
-            return "signed input, trailer " + ",".join(odd) + " not the kernel's"
+            return "signed input, its trailer's " + ("signer_len/key_id_len" if {"signer_len", "key_id_len"} & set(odd)
+                                                    else "algo/hash/id_type/pad") + " not the kernel's"
         if fields[-1] > len(data) - TRAILER:
             return "signed input, sig_len past the start"
         return "signed input"
