@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,81 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MODULES_ROOT = Path(os.environ.get("KMODKIT_TEST_MODULES_ROOT", "/lib/modules"))
+
+# -- hermetic HOME and XDG_CACHE_HOME --------------------------------------------------------------
+# The user's real cache, found before anything changes the environment.  Workers started by
+# pytest-xdist inherit the controller's already-isolated environment, so the controller hands the
+# real path down in KMODKIT_TEST_REAL_CACHE.
+_REAL_CACHE_VAR = "KMODKIT_TEST_REAL_CACHE"
+if _REAL_CACHE_VAR not in os.environ:
+    os.environ[_REAL_CACHE_VAR] = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+#: the cache kmodkit would use outside the tests: no test may write there
+REAL_CACHE = Path(os.environ[_REAL_CACHE_VAR]) / "kmodkit"
+_SNAPSHOT = pytest.StashKey[dict[str, tuple[int, int]]]()
+_SESSION_HOME = pytest.StashKey[Path]()
+
+
+def _snapshot(top: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``top`` with its size and mtime, and the names beside ``top`` (the rest of
+    ~/.cache, where a leaked tool would start a directory of its own)."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        found.update((f"../{name}", (0, 0)) for name in os.listdir(top.parent))
+    except OSError:
+        pass
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            found[os.path.relpath(path, top)] = (st.st_size, st.st_mtime_ns)
+    if top.exists():
+        found["."] = (0, top.stat().st_mtime_ns)
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the whole session a private HOME before any fixture runs (session- and module-scoped ones
+    too) and before any subprocess starts; each test then gets its own (the ``home`` fixture)."""
+    config.stash[_SNAPSHOT] = _snapshot(REAL_CACHE)
+    session_home = config.stash[_SESSION_HOME] = Path(tempfile.mkdtemp(prefix="kmodkit-test-home-"))
+    os.environ["HOME"] = str(session_home)
+    os.environ["XDG_CACHE_HOME"] = str(session_home / ".cache")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any test wrote into the user's real kmodkit cache; remove the session's HOME."""
+    if _SESSION_HOME in session.config.stash:
+        shutil.rmtree(session.config.stash[_SESSION_HOME], ignore_errors=True)
+    before = session.config.stash.get(_SNAPSHOT, None)
+    if before is None:
+        return
+    after = _snapshot(REAL_CACHE)
+    if after != before:
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        message = (f"error: the tests wrote into the real cache {REAL_CACHE}: {', '.join(changed[:5])}; "
+                   "a test or fixture escaped the 'home' fixture (HOME / XDG_CACHE_HOME)")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's own HOME, with XDG_CACHE_HOME inside it (tuxmake's ``home`` fixture).
+
+    Set in ``os.environ``, so subprocesses inherit it.  Session- and module-scoped fixtures run
+    before this and see the session's private HOME set in :func:`pytest_configure`.
+    """
+    path = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path / ".cache"))
+    return path
 
 
 @dataclass(frozen=True)
