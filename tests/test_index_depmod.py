@@ -219,3 +219,28 @@ def test_duplicate_modules_follow_depmod_d_priorities(cloud_tree: KernelTree, tm
     proc = kmodkit_index(root, cloud_tree.release, out, "--no-cache", "-C", str(confdir))
     assert proc.returncode == 0, proc.stderr
     assert_same(moddir, out)
+
+
+def test_special_files_named_like_modules_get_one_warning_each_as_depmod_says_made_in_test(
+        sample_module: Path, tmp_path: Path) -> None:
+    """A FIFO or a link to a device named x.ko: depmod says 'unsupported file type' for each and indexes the rest."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "lib" / "modules" / "6.1.0-kmodkit-test" / "kernel"
+    tree.mkdir(parents=True)
+    shutil.copy(sample_module, tree / "af_key.ko")
+    os.mkfifo(tree / "fifo.ko")
+    (tree / "zero.ko").symlink_to("/dev/zero")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "index", "-C", str(conf), "-b", str(tmp_path),
+                           "6.1.0-kmodkit-test"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(done.stderr.splitlines())
+    assert lines == [f"warning: {tree / 'fifo.ko'}: a FIFO, not a module file: skipped (depmod: unsupported file type)",
+                     f"warning: {tree / 'zero.ko'}: a character device, not a module file: skipped (depmod: "
+                     "unsupported file type)"]
+    assert (tree.parent / "modules.dep").read_text() == "kernel/af_key.ko:\n"

@@ -94,12 +94,13 @@ def _input_kind(raw: bytes, data: bytes) -> str:
     return "unsigned input"
 
 
-def _errors(stderr: str) -> list[tuple[str, str]]:
-    """(item, line) of every ``error: ITEM: why`` line."""
+def _errors(stderr: str, level: str = "error") -> list[tuple[str, str]]:
+    """(item, line) of every ``error: ITEM: why`` line (``warning: ITEM: why`` with ``level="warning"``)."""
     found = []
+    head = f"{level}: "
     for line in stderr.splitlines():
-        if line.startswith("error: ") and ": " in line[7:] and not line.startswith("error: internal error: "):
-            found.append((line[7:].split(": ", 1)[0], line))
+        if line.startswith(head) and ": " in line[len(head):] and not line.startswith(f"{level}: internal error: "):
+            found.append((line[len(head):].split(": ", 1)[0], line))
     return found
 
 
@@ -238,8 +239,11 @@ class Harness:
             why = errors[0][1] if errors else (run.stderr.strip().splitlines() or ["no output"])[-1]
             add(Finding("batch_abandoned", run.command, normalise(why), batch, why))
             return
+        # the index warns of what depmod calls an unsupported file type and goes on (exit 0, as depmod)
+        warned = {what for what, _ in _errors(run.stderr, "warning")} if run.command == "index" else set()
         for item_path, item in run.paths.items():
-            if item_path not in done and item_path not in named and self._must_answer(run.command, item):
+            if item_path not in done and item_path not in named and item_path not in warned \
+                    and self._must_answer(run.command, item):
                 add(Finding("lacking", run.command, "an input got no line of its own", [item]))
         for item_path, item in run.paths.items():
             if item.control and item_path not in done:

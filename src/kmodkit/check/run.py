@@ -43,12 +43,13 @@ class CheckRun:
 
     ``kernels`` are releases of installed kernels or directories holding a kernel's Module.symvers and
     .config; with ``all_installed`` every installed kernel is added.  Modules in the same directory as a
-    checked module (and every checked module) may provide its symbols: the kernel then needs them loaded
-    first, and the prediction says so.  Raises :class:`UserError` when nothing is to be checked.
+    checked module, every checked module and those of ``loaded_first`` may provide its symbols: the kernel
+    then needs them loaded first, and the prediction says so.  Raises :class:`UserError` when nothing is to be checked.
     """
 
     def __init__(self, modules: list[str], kernels: list[str], machine: Machine | None = None,
-                 all_installed: bool = False, root: Root | str | Path | None = None) -> None:
+                 all_installed: bool = False, root: Root | str | Path | None = None,
+                 loaded_first: list[str] | None = None) -> None:
         from kmodkit.kbuild.kernels import installed_kernels
 
         if not modules:
@@ -65,6 +66,8 @@ class CheckRun:
         #: the machine the kernels run on
         self.machine = machine or Machine()
         self.root = Root.of(root)
+        #: more module files that may be loaded first for their exports (another project's builds)
+        self.loaded_first = list(loaded_first or [])
         self._providers: dict[str, Provider | None] = {}
         self._checkers: dict[tuple[str, bool], Checker] = {}
 
@@ -90,7 +93,8 @@ class CheckRun:
             siblings = []
         me = os.path.abspath(module)
         found = []
-        for path in dict.fromkeys([os.path.abspath(m) for m in self.modules] + siblings):
+        named = [os.path.abspath(m) for m in self.modules + self.loaded_first]
+        for path in dict.fromkeys(named + siblings):
             if path != me:
                 p = self._provider(path)
                 if p is not None:

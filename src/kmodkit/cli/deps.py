@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"warning: {path}: listed in modules.dep but missing; "
                                  "reinstall the module or rerun kmodkit index\n")
         if plan.not_found:
-            sys.stderr.write(f"error: Module {name} not found in directory {dirname}\n")
+            # one error line per item, "error: SUBJECT: PROBLEM"; modprobe's own words after the subject
+            sys.stderr.write(f"error: {name}: Module {name} not found in directory {dirname}\n")
             status = 1
         results.append(plan)
         if not args.json:

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_status
     for problem in ix.inputs.config.problems:  # skipped lines: the run goes on and may exit 0
         sys.stderr.write(f"warning: {problem}\n")
+    for path, kind in result.walk.unsupported if result.walk is not None else ():
+        sys.stderr.write(f"warning: {path}: {kind}, not a module file: skipped (depmod: unsupported file type)\n")
     for failure in result.failures:
         error_line(failure.path, failure.reason)
     for issue in result.issues:

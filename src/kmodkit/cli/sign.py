@@ -34,10 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.cli.output import print_json, report_item
     from kmodkit.signing.algorithms import HashAlgorithm
     from kmodkit.signing.keys import expiry_warning, load_certificate
-    from kmodkit.signing.sign import ModuleSigner, SignStatus, find_modules
+    from kmodkit.signing.sign import ModuleSigner, SignStatus, gather_modules
 
     alg = HashAlgorithm.from_name(args.hash)
-    paths = find_modules(args.targets)  # every path checked before a key is touched
+    paths, missing = gather_modules(args.targets)  # every path checked before a key is touched
+    for err in missing:
+        report_item(err)
+    if not paths:
+        return max((e.exit_status for e in missing), default=2)
     cert = load_certificate(args.cert)
     warn = expiry_warning(cert, args.cert)
     if warn:
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     elif len(results) > 1:
         sys.stdout.write(f"{len(results) - failed} of {len(results)} module(s) signed"
                          f"{f', {failed} failed' if failed else ''}\n")
-    return 1 if failed else 0
+    return max([1 if failed else 0] + [e.exit_status for e in missing])
 
 
 def open_key(spec: str, passphrase_file: str | None, allow_insecure: bool) -> KeySource:

@@ -29,11 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import print_json
-    from kmodkit.signing.sign import find_modules
+    from kmodkit.cli.output import print_json, report_item
+    from kmodkit.signing.sign import gather_modules
     from kmodkit.signing.verify import Verdict, VerifyRequest
 
-    paths = find_modules(args.targets)
+    paths, missing = gather_modules(args.targets)
+    for err in missing:
+        report_item(err)
+    if not paths:
+        return max((e.exit_status for e in missing), default=2)
     store_certs: list[object] = []
     kernels: list[str | None] = []
     results: list[ModuleVerdict] = []
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         named = [k for k in kernels if k]
         where = f" against the keys of {', '.join(named)}" if named else ""
         out(f"{len(results)} module(s){where}: {summary}\n")
-    return 0 if all(r.ok for r in results) else 1
+    return max([0 if all(r.ok for r in results) else 1] + [e.exit_status for e in missing])
 
 
 def _line(r: ModuleVerdict) -> str:

@@ -115,6 +115,7 @@ class TreeWalk(NamedTuple):
     vanished: list[tuple[str, str]]  #: (path, why) for chosen files that could not be stat'ed
     listings: dict[str, DirListing]  #: directory listings to reuse next time (racy ones left out)
     now_ns: int  #: the wall clock when the walk began
+    unsupported: list[tuple[str, str]]  #: (path, what it is) of entries neither a directory nor a regular file
 
 
 class TreeInputs:
@@ -186,7 +187,7 @@ class TreeInputs:
         return w
 
     def _walk_all(self, old: dict[str, DirListing], found: Callable[[str], object] | None) -> TreeWalk:
-        w = TreeWalk({}, {}, [], [], {}, time.time_ns())
+        w = TreeWalk({}, {}, [], [], {}, time.time_ns(), [])
         self._walk(self.dirname, self.dirname, None, w, old, found)
         for ext in self.config.externals:
             if os.path.isdir(ext):
@@ -229,6 +230,9 @@ class TreeInputs:
                 path = prefix + entry
                 if modname is None:
                     self._walk(path, entry, fd, w, old, found)
+                    continue
+                if modname[:1] == _UNSUPPORTED:  # a FIFO, a device, a link to one or to nothing: depmod says so
+                    w.unsupported.append((path, modname[1:]))
                     continue
                 # the common case inline (4,000 files a run); a second file of the same name goes aside
                 if modname in chosen:
@@ -312,8 +316,14 @@ class _StaleListing(Exception):
     """A reused directory listing no longer describes the directory."""
 
 
+#: first character of the "module name" _list gives an entry that is neither a directory nor a regular file
+#: (the rest says what it is): a module name never starts with a NUL
+_UNSUPPORTED = "\0"
+
+
 def _list(fd: int) -> list[tuple[str, str | None]]:
-    """The subdirectories (module name None) and module files of the open directory ``fd``, in readdir order."""
+    """The subdirectories (module name None), module files and unsupported entries (a name starting with
+    :data:`_UNSUPPORTED`) of the open directory ``fd``, in readdir order."""
     out: list[tuple[str, str | None]] = []
     with os.scandir(fd) as it:
         for entry in it:  # readdir order, as depmod walks
@@ -321,9 +331,24 @@ def _list(fd: int) -> list[tuple[str, str | None]]:
             try:
                 if entry.is_dir():
                     out.append((name, None))
-                elif (entry.is_file() and name.endswith(MODULE_SUFFIXES)
-                      and not any(name == s for s in MODULE_SUFFIXES)):
+                elif not name.endswith(MODULE_SUFFIXES) or any(name == s for s in MODULE_SUFFIXES):
+                    continue
+                elif entry.is_file():
                     out.append((name, name.split(".", 1)[0].replace("-", "_")))  # path_to_modname
+                else:  # depmod: "unsupported file type" (kmod's depmod_modules_search_dir)
+                    out.append((name, _UNSUPPORTED + _kind(entry)))
             except OSError:
                 continue
     return out
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return "a link to nothing"
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"

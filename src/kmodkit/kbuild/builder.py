@@ -274,7 +274,9 @@ class Build:
 
         verdicts = []
         notes = list(kb.notes)
-        for r in CheckRun([str(m) for m in kb.modules], [kb.kernel], root=self.root).results():
+        # the projects this one depends on: their builds for this kernel are loaded first for their exports
+        deps = [str(p) for d in self.depends for p in sorted((d / "out" / kb.kernel).glob("*.ko*"))]
+        for r in CheckRun([str(m) for m in kb.modules], [kb.kernel], root=self.root, loaded_first=deps).results():
             if r.prediction is not None:
                 verdicts.append(r.prediction)
             else:

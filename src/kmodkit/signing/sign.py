@@ -80,13 +80,12 @@ def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, i
     return view, count
 
 
-def find_modules(targets: Iterable[str]) -> list[str]:
-    """The module files named by ``targets``: files as given, directories searched recursively (sorted).
-
-    Raises :class:`NotFoundError` for a path that does not exist and
-    :class:`UserError` for a directory with no module in it.
-    """
+def gather_modules(targets: Iterable[str]) -> tuple[list[str], list[ItemError]]:
+    """The module files named by ``targets`` (files as given, directories searched recursively, sorted), and one
+    :class:`ItemError` for each target that names none (a missing path, a directory holding no module), so a
+    batch goes on around them."""
     out: list[str] = []
+    errors: list[ItemError] = []
     for target in targets:
         if os.path.isdir(target):
             found: list[str] = []
@@ -94,13 +93,25 @@ def find_modules(targets: Iterable[str]) -> list[str]:
                 dirs.sort()
                 found.extend(os.path.join(root, f) for f in files if f.endswith(MODULE_SUFFIXES))
             if not found:
-                raise UserError(target, "directory holds no module files (.ko, .ko.xz, .ko.zst, .ko.gz)")
+                errors.append(ItemError(target, "directory holds no module files (.ko, .ko.xz, .ko.zst, .ko.gz)"))
             out.extend(sorted(found))
         elif os.path.lexists(target):
             out.append(target)
         else:
-            raise from_oserror(FileNotFoundError(2, "No such file or directory", target), target)
-    return out
+            errors.append(ItemError.from_error(target, from_oserror(
+                FileNotFoundError(2, "No such file or directory", target), target)))
+    return out, errors
+
+
+def find_modules(targets: Iterable[str]) -> list[str]:
+    """The module files named by ``targets`` (see :func:`gather_modules`).
+
+    Raises :class:`UserError` naming the first target that names no module file.
+    """
+    paths, errors = gather_modules(targets)
+    if errors:
+        raise UserError(errors[0].path, errors[0].message, errors[0].fix)
+    return paths
 
 
 class ModuleSigner:
