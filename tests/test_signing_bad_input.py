@@ -207,3 +207,20 @@ def test_certificate_given_as_key_and_unknown_hash(signed: Path, keydir: Path,
 def test_missing_module_is_one_line(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(sign_args(keydir, str(tmp_path / "absent.ko"))) == 2
     assert "absent.ko" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("field,offset", [("signer_len", 3), ("key_id_len", 4), ("id_type", 2)])
+def test_replace_refuses_a_trailer_the_kernel_does_not_read_made_in_test(
+        signed: Path, keydir: Path, capsys: pytest.CaptureFixture[str], field: str, offset: int) -> None:
+    """Found by the fuzz run: a trailer with signer_len 2 made --replace cut two bytes of the module itself.
+    Only a trailer mod_check_sig accepts says where the signature starts; any other is refused, file untouched."""
+    data = bytearray(signed.read_bytes())
+    data[len(data) - TRAILER + offset] = 2 if field != "id_type" else 1
+    signed.write_bytes(data)
+    before = digest(signed)
+    capsys.readouterr()
+    assert main(sign_args(keydir, "--replace", str(signed))) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "its signature trailer is not one the kernel reads" in line
+    assert digest(signed) == before

@@ -71,11 +71,23 @@ def module_signature_trailer(sig_len: int) -> bytes:
 
 
 def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, int]:
-    """``data`` without any appended signatures, and how many there were (0 when unsigned)."""
+    """``data`` without any appended signatures, and how many there were (0 when unsigned).
+
+    Only a trailer the kernel reads (mod_check_sig: PKCS#7, the other fields zero) says where its
+    signature starts; any other raises :class:`ModuleFormatError`, since cutting by its lengths could
+    cut the module itself.
+    """
+    from kmodkit.signing.kernel_check import length_after_sig_check
+
     view = memoryview(data)
     count = 0
-    while (t := find_trailer(view, name)) is not None:
-        view = view[:t.content_len]
+    while find_trailer(view, name) is not None:
+        keep = length_after_sig_check(view)
+        if keep == len(view) - len(MAGIC):  # mod_check_sig refused the trailer: its lengths cannot be trusted
+            raise ModuleFormatError(name, "its signature trailer is not one the kernel reads (not PKCS#7, or "
+                                    "non-zero signer/key-id lengths or parameters): which bytes are the signature "
+                                    "cannot be told", "restore the module from its build or package and sign that")
+        view = view[:keep]
         count += 1
     return view, count
 
