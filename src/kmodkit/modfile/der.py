@@ -7,6 +7,8 @@ of times per second, and raises :class:`ValueError` on anything malformed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import NamedTuple
 
 SEQUENCE, SET, INTEGER, OCTET_STRING, OID, NULL = 0x30, 0x31, 0x02, 0x04, 0x06, 0x05
@@ -45,12 +47,13 @@ def read(buf: bytes, pos: int, limit: int | None = None) -> Tlv:
     return Tlv(tag, pos, body, end)
 
 
-def children(buf: bytes, parent: Tlv) -> list[Tlv]:
-    """The elements inside a constructed element."""
+def children(buf: bytes, parent: Tlv, reader: Callable[[bytes, int, int], Tlv] | None = None) -> list[Tlv]:
+    """The elements inside a constructed element, each read with ``reader`` (default :func:`read`)."""
+    step = reader or read
     out = []
     pos = parent.body
     while pos < parent.end:
-        t = read(buf, pos, parent.end)
+        t = step(buf, pos, parent.end)
         out.append(t)
         pos = t.end
     return out

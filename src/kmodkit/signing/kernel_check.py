@@ -254,13 +254,7 @@ def _el(buf: bytes, pos: int, limit: int) -> _der.Tlv:
 
 
 def _kids(buf: bytes, parent: _der.Tlv) -> list[_der.Tlv]:
-    out = []
-    pos = parent.body
-    while pos < parent.end:
-        t = _el(buf, pos, parent.end)
-        out.append(t)
-        pos = t.end
-    return out
+    return _der.children(buf, parent, _el)
 
 
 def _want(t: _der.Tlv | None, tags: tuple[int, ...], what: str) -> _der.Tlv:
