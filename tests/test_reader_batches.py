@@ -210,3 +210,12 @@ def test_fifo_and_dev_zero_are_refused_at_once_by_sign_and_verify(
     # the good file between them was done
     done = [ln for ln in lines if "af_key.ko" in ln]
     assert done and not any(ln.startswith("error:") for ln in done), lines
+
+
+def test_the_module_name_rule_has_one_home() -> None:
+    """Issue 9: the rule ('-' as '_', basename up to the first dot) was spelt in seven places; it lives in
+    kmodkit.modfile.modname and everything else calls it (alias normalisation in index/glob.py is another rule)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "kmodkit"
+    spelt = [str(p.relative_to(src)) for p in src.rglob("*.py")
+             if 'replace("-", "_")' in p.read_text() and p.name not in ("modname.py", "glob.py")]
+    assert spelt == []

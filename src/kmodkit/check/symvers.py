@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from kmodkit.errors import ConfigError, from_oserror
+from kmodkit.modfile.modname import module_name
 
 #: owner of the kernel's own exports in Module.symvers
 VMLINUX = "vmlinux"
@@ -48,7 +49,7 @@ def parse_symvers(text: str, source: str = "Module.symvers") -> dict[str, Export
         except ValueError:
             raise ConfigError(f"{source}:{number}", f"CRC {crc_text!r} is not a hexadecimal number") from None
         if owner != VMLINUX:
-            owner = os.path.basename(owner).replace("-", "_")
+            owner = module_name(owner)
         out[name] = Export(name, crc, owner, kind.endswith("_GPL"), parts[4] if len(parts) > 4 else "")
     return out
 

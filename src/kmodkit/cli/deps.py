@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.index.config import ModprobeConfig
     from kmodkit.index.lookup import ModuleTree, kernel_dir
     from kmodkit.index.resolver import Resolver
+    from kmodkit.modfile.modname import normalize_name
 
     dirname = kernel_dir(args.kver, args.basedir)
     tree = ModuleTree(dirname)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.why:
         if len(args.names) != 2:
             raise UserError("--why", "takes exactly two names: FROM TO")
-        src, dst = (n.replace("-", "_") for n in args.names)
+        src, dst = (normalize_name(n) for n in args.names)
         chain = resolver.why(src, dst)
         if args.json:
             print_json({"from": src, "to": dst, "chain": chain})
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[object] = []
     warned: set[str] = set()
     for name in args.names:
-        norm = name.replace("-", "_")
+        norm = normalize_name(name)
         if args.reverse or args.tree:
             if tree.lookup_name(norm) is None:
                 error_line(name, f"no such module in {dirname}")

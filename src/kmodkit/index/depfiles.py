@@ -21,6 +21,7 @@ from kmodkit.index.glob import alias_normalize
 from kmodkit.index.inputs import INDEX_FILES, KmodCompat
 from kmodkit.index.khash import SYMBOL_BUCKETS, superfast
 from kmodkit.index.trie import IndexBuilder
+from kmodkit.modfile.modname import module_name
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -192,7 +193,7 @@ def render_builtin_bin(result: DepmodResult) -> bytes | None:
             log.error("Invalid modules.builtin line: %s", line.decode("latin-1").rstrip("\n"))
             continue
         base = line.rsplit(b"/", 1)[-1]
-        modname = base.split(b".", 1)[0].replace(b"-", b"_")
+        modname = module_name(base.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
         idx.insert(modname, b"", 0)
     return idx.to_bytes(_preorder(result))
 

@@ -26,11 +26,7 @@ from typing import NamedTuple
 
 from kmodkit.errors import NotFoundError, UserError
 from kmodkit.index.depmodconf import DepmodConfig
-
-#: file-name endings kmod takes for module files (shared/util.c: kmod_exts); the
-#: same as kmodkit.modfile.module.MODULE_SUFFIXES, repeated so the quick path
-#: does not import the module reader
-MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
+from kmodkit.modfile.modname import MODULE_SUFFIXES, module_name  # import-free: the quick path loads no reader
 
 #: the files depmod writes, in the order it writes them
 INDEX_FILES = (
@@ -92,11 +88,6 @@ StatKey = tuple[int, int, int] | None
 #: a directory's (mtime_ns, inode, [(entry name, its module name; None for a directory)]),
 #: its subdirectories and module files in readdir order
 DirListing = tuple[int, int, list[tuple[str, str | None]]]
-
-
-def path_to_modname(path: str) -> str:
-    """kmod's ``path_to_modname``: the basename up to its first dot, ``-`` as ``_``."""
-    return os.path.basename(path).split(".", 1)[0].replace("-", "_")
 
 
 def stat_key(st: os.stat_result, now_ns: int) -> StatKey:
@@ -334,7 +325,7 @@ def _list(fd: int) -> list[tuple[str, str | None]]:
                 elif not name.endswith(MODULE_SUFFIXES) or any(name == s for s in MODULE_SUFFIXES):
                     continue
                 elif entry.is_file():
-                    out.append((name, name.split(".", 1)[0].replace("-", "_")))  # path_to_modname
+                    out.append((name, module_name(name)))
                 else:  # depmod: "unsupported file type" (kmod's depmod_modules_search_dir)
                     out.append((name, _UNSUPPORTED + _kind(entry)))
             except OSError:

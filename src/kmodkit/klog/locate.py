@@ -8,14 +8,12 @@ import os
 from collections.abc import Iterator, Sequence
 
 from kmodkit.errors import KmodkitError
+from kmodkit.modfile.modname import MODULE_SUFFIXES, normalize_name
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
-
-
-def _norm(name: str) -> str:
-    return name.replace("-", "_")
+SUFFIXES = MODULE_SUFFIXES
+_norm = normalize_name
 
 
 def _walk(root: str, depth: int = 6) -> Iterator[str]:

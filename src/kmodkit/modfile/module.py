@@ -18,6 +18,10 @@ from kmodkit.errors import ModuleFormatError
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.elf import SHT_RELA, ElfImage, Section
+# the module-name rule lives in modname.py (import-free, for the index's walk); its names stay importable here
+from kmodkit.modfile.modname import MODULE_SUFFIXES as MODULE_SUFFIXES
+from kmodkit.modfile.modname import module_name as module_name
+from kmodkit.modfile.modname import normalize_name as normalize_name
 from kmodkit.modfile.opener import Held, load_module, release
 from kmodkit.modfile.signature import PKEY_ID_PKCS7, Pkcs7Signer, Trailer, find_trailer, parse_pkcs7
 
@@ -25,19 +29,6 @@ from kmodkit.modfile.signature import PKEY_ID_PKCS7, Pkcs7Signer, Trailer, find_
 # runs over whole trees: the hot parts are cached by hand in these slots, reset by close()
 _UNSET: object = object()
 
-#: file-name endings kmod takes for module files (shared/util.c: kmod_exts)
-MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
-
-
-def module_name(path: str) -> str:
-    """The module name kmod derives from a path: basename up to the first dot, ``-`` as ``_``."""
-    base = os.path.basename(path)
-    return base.split(".", 1)[0].replace("-", "_")
-
-
-def normalize_name(name: str) -> str:
-    """A module name with ``-`` written as ``_``, as the kernel and kmod compare names."""
-    return name.replace("-", "_")
 
 
 @dataclass(frozen=True)
