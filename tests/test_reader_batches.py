@@ -219,3 +219,12 @@ def test_the_module_name_rule_has_one_home() -> None:
     spelt = [str(p.relative_to(src)) for p in src.rglob("*.py")
              if 'replace("-", "_")' in p.read_text() and p.name not in ("modname.py", "glob.py")]
     assert spelt == []
+
+
+def test_the_signature_trailer_layout_has_one_reader() -> None:
+    """Issue 9: three readers of struct module_signature; modfile/signature.py is now the only one that unpacks it
+    (the kernel model and sign ask it for the fields and for the bytes to append)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "kmodkit"
+    layouts = [str(p.relative_to(src)) for p in src.rglob("*.py")
+               if ">BBBBB3" in p.read_text() and p.name != "signature.py"]
+    assert layouts == []

@@ -304,12 +304,11 @@ class _Run:
 
         from kmodkit.signing.kernel_check import SOFT_ERRORS, check_module_signature, length_after_sig_check
 
-        from kmodkit.modfile.signature import MAGIC
+        from kmodkit.modfile.signature import has_signature_magic
         from kmodkit.signing.trust import TrustStore
 
         # the kernel's keys are read (from its image) only for a module that carries a signature
-        signed = len(data) > len(MAGIC) and bytes(data[len(data) - len(MAGIC):]) == MAGIC
-        store = self.c.trust_store(self.assumptions) if signed else TrustStore()
+        store = self.c.trust_store(self.assumptions) if has_signature_magic(data) else TrustStore()
         sig = check_module_signature(data, store, self.path)
         if sig.log is not None:
             # pr_err() in module_signature.c / signing.c ("module: ..."), pr_warn() in the PKCS#7 code

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from kmodkit.modfile.elf import Buffer
 
 MAGIC = b"~Module signature appended~\n"
-_INFO = struct.Struct(">BBBBB3xI")
+_INFO = struct.Struct(">BBBBB3sI")
 #: bytes taken by the fixed part of the trailer: struct module_signature + magic
 TRAILER_SIZE = _INFO.size + len(MAGIC)
 
@@ -80,6 +80,45 @@ class Trailer:
     file_len: int  #: length of the whole (decompressed) file
 
 
+@dataclass(frozen=True)
+class TrailerFields:
+    """``struct module_signature`` exactly as stored before the magic, nothing judged (the reader's
+    :func:`find_trailer` and the kernel model's mod_check_sig judge it, each its own way)."""
+
+    algo: int  #: enum pkey_algo
+    hash: int  #: enum pkey_hash_algo
+    id_type: int  #: enum pkey_id_type (:data:`PKEY_ID_PKCS7` for every current kernel)
+    signer_len: int  #: length of a signer name before the key id
+    key_id_len: int  #: length of a key id before the signature
+    pad: bytes  #: the three padding bytes
+    sig_len: int  #: length of the signature blob (big-endian in the file)
+
+    @property
+    def params_zero(self) -> bool:
+        """Whether every field the kernel wants 0 in a PKCS#7 trailer is 0 (algo, hash, lengths, padding)."""
+        return not (self.algo or self.hash or self.signer_len or self.key_id_len or any(self.pad))
+
+
+def has_signature_magic(data: Buffer) -> bool:
+    """Whether ``data`` ends with ``~Module signature appended~\\n``."""
+    size = len(data)
+    return size >= len(MAGIC) and bytes(data[size - len(MAGIC):]) == MAGIC
+
+
+def trailer_fields(data: Buffer) -> TrailerFields | None:
+    """The raw ``struct module_signature`` before the magic; None without the magic or room for the struct."""
+    size = len(data)
+    if size < TRAILER_SIZE or not has_signature_magic(data):
+        return None
+    return TrailerFields(*_INFO.unpack_from(data, size - TRAILER_SIZE))
+
+
+def trailer_bytes(sig_len: int) -> bytes:
+    """What sign-file appends after a PKCS#7 signature of ``sig_len`` bytes: the struct (PKCS#7, all else 0)
+    and the magic."""
+    return _INFO.pack(0, 0, PKEY_ID_PKCS7, 0, 0, b"\0\0\0", sig_len) + MAGIC
+
+
 def find_trailer(data: Buffer, name: str = "<memory>") -> Trailer | None:
     """The trailer at the end of ``data``, or None when the module is unsigned.
 
@@ -87,10 +126,12 @@ def find_trailer(data: Buffer, name: str = "<memory>") -> Trailer | None:
     trailer cannot be right: a zero-length signature, or lengths that cover
     the whole file, leaving no module before the signature.
     """
-    size = len(data)
-    if size < TRAILER_SIZE or bytes(data[size - len(MAGIC):]) != MAGIC:
+    f = trailer_fields(data)
+    if f is None:
         return None
-    algo, hash_, id_type, signer_len, key_id_len, sig_len = _INFO.unpack_from(data, size - TRAILER_SIZE)
+    size = len(data)
+    algo, hash_, id_type, signer_len, key_id_len, sig_len = f.algo, f.hash, f.id_type, f.signer_len, f.key_id_len, \
+        f.sig_len
     body = size - TRAILER_SIZE
     if sig_len == 0:
         raise ModuleFormatError(name, "signature trailer says the signature is 0 bytes long")

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 from kmodkit.errors import KmodkitError, ModuleFormatError
 from kmodkit.modfile import der as _der
-from kmodkit.modfile.signature import DIGEST_OIDS, MAGIC, PKEY_ID_PKCS7, TRAILER_SIZE, Pkcs7Signer, parse_pkcs7
+from kmodkit.modfile.signature import (DIGEST_OIDS, MAGIC, PKEY_ID_PKCS7, TRAILER_SIZE, Pkcs7Signer,
+                                      has_signature_magic, parse_pkcs7, trailer_fields)
 from kmodkit.signing.algorithms import ECDSA_SIGNATURE_OIDS, RSA_ENCRYPTION_OID, HashAlgorithm
 from kmodkit.signing.trust import TrustedCert, TrustStore
 
@@ -62,6 +63,7 @@ _CONTENT_TYPE = "1.2.840.113549.1.9.3"
 _MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 _SMIME_CAPS = "1.2.840.113549.1.9.15"
 _MS_AUTHENTICODE_ATTRS = {"1.3.6.1.4.1.311.2.1.11", "1.3.6.1.4.1.311.2.1.12"}  # msStatementType, msSpOpusInfo
+_STRUCT = TRAILER_SIZE - len(MAGIC)  # sizeof(struct module_signature)
 _ASN1_MAX = 65535  # asn1_ber_decoder refuses longer input with -EMSGSIZE
 
 
@@ -120,42 +122,40 @@ def length_after_sig_check(data: bytes | memoryview) -> int:
     (info->len): all of an unsigned file, less the magic when mod_check_sig refused the trailer, and the
     module without its signature once the trailer passed."""
     size = len(data)
-    if size <= len(MAGIC) or bytes(data[size - len(MAGIC):]) != MAGIC:
+    if not has_signature_magic(data):
         return size
     modlen = size - len(MAGIC)
-    if modlen <= TRAILER_SIZE - len(MAGIC):
-        return modlen
-    raw = bytes(data[size - TRAILER_SIZE:modlen])
-    sig_len = int.from_bytes(raw[8:12], "big")
-    if sig_len >= modlen - len(raw) or raw[2] != PKEY_ID_PKCS7 or any(raw[:2] + raw[3:8]):
-        return modlen
-    return modlen - len(raw) - sig_len
+    f = trailer_fields(data)
+    if f is None or f.sig_len >= modlen - _STRUCT or f.id_type != PKEY_ID_PKCS7 or not f.params_zero:
+        return modlen  # mod_check_sig refused it (or it is too short for one): only the magic came off
+    return modlen - _STRUCT - f.sig_len
 
 
 def check_module_signature(data: bytes | memoryview, store: TrustStore, name: str = "<memory>") -> KernelSigCheck:
     """The kernel's decision on the signature of the decompressed module ``data``, trusting ``store``'s
     trusted certificates (its untrusted ones only say whether the signature itself holds).  Never raises."""
     size = len(data)
-    if size <= len(MAGIC) or bytes(data[size - len(MAGIC):]) != MAGIC:
+    if not has_signature_magic(data):
         return KernelSigCheck(_errno.ENODATA, None, "no signature")
     modlen = size - len(MAGIC)  # module_sig_check cuts the magic off; mod_verify_sig reads the struct before it
-    if modlen <= TRAILER_SIZE - len(MAGIC):
-        return KernelSigCheck(_errno.EBADMSG, None, "the file is too short to hold a signature trailer")
     # struct module_signature as the kernel reads it, before anything judges it (mod_check_sig)
-    raw = bytes(data[size - TRAILER_SIZE:modlen])
-    params, id_type, sig_len = raw[:2] + raw[3:8], raw[2], int.from_bytes(raw[8:12], "big")
-    if sig_len >= modlen - len(raw):
+    f = trailer_fields(data)
+    if f is None or modlen <= _STRUCT:
+        return KernelSigCheck(_errno.EBADMSG, None, "the file is too short to hold a signature trailer")
+    sig_len = f.sig_len
+    if sig_len >= modlen - _STRUCT:
         return KernelSigCheck(_errno.EBADMSG, None, f"signature trailer claims {sig_len} bytes of signature, "
-                              f"but only {modlen - len(raw)} bytes precede it")
-    if id_type != PKEY_ID_PKCS7:
+                              f"but only {modlen - _STRUCT} bytes precede it")
+    if f.id_type != PKEY_ID_PKCS7:
         return KernelSigCheck(_errno.ENOPKG, "module: not signed with expected PKCS#7 message",
-                              f"signature id type {id_type} is not PKCS#7 (the only kind kernels check)")
-    if any(params):
+                              f"signature id type {f.id_type} is not PKCS#7 (the only kind kernels check)")
+    if not f.params_zero:
+        params = (f.algo, f.hash, f.signer_len, f.key_id_len, *f.pad)
         fields = ", ".join(f"{n}={v}" for n, v in zip(("algo", "hash", "signer_len", "key_id_len", "pad", "pad", "pad"),
                                                       params) if v)
         return KernelSigCheck(_errno.EBADMSG, "module: PKCS#7 signature info has unexpected non-zero params",
                               f"signature trailer has non-zero fields the kernel wants 0 ({fields})")
-    content_len = modlen - len(raw) - sig_len
+    content_len = modlen - _STRUCT - sig_len
     blob = bytes(data[content_len:content_len + sig_len])
     try:
         signer: Pkcs7Signer | None = parse_pkcs7(blob, name)

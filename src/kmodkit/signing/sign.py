@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from kmodkit.modfile.elf import ElfImage
 from kmodkit.modfile.opener import open_regular
 from kmodkit.modfile.compress import Compression
 from kmodkit.modfile.module import MODULE_SUFFIXES
-from kmodkit.modfile.signature import MAGIC, PKEY_ID_PKCS7, find_trailer, parse_pkcs7
+from kmodkit.modfile.signature import MAGIC, PKEY_ID_PKCS7, find_trailer, parse_pkcs7, trailer_bytes
 from kmodkit.signing.algorithms import SIGNING_HASHES, HashAlgorithm
 from kmodkit.fileio import commit_temps, write_temp
 from kmodkit.signing.keys import interrupted_hint, public_keys_match
@@ -35,9 +34,6 @@ from kmodkit.signing.source import KeySource
 
 log = logging.getLogger(__name__)
 
-#: struct module_signature for a PKCS#7 signature: algo, hash, id_type=PKEY_ID_PKCS7, signer_len,
-#: key_id_len (all 0 but id_type), 3 pad bytes, sig_len (big-endian)
-_MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
 #: files written before one sync makes them durable and they are renamed into place
 _CHUNK = 128
 
@@ -67,7 +63,7 @@ class SignResult:
 
 def module_signature_trailer(sig_len: int) -> bytes:
     """``struct module_signature`` for a PKCS#7 signature of ``sig_len`` bytes, followed by the magic."""
-    return _MODULE_SIGNATURE.pack(0, 0, PKEY_ID_PKCS7, 0, 0, sig_len) + MAGIC
+    return trailer_bytes(sig_len)
 
 
 def strip_signatures(data: bytes | memoryview, name: str) -> tuple[memoryview, int]:
