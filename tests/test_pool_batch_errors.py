@@ -47,3 +47,15 @@ def test_fake_bad_items_of_sign_and_summary_are_the_same_record(sample_module: P
     doc = json.loads(subprocess.run([sys.executable, "-m", "kmodkit", "info", "--summary", "--json", *paths],
                                     env=env, capture_output=True, text=True).stdout)
     assert doc["errors"] == [e.to_json() for e in summary.errors]
+
+
+def test_info_and_index_report_bad_items_with_the_one_record() -> None:
+    """Issue 9: five shapes of per-item error; info's results and the index's failures are ItemError now too."""
+    import typing
+
+    from kmodkit.errors import ItemError
+    from kmodkit.index.depmod import DepmodResult
+    from kmodkit.modfile.info import Rendered
+
+    assert typing.get_type_hints(Rendered)["error"] == ItemError | None
+    assert typing.get_type_hints(DepmodResult)["failures"] == list[ItemError]

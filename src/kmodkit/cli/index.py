@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                         "unchanged": list(ix.inputs.compat.index_files), "read": read, "failures": [], "issues": []})
         return 0
 
-    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.cli.output import print_json, report_item
 
     from kmodkit.index.depmod import DependencyCycleError
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for path, kind in result.walk.unsupported if result.walk is not None else ():
         sys.stderr.write(f"warning: {path}: {kind}, not a module file: skipped (depmod: unsupported file type)\n")
     for failure in result.failures:
-        error_line(failure.path, failure.reason)
+        report_item(failure)
     for issue in result.issues:
         sys.stderr.write(f"warning: {issue}\n")
     if args.dry_run:
@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         print_json({"outdir": os.path.abspath(ix.outdir), "modules": len(result.modules),
                     "files": list(written.files), "unchanged": list(written.unchanged),
                     "read": result.read_count,
-                    "failures": [{"path": f.path, "reason": f.reason} for f in result.failures],
+                    "failures": [{"path": f.path, "reason": f.message} for f in result.failures],
                     "issues": [str(i) for i in result.issues]})
     return 1 if result.failures or (args.errsyms and result.issues) else 0

@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import error_line
+    from kmodkit.cli.output import report_item
     from kmodkit.errors import UserError
     from kmodkit.modfile.info import View, render_all
     from kmodkit.names import ModuleQuery
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for item in items:
         if item.error is not None:
             status = max(status, item.error.exit_status)
-            out.flush()
-            exc = item.error
-            error_line(exc.subject or item.target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
+            report_item(item.error)  # flushes stdout first
             continue
         if view is View.JSON and item.output:
             out.write(item.output if first else b"," + item.output)
@@ -102,12 +100,11 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _one_json(item: Rendered) -> int:
     """One target (rendered as every batch is, cache included): indented JSON, for people reading it."""
-    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.cli.output import print_json, report_item
 
-    exc = item.error
-    if exc is not None:
-        error_line(exc.subject or item.target, exc.problem + (f"; {exc.fix}" if exc.fix else ""))
-        return exc.exit_status
+    if item.error is not None:
+        report_item(item.error)
+        return item.error.exit_status
     print_json(list(item.docs))
     return 0
 

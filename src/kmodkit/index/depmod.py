@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from kmodkit.errors import ConfigError, KmodkitError
+from kmodkit.errors import ConfigError, ItemError, KmodkitError
 from kmodkit.index.inputs import KmodCompat, TreeInputs, TreeWalk
 from kmodkit.index.khash import MODULE_BUCKETS, superfast
-from kmodkit.index.scan import ModuleRecord, ScanFailure, scan_paths
+from kmodkit.index.scan import ModuleRecord, scan_paths
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -86,7 +86,7 @@ class DepmodResult:
     modules: list[Module]  #: in output order
     symbols: dict[bytes, Module | None]  #: symbol -> owner (None: the kernel itself)
     issues: list[SymbolIssue]  #: unknown / mismatched symbols (filled only with -E/-F and errsyms)
-    failures: list[ScanFailure]  #: module files that could not be read
+    failures: list[ItemError]  #: module files that could not be read, one record each
     symbol_hashes: dict[bytes, int] = field(default_factory=dict)  #: kmod hash of each symbol name
     walk: TreeWalk | None = None  #: the files the model was built from
     records: dict[str, bytes] = field(default_factory=dict)  #: path -> marshalled record, for the cache
@@ -159,8 +159,8 @@ class Depmod:
         """
         if walk is None:
             walk = self.inputs.walk(cache.listings if cache is not None else None)
-        failures = [ScanFailure(d.split(": ", 1)[0], "directory could not be read") for d in walk.errors]
-        failures += [ScanFailure(path, why) for path, why in walk.vanished]
+        failures = [ItemError(d.split(": ", 1)[0], "directory could not be read") for d in walk.errors]
+        failures += [ItemError(path, why) for path, why in walk.vanished]
         # the order needs only the names: it is settled while the files are still being read
         empty = ModuleRecord((), (), ())
         base = self.dirname + "/"
@@ -189,7 +189,7 @@ class Depmod:
         for path, result in fresh:
             if isinstance(result, str):
                 # the reader's message names the file: the failure names it once, in ``path``
-                failures.append(ScanFailure(path, result.removeprefix(f"{path}: ")))
+                failures.append(ItemError(path, result.removeprefix(f"{path}: ")))
             else:
                 blobs[path] = result
         log.debug("read %d module files, %d from the cache", len(fresh), len(walk.stats) - len(fresh))

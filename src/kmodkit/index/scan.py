@@ -74,13 +74,6 @@ class ModuleRecord(NamedTuple):
         return cls(*marshal.loads(data))
 
 
-class ScanFailure(NamedTuple):
-    """A module file that could not be read."""
-
-    path: str  #: the file
-    reason: str  #: why, as one line
-
-
 def read_module_bytes(path: str) -> bytes:
     """:func:`read_module`, marshalled."""
     return read_module(path).to_bytes()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kmodkit.errors import KmodkitError
+from kmodkit.errors import ItemError, KmodkitError
 from kmodkit.modfile.describe import Field, format_modinfo, modinfo_fields, to_json
 from kmodkit.modfile.module import ModuleFile
 
@@ -114,7 +114,7 @@ class Rendered:
 
     target: str  #: the argument as given
     output: bytes  #: modinfo text, or compact JSON documents joined by commas (b"" on error)
-    error: KmodkitError | None  #: what went wrong, None on success
+    error: ItemError | None  #: what went wrong, None on success
     docs: tuple[dict[str, Any], ...] = ()  #: the JSON documents as data (JSON view only)
 
 
@@ -217,7 +217,7 @@ def _render(query: Targets, target: str, view: View, field: str | None, separato
             else:
                 parts.append(info.modinfo_text(field=field, separator=separator))
     except KmodkitError as exc:
-        return Rendered(target, b"", exc)
+        return Rendered(target, b"", ItemError.from_error(exc.subject or target, exc))
     finally:
         for info in infos:
             info.close()
