@@ -273,3 +273,22 @@ def test_build_checks_what_it_built_and_fails_when_the_kernel_would_refuse_it(ge
     unchecked = _kmodkit("build", str(proj), "-k", generic_tree.release, "--no-check", "--json",
                          "--workdir", str(tmp_path / "work"))
     assert unchecked.returncode == 0 and json.loads(unchecked.stdout)["kernels"][0]["check"] == []
+
+
+def test_a_kernel_without_headers_or_config_is_one_error_made_in_test(sample_module: Path, tmp_path: Path) -> None:
+    """A fake root (it stands for a machine whose kernel has no headers, and one whose config is unreadable)."""
+    from kmodkit.check.run import CheckRun
+    from kmodkit.errors import EnvironmentNotReady
+
+    (tmp_path / "lib/modules/6.1.0-99-amd64/kernel").mkdir(parents=True)
+    [r] = list(CheckRun([str(sample_module)], ["6.1.0-99-amd64"], root=tmp_path).results())
+    assert r.prediction is None and isinstance(r.error, EnvironmentNotReady)
+    assert "install linux-headers-6.1.0-99-amd64" in str(r.error)
+    headers = tmp_path / "usr/src/linux-headers-6.1.0-98-amd64"
+    headers.mkdir(parents=True)
+    (headers / "Module.symvers").write_text("0x12345678\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n")
+    (headers / ".config").mkdir()  # unreadable as a file
+    (tmp_path / "lib/modules/6.1.0-98-amd64").mkdir(parents=True)
+    (tmp_path / "lib/modules/6.1.0-98-amd64/build").symlink_to("/usr/src/linux-headers-6.1.0-98-amd64")
+    [r] = list(CheckRun([str(sample_module)], ["6.1.0-98-amd64"], root=tmp_path).results())
+    assert r.prediction is None and r.error is not None and "kernel configuration" in str(r.error)
