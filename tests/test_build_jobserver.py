@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 from kmodkit.kbuild.jobserver import Jobserver
 
 # two jobs that each say which jobs were running while they ran: a job's marker exists from its start
@@ -23,7 +25,7 @@ a b:
 
 def _make_under(js: Jobserver, workdir: Path) -> dict[str, list[str]]:
     if shutil.which("make") is None:
-        pytest.skip("no make")
+        need("no make")
     (workdir / "Makefile").write_text(MAKEFILE)
     env = dict(os.environ, MAKEFLAGS=js.makeflags())
     with js.slot():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 from kmodkit.cli.main import main
 from kmodkit.errors import ConfigError, UserError
 from kmodkit.kbuild import kernels as kern
@@ -31,7 +33,7 @@ def built_everywhere(tmp_path_factory: pytest.TempPathFactory, kernel_trees: lis
     """The bundled example built once for every installed kernel (real make, 2 workers)."""
     with_headers = [t for t in kernel_trees if t.headers]
     if not with_headers:
-        pytest.skip("no kernel headers installed")
+        need("no kernel headers installed")
     base = tmp_path_factory.mktemp("everywhere")
     NewProject("hello", base / "hello").create()
     build = Build(base / "hello", all_installed=True, workdir=base / "work")
@@ -94,7 +96,7 @@ def test_reading_a_few_config_options_agrees_with_the_whole_config(kernel_trees:
              "CONFIG_MODULE_SIG_FORCE", "CONFIG_NO_SUCH_OPTION")
     trees = [t for t in kernel_trees if t.headers]
     if not trees:
-        pytest.skip("no kernel headers installed")
+        need("no kernel headers installed")
     for t in trees:
         headers = kern.kernel(t.release).headers
         assert headers is not None
@@ -284,7 +286,7 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
 def test_the_build_that_took_longest_last_time_starts_first(tmp_path: Path, kernel_trees: list) -> None:
     releases = [t.release for t in kernel_trees if t.headers][:2]
     if len(releases) < 2:
-        pytest.skip("needs two kernels with headers")
+        need("needs two kernels with headers")
     NewProject("demo", tmp_path / "p").create()
     # earlier builds' records: the second kernel's make took longest (the inputs differ: both are rebuilt)
     for release, duration in zip(releases, (1.0, 9.0)):

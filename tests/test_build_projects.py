@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 from kmodkit.errors import UserError
 from kmodkit.kbuild.builder import Build, State
 from kmodkit.kbuild.project import NewProject
@@ -40,7 +42,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def built(tmp_path_factory: pytest.TempPathFactory, cloud_tree) -> tuple[Path, str]:
     """core and probe copied to a temp directory, core built for the cloud kernel."""
     if cloud_tree.headers is None:
-        pytest.skip("no headers for the cloud kernel")
+        need("no headers for the cloud kernel")
     base = tmp_path_factory.mktemp("projects")
     for name in ("core", "probe"):
         shutil.copytree(PROJECTS / name, base / name)
@@ -152,7 +154,7 @@ def test_a_signed_module_is_not_silently_replaced_by_an_unsigned_build(tmp_path:
     """0.1: sign out/KVER/demo.ko, build again: the signed module was rebuilt and replaced, unsigned, silently."""
     tools = sorted(glob.glob("/usr/lib/linux-kbuild-*/scripts/sign-file"))
     if not tools:
-        pytest.skip("Debian's sign-file is not installed")
+        need("Debian's sign-file is not installed")
     NewProject("demo", tmp_path / "p").create()
     args = ("build", str(tmp_path / "p"), "-k", cloud_tree.release, "--workdir", str(tmp_path / "work"))
     assert _cli(*args).returncode == 0

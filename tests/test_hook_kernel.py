@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 PROJECTS = Path(__file__).parent / "data" / "projects"
@@ -57,10 +59,10 @@ def _run_parts(root: Path, hook: str, release: str) -> subprocess.CompletedProce
 def machine(tmp_path: Path, kernel_trees: list) -> tuple[Path, Path, str, str]:
     """A root with an old kernel, core (signed) and probe installed for it; the new kernel not yet there."""
     if not shutil.which("run-parts"):
-        pytest.skip("run-parts is not installed")
+        need("run-parts is not installed")
     cloud = [t.release for t in kernel_trees if t.headers and t.series == "6.1" and t.flavour == "cloud-amd64"]
     if len(cloud) < 2:
-        pytest.skip("needs two 6.1 cloud kernels with headers")
+        need("needs two 6.1 cloud kernels with headers")
     new, old = cloud[0], cloud[1]
     base = tmp_path / "projects"
     for name in ("core", "probe"):

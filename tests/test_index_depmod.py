@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KernelTree
+from conftest import KernelTree, need
 from elfwriter import Sec, build, simple_module
 from kmodkit.index.depfiles import INDEX_FILES, render_all, write_index
 from kmodkit.index.depmod import Depmod, DependencyCycleError
@@ -94,7 +94,7 @@ def test_symvers_and_system_map_with_errsyms(generic_tree: KernelTree, tmp_path:
     symvers = generic_tree.headers / "Module.symvers" if generic_tree.headers else None
     system_map = Path(f"/boot/System.map-{generic_tree.release}")
     if symvers is None or not symvers.exists():
-        pytest.skip("no Module.symvers for the generic kernel")
+        need("no Module.symvers for the generic kernel")
     moddir = make_tree(generic_tree, tmp_path / "root")
     for flag, path in (("-E", symvers), ("-F", system_map)):
         if not path.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from elfwriter import ElfSpec, Sec, build, modinfo_bytes, simple_module
+from elfwriter import ElfSpec, build, modinfo_bytes, simple_module
 
 KMODKIT = [sys.executable, "-m", "kmodkit"]
 

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from conftest import need
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -108,7 +110,7 @@ def test_keys_new_force_killed_at_each_rename_leaves_or_restores_one_pair(tmp_pa
     import sys
 
     if shutil.which("strace") is None:
-        pytest.skip("needs strace to kill at an exact rename")
+        need("needs strace to kill at an exact rename")
     out = tmp_path / "keys"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     new = [sys.executable, "-m", "kmodkit", "keys", "new", "--out", str(out), "--bits", "2048"]

@@ -1,10 +1,8 @@
 """``kmodkit keys new --force`` killed with SIGKILL, many times: the key and certificate still match (issue 10, item 5).
 
 0.1 wrote the key and the two certificates one by one, so a kill between
-the renames left a new key with the old certificate.  The fix belongs to
-the signing domain (it writes the three through
-:func:`kmodkit.fileio.commit_files`); until that is in this tree the test
-skips and says so.
+the renames left a new key with the old certificate.  keys.py now writes
+the three through :func:`kmodkit.fileio.commit_files`.
 """
 
 from __future__ import annotations
@@ -23,14 +21,10 @@ from kmodkit.fileio import finish_commit
 from test_kill_sign import kill_all, kmodkit_env, temps_under, wait_until_gone
 
 KILLS = int(os.environ.get("KMODKIT_KILLS", "12"))
-_KEYS_SOURCE = Path(__file__).parent.parent / "src" / "kmodkit" / "signing" / "keys.py"
 
 
 @pytest.mark.slow
 def test_killed_keys_new_force_leaves_a_key_that_matches_its_certificate(tmp_path: Path) -> None:
-    if "commit_files" not in _KEYS_SOURCE.read_text():
-        pytest.skip("keys new still writes its three files one by one in this tree: the signing "
-                    "helper's branch makes it write them through fileio.commit_files")
     from kmodkit.signing.keys import CERT_DER_FILE, CERT_PEM_FILE, KEY_FILE, load_certificate, load_private_key
     from kmodkit.signing.keys import public_keys_match
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KernelTree, discover_trees
+from conftest import KernelTree, discover_trees, need
 from kmodkit.errors import ModuleFormatError, UserError
 from kmodkit.kimage import read_vmlinux
 
@@ -102,7 +102,7 @@ def test_vm_run_refuses_the_bomb_before_anything_starts_made_in_test(bomb: Path,
     from kmodkit.vm.machine import Vm, VmSpec
 
     if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86 is not installed")
+        need("qemu-system-x86 is not installed")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     boot, mods = _fake_boot(tmp_path, bomb.read_bytes())
     spec = VmSpec("k", ("true",), runs_dir=str(tmp_path / "runs"), boot_dir=boot, modules_root=mods)

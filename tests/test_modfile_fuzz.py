@@ -7,7 +7,6 @@ which inputs are modules (one verdict, kmod's).
 from __future__ import annotations
 
 import lzma
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -26,7 +26,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from kmodkit.errors import EnvironmentNotReady, ModuleFormatError, NotFoundError, UserError, from_oserror
+from kmodkit.errors import EnvironmentNotReady, ModuleFormatError, NotFoundError, from_oserror
 from kmodkit.modfile import compress as _compress
 from kmodkit.modfile.compress import Compression
 

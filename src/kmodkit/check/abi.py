@@ -129,7 +129,7 @@ def breaks(diff: AbiDiff, imports: dict[str, int | None], gpl: bool, namespaces:
             if s.change is Change.REMOVED:
                 out.append(BrokenImport(symbol, s.change, f"{diff.new} no longer exports it (Unknown symbol)"))
             elif s.change is Change.CRC and imports[symbol] is not None:
-                out.append(BrokenImport(symbol, s.change, f"its CRC changed (disagrees about version of symbol)"))
+                out.append(BrokenImport(symbol, s.change, "its CRC changed (disagrees about version of symbol)"))
             elif s.change is Change.NOW_GPL and not gpl:
                 out.append(BrokenImport(symbol, s.change, "now GPL-only, and the module's licence is not GPL"))
             elif s.change is Change.NAMESPACE and s.new is not None and s.new.namespace \

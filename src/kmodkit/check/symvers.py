@@ -8,7 +8,6 @@ text file of ~15,000 lines, parsed in one pass with :meth:`str.split`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from kmodkit.errors import ConfigError, from_oserror

@@ -98,7 +98,7 @@ class Adoption:
 
     def render(self) -> str:
         """The manifest's text: one [[module]] per module found, in make's order."""
-        out = [f"# kmodkit.toml for an existing Kbuild tree, written by 'kmodkit init' from its obj-m lines.",
+        out = ["# kmodkit.toml for an existing Kbuild tree, written by 'kmodkit init' from its obj-m lines.",
                "# The Kbuild files still say what make builds; kmodkit build checks that the two agree.",
                "# Every key: README.md, section kmodkit.toml.", ""]
         for m in self.modules:

@@ -126,7 +126,7 @@ class ElfImage:
         #: True for little-endian objects
         self.little = endian == ELFDATA2LSB
         #: struct byte-order prefix, "<" or ">"
-        self.endian = e = "<" if self.little else ">"
+        self.endian = "<" if self.little else ">"
         ehdr = _EHDR[is64, self.little]
         if size <= 16 + ehdr.size:  # libkmod wants more than the header
             raise ModuleFormatError(name, f"truncated ELF header ({size} bytes)")
