@@ -1,0 +1,244 @@
+"""The concurrency rules: barriers without a pairing comment, plain accesses of shared variables, sleeping
+under a spinlock.  The kernel calls they know are tables in ``concurrency.toml``.
+
+The analysis is per function and in source order, without following calls or control flow: a lock region
+runs from a spin_lock* call to the unlock that brings the count back to zero.  Where that is unsure (an
+unlock on an early-return path), it errs towards saying nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from tree_sitter import Node
+
+from kmodkit.lint.findings import LintFinding, ModuleSources
+from kmodkit.lint.source import SourceFile, descendants
+
+_FILE_SCOPE = frozenset({"translation_unit", "preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif",
+                         "preproc_elifdef"})
+_INIT_EXIT = re.compile(r"\b__(init|exit)\b")
+
+
+@dataclass(frozen=True)
+class _Tables:
+    barriers: frozenset[str]
+    marked: frozenset[str]
+    lock: frozenset[str]
+    unlock: frozenset[str]
+    sleeping: frozenset[str]
+    gfp_allocators: frozenset[str]
+    gfp_sleeping: frozenset[str]
+    handler_types: frozenset[str]
+    registrations: dict[str, int]
+    scalars: frozenset[str]
+
+
+@functools.cache
+def _tables() -> _Tables:
+    t: dict[str, Any] = tomllib.loads(resources.files("kmodkit.lint").joinpath("concurrency.toml").read_text())
+    return _Tables(frozenset(t["barriers"]), frozenset(t["marked_accesses"]), frozenset(t["spin_lock"]),
+                   frozenset(t["spin_unlock"]), frozenset(t["sleeping"]), frozenset(t["gfp_allocators"]),
+                   frozenset(t["gfp_sleeping"]), frozenset(t["handler_return_types"]),
+                   dict(t["handler_registrations"]), frozenset(t["scalar_types"]))
+
+
+def _calls(src: SourceFile, node: Node) -> list[tuple[str, Node]]:
+    # (name, call node) of every call by plain name below node, in source order
+    out = []
+    for n in descendants(node):
+        if n.type == "call_expression":
+            fn = n.child_by_field_name("function")
+            if fn is not None and fn.type == "identifier":
+                out.append((src.text(fn), n))
+    return out
+
+
+def _args(call: Node) -> list[Node]:
+    args = call.child_by_field_name("arguments")
+    return list(args.named_children) if args is not None else []
+
+
+def _line(node: Node) -> int:
+    return node.start_point[0] + 1
+
+
+def _lock_regions(src: SourceFile, fn: Node) -> list[tuple[int, int, str, int]]:
+    """(start byte, end byte, lock call, its line) of each region of ``fn`` where a spinlock is held."""
+    t = _tables()
+    out: list[tuple[int, int, str, int]] = []
+    depth, start, first = 0, 0, ("", 0)
+    for name, call in _calls(src, fn):
+        if name in t.lock:
+            if depth == 0:
+                start, first = call.end_byte, (name, _line(call))
+            depth += 1
+        elif name in t.unlock and depth > 0:
+            depth -= 1
+            if depth == 0:
+                out.append((start, call.start_byte, *first))
+    if depth > 0:
+        out.append((start, fn.end_byte, *first))
+    return out
+
+
+def barrier_without_comment(m: ModuleSources) -> list[LintFinding]:
+    """Memory barriers with no comment on their line or the three lines above."""
+    t = _tables()
+    out = []
+    for s in m.sources:
+        commented: set[int] = set()
+        for n in descendants(s.tree.root_node):
+            if n.type == "comment":
+                commented.update(range(n.start_point[0] + 1, n.end_point[0] + 2))
+        for fn in s.functions:
+            for name, call in _calls(s, fn):
+                line = _line(call)
+                if name in t.barriers and not commented & set(range(line - 3, line + 1)):
+                    out.append(LintFinding(str(s.path), line, "barrier-without-comment",
+                                           f"{name}() without a comment: say which barrier it pairs with and "
+                                           "what it orders"))
+    return out
+
+
+def sleep_under_spinlock(m: ModuleSources) -> list[LintFinding]:
+    """Calls that may sleep between a spin_lock* and its spin_unlock*."""
+    t = _tables()
+    out = []
+    for s in m.sources:
+        for fn in s.functions:
+            regions = _lock_regions(s, fn)
+            if not regions:
+                continue
+            for name, call in _calls(s, fn):
+                held = next((r for r in regions if r[0] <= call.start_byte < r[1]), None)
+                if held is None:
+                    continue
+                why = ""
+                if name in t.sleeping:
+                    why = "may sleep"
+                elif name in t.gfp_allocators and _args(call):
+                    gfp = {s.text(n) for n in [_args(call)[-1], *descendants(_args(call)[-1])]
+                           if n.type == "identifier"}
+                    flags = sorted(gfp & t.gfp_sleeping)
+                    if flags:
+                        why = f"with {flags[0]} may sleep (use GFP_ATOMIC, or allocate before taking the lock)"
+                if why:
+                    out.append(LintFinding(str(s.path), _line(call), "sleep-under-spinlock",
+                                           f"{name}() {why}, and {held[2]}() at line {held[3]} holds a spinlock "
+                                           "here"))
+    return out
+
+
+def _file_scope_variables(s: SourceFile) -> dict[str, bool]:
+    # name -> whether it is a plain scalar (not a pointer, array, lock, atomic or structure)
+    scalars = _tables().scalars
+    out: dict[str, bool] = {}
+    for d in descendants(s.tree.root_node):
+        if d.type != "declaration" or d.parent is None or d.parent.type not in _FILE_SCOPE:
+            continue
+        kind = d.child_by_field_name("type")
+        scalar = kind is not None and " ".join(s.text(kind).split()) in scalars
+        for decl in d.children_by_field_name("declarator"):
+            inner = decl.child_by_field_name("declarator") if decl.type == "init_declarator" else decl
+            if inner is not None and inner.type == "identifier":
+                out[s.text(inner)] = scalar
+    return out
+
+
+def _handlers(m: ModuleSources) -> set[str]:
+    # functions that run in interrupt or timer context: by return type, or registered as such
+    t = _tables()
+    out = set()
+    for s in m.sources:
+        for fn in s.functions:
+            kind = fn.child_by_field_name("type")
+            name = s.function_name(fn)
+            if name and kind is not None and " ".join(s.text(kind).split()) in t.handler_types:
+                out.add(name)
+            for call_name, call in _calls(s, fn):
+                index = t.registrations.get(call_name)
+                args = _args(call)
+                if index is not None and index < len(args):
+                    arg = args[index]
+                    if arg.type == "pointer_expression" and arg.named_children:
+                        arg = arg.named_children[-1]
+                    if arg.type == "identifier":
+                        out.add(s.text(arg))
+    return out
+
+
+def _accessed(s: SourceFile, ident: Node) -> bool:
+    # True when an identifier is a plain load or store: not marked, not address-taken, not in sizeof
+    t = _tables()
+    node: Node | None = ident.parent
+    child = ident
+    while node is not None and node.type != "function_definition":
+        if node.type == "pointer_expression" and child is node.child_by_field_name("argument") \
+                and s.text(node).startswith("&"):
+            return False
+        if node.type in ("sizeof_expression", "alignof_expression"):
+            return False
+        if node.type == "call_expression":
+            fn = node.child_by_field_name("function")
+            if fn is not None and s.text(fn) in t.marked:
+                return False
+        child, node = node, node.parent
+    return True
+
+
+def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
+    """Plain loads and stores of file-scope variables that are elsewhere accessed with READ_ONCE/WRITE_ONCE
+    (or the like), or that an interrupt or timer handler uses."""
+    t = _tables()
+    variables: dict[str, bool] = {}
+    for s in m.sources:
+        variables.update(_file_scope_variables(s))
+    handlers = _handlers(m)
+    shared: dict[str, str] = {}  # variable -> why it is shared
+    for s in m.sources:
+        for fn in s.functions:
+            name = s.function_name(fn)
+            for call_name, call in _calls(s, fn):
+                args = _args(call)
+                if call_name in t.marked and args:
+                    arg = args[0]
+                    if arg.type == "pointer_expression" and arg.named_children:
+                        arg = arg.named_children[-1]
+                    if arg.type == "identifier" and s.text(arg) in variables:
+                        shared.setdefault(s.text(arg), f"accessed with {call_name}() at {s.path.name}:{_line(call)}")
+            if name in handlers:
+                for n in descendants(fn):
+                    if n.type == "identifier" and variables.get(s.text(n)) and _accessed(s, n):
+                        shared.setdefault(s.text(n), f"used by the interrupt/timer handler {name}()")
+    out = []
+    for s in m.sources:
+        for fn in s.functions:
+            name = s.function_name(fn)
+            body = fn.child_by_field_name("body")
+            head = s.data[fn.start_byte:body.start_byte if body is not None else fn.end_byte].decode(errors="replace")
+            if name in handlers or _INIT_EXIT.search(head) or body is None:
+                continue
+            nodes = descendants(fn)
+            local = {s.text(n) for d in nodes if d.type in ("declaration", "parameter_declaration")
+                     for n in descendants(d) if n.type == "identifier" and n.parent is not None
+                     and n.parent.type in ("init_declarator", "declaration", "parameter_declaration",
+                                           "pointer_declarator", "array_declarator")}
+            regions = _lock_regions(s, fn)
+            reported: set[str] = set()
+            for n in nodes:
+                var = s.text(n) if n.type == "identifier" else ""
+                if var not in shared or var in local or var in reported or not _accessed(s, n):
+                    continue
+                if any(r[0] <= n.start_byte < r[1] for r in regions):
+                    continue
+                reported.add(var)
+                out.append(LintFinding(str(s.path), _line(n), "plain-access-of-shared",
+                                       f"plain access of '{var}', which is {shared[var]}; use READ_ONCE()/"
+                                       "WRITE_ONCE() (or a lock) so the compiler cannot tear, fuse or re-read it"))
+    return out
