@@ -161,16 +161,35 @@ def _handlers(m: ModuleSources) -> set[str]:
             name = s.function_name(fn)
             if name and kind is not None and " ".join(s.text(kind).split()) in t.handler_types:
                 out.add(name)
-            for call_name, call in _calls(s, fn):
-                index = t.registrations.get(call_name)
-                args = _args(call)
-                if index is not None and index < len(args):
-                    arg = args[index]
-                    if arg.type == "pointer_expression" and arg.named_children:
-                        arg = arg.named_children[-1]
-                    if arg.type == "identifier":
-                        out.add(s.text(arg))
+        # registrations in functions (timer_setup(...)) and at file scope (DEFINE_TIMER(...))
+        registered = [(name, _args(call)) for fn in s.functions for name, call in _calls(s, fn)]
+        registered += [(c.name, list(c.args)) for c in s.calls]
+        # "static DEFINE_TIMER(t, fn);" parses as a declaration whose type is a macro with type-like arguments
+        for d in descendants(s.tree.root_node):
+            kind = d.child_by_field_name("type") if d.type == "declaration" else None
+            if kind is not None and kind.type == "macro_type_specifier":
+                words = [n for n in descendants(kind) if n.type in ("identifier", "type_identifier")]
+                if words:
+                    registered.append((s.text(words[0]), words[1:]))
+        for call_name, args in registered:
+            index = t.registrations.get(call_name)
+            if index is not None and index < len(args):
+                arg = args[index]
+                if arg.type == "pointer_expression" and arg.named_children:
+                    arg = arg.named_children[-1]
+                if arg.type in ("identifier", "type_identifier"):
+                    out.add(s.text(arg))
     return out
+
+
+def _written(s: SourceFile, ident: Node) -> bool:
+    # the identifier is stored to: the left side of an assignment (=, +=, ...) or the operand of ++/--
+    parent = ident.parent
+    if parent is None:
+        return False
+    if parent.type == "assignment_expression":
+        return parent.child_by_field_name("left") == ident
+    return parent.type == "update_expression"
 
 
 def _accessed(s: SourceFile, ident: Node) -> bool:
@@ -200,6 +219,9 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
     for s in m.sources:
         variables.update(_file_scope_variables(s))
     handlers = _handlers(m)
+    # a variable no function stores to (a parameter set at load time) has nothing to race with
+    written = {s.text(n) for s in m.sources for fn in s.functions for n in descendants(fn)
+               if n.type == "identifier" and _written(s, n)}
     shared: dict[str, str] = {}  # variable -> why it is shared
     for s in m.sources:
         for fn in s.functions:
@@ -214,7 +236,8 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
                         shared.setdefault(s.text(arg), f"accessed with {call_name}() at {s.path.name}:{_line(call)}")
             if name in handlers:
                 for n in descendants(fn):
-                    if n.type == "identifier" and variables.get(s.text(n)) and _accessed(s, n):
+                    if n.type == "identifier" and variables.get(s.text(n)) and s.text(n) in written \
+                            and _accessed(s, n):
                         shared.setdefault(s.text(n), f"used by the interrupt/timer handler {name}()")
     out = []
     for s in m.sources:
