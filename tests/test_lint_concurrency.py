@@ -57,14 +57,20 @@ static int __init demo_init(void)
 	demo_events = 0;
 	return 0;
 }
+static int demo_copy(void)
+{
+	unsigned int n = demo_events;
+
+	return n;
+}
 """
 
 
 def test_a_variable_an_irq_handler_uses_is_reported_where_read_plainly(tmp_path: Path) -> None:
     """The handler is known by its irqreturn_t; the locked read, the atomic_t, the parameter of the same
-    name and __init (before the handler can run) are not reported."""
+    name and __init (before the handler can run) are not reported; a local's initializer is."""
     found = _found(tmp_path, IRQ, "plain-access-of-shared")
-    assert [line for line, _ in found] == [14]
+    assert [line for line, _ in found] == [14, 38]  # 38: an initializer is a plain load too
     assert "demo_irq()" in found[0][1] and "'demo_events'" in found[0][1]
 
 

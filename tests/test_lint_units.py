@@ -121,3 +121,15 @@ def test_the_two_file_module_builds_as_lint_leaves_it(tmp_path: Path, kernel_tre
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (top / "demo.ko").is_file()
     assert _static_findings(top) == {("demo_main.c", 5, "demo_orphan")}
+
+
+def test_a_kbuild_module_without_c_sources_falls_back_to_the_directorys_files(tmp_path: Path) -> None:
+    """A made-up tree whose only module is built from assembly: no unit without files, the .c files still linted."""
+    top = tmp_path / "asm"
+    top.mkdir()
+    (top / "Kbuild").write_text("obj-m := fast.o\nfast-y := entry.o\n")
+    (top / "entry.S").write_text("/* assembly */\n")
+    (top / "tool.c").write_text("int tool_value;\n")
+    linter = Linter(top, only=["non-static-global"])
+    assert [u.name for u in linter.units] == ["asm"]
+    assert _static_findings(top) == {("tool.c", 1, "tool_value")}

@@ -18,7 +18,7 @@ from typing import Any
 from tree_sitter import Node
 
 from kmodkit.lint.findings import LintFinding, ModuleSources
-from kmodkit.lint.source import SourceFile, descendants
+from kmodkit.lint.source import SourceFile, declared_name, descendants
 
 _FILE_SCOPE = frozenset({"translation_unit", "preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif",
                          "preproc_elifdef"})
@@ -248,10 +248,9 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
             if name in handlers or _INIT_EXIT.search(head) or body is None:
                 continue
             nodes = descendants(fn)
-            local = {s.text(n) for d in nodes if d.type in ("declaration", "parameter_declaration")
-                     for n in descendants(d) if n.type == "identifier" and n.parent is not None
-                     and n.parent.type in ("init_declarator", "declaration", "parameter_declaration",
-                                           "pointer_declarator", "array_declarator")}
+            # parameters and locals of the same name hide the file-scope variable
+            local = {declared_name(s, decl) for d in nodes if d.type in ("declaration", "parameter_declaration")
+                     for decl in d.children_by_field_name("declarator")}
             regions = _lock_regions(s, fn)
             reported: set[str] = set()
             for n in nodes:

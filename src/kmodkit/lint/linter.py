@@ -74,8 +74,8 @@ class Linter:
         from kmodkit.kbuild.adopt import Adoption
 
         try:
-            found = Adoption(self.path).modules
-        except UserError:
+            found = [f for f in Adoption(self.path).modules if f.sources]
+        except (UserError, OSError):  # no Kbuild with obj-m lines, or one that cannot be read: the .c files
             found = []
         if found:
             return [_Unit(f.name, [self.path / s for s in f.sources], [self.path / f.subdir, self.path])

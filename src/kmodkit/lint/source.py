@@ -88,7 +88,7 @@ class SourceFile:
     def function_name(self, fn: Node) -> str | None:
         """The name a function definition defines, None when it has none the parser can see."""
         decl = fn.child_by_field_name("declarator")
-        return _declared_name(self, decl) if decl is not None else None
+        return declared_name(self, decl) if decl is not None else None
 
     def _items(self, node: Node) -> list[Node]:
         out = []
@@ -127,12 +127,12 @@ class SourceFile:
         if item.type == "function_definition":
             self.functions.append(item)
             decl = item.child_by_field_name("declarator")
-            name = _declared_name(self, decl) if decl is not None else None
+            name = declared_name(self, decl) if decl is not None else None
             if name:
                 self.definitions.append(Definition(name, line, storage, True, False))
             return
         for decl in item.children_by_field_name("declarator"):
-            name = _declared_name(self, decl)
+            name = declared_name(self, decl)
             if name:
                 is_fn = _is_function_declarator(decl)
                 self.definitions.append(Definition(name, decl.start_point[0] + 1, storage, is_fn, is_fn))
@@ -149,8 +149,8 @@ def descendants(node: Node) -> list[Node]:
     return out
 
 
-def _declared_name(src: SourceFile, decl: Node) -> str | None:
-    # follow declarator fields down to the identifier: *p, p[4], f(void), p = 1
+def declared_name(src: SourceFile, decl: Node) -> str | None:
+    """The name a declarator declares (``*p``, ``p[4]``, ``f(void)``, ``p = 1``), None when it has none."""
     node: Node | None = decl
     while node is not None:
         if node.type == "identifier":
