@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kmodkit.lint.checks import CHECKS
 from kmodkit.lint.linter import Linter
 
 HEADER = """\
@@ -133,3 +134,12 @@ def test_a_kbuild_module_without_c_sources_falls_back_to_the_directorys_files(tm
     linter = Linter(top, only=["non-static-global"])
     assert [u.name for u in linter.units] == ["asm"]
     assert _static_findings(top) == {("tool.c", 1, "tool_value")}
+
+
+def test_the_vendor_driver_project_lints_clean() -> None:
+    """tests/data/projects (issue 12's proof project): core's lib/ring.c functions are declared in core.h and
+    used by fleetmon_main.c; 0.1 told to make them static, which breaks the link.  Every rule stays quiet."""
+    projects = Path(__file__).parent / "data" / "projects"
+    for name in ("core", "probe"):
+        report = Linter(projects / name, only=[r for r in CHECKS if r != "gpl-only-symbol"]).run()
+        assert report.files and report.findings == (), (name, report.findings)
