@@ -95,7 +95,10 @@ static int __init demo_init(void)
 }
 """
     assert [line for line, _ in _found(tmp_path, text, "plain-access-of-shared")] == [11]
+    # both sides marked: a plain store in the callback would race with the READ_ONCE
     fixed = text.replace("\treturn demo_fired;", "\treturn READ_ONCE(demo_fired);")
+    assert [line for line, _ in _found(tmp_path, fixed, "plain-access-of-shared")] == [7]
+    fixed = fixed.replace("\tdemo_fired = true;", "\tWRITE_ONCE(demo_fired, true);")
     assert _found(tmp_path, fixed, "plain-access-of-shared") == []
 
 
@@ -125,6 +128,51 @@ static void demo_kick(void)
 """
     found = _found(tmp_path, text, "plain-access-of-shared")
     assert [line for line, _ in found] == [18] and "'demo_deadline'" in found[0][1]
+
+
+def test_a_handlers_plain_store_of_a_marked_variable_is_reported(tmp_path: Path) -> None:
+    """Process context reads demo_pending with READ_ONCE; the interrupt handler's plain store races with it
+    (and its plain read of demo_seen, which only it and locked code touch, does not count)."""
+    text = """\
+#include <linux/module.h>
+#include <linux/interrupt.h>
+static DEFINE_SPINLOCK(demo_lock);
+static bool demo_pending;
+static unsigned int demo_seen;
+static irqreturn_t demo_irq(int irq, void *dev)
+{
+	demo_pending = true;
+	spin_lock(&demo_lock);
+	demo_seen++;
+	spin_unlock(&demo_lock);
+	return demo_seen ? IRQ_HANDLED : IRQ_NONE;
+}
+static bool demo_poll(void)
+{
+	return READ_ONCE(demo_pending);
+}
+"""
+    found = _found(tmp_path, text, "plain-access-of-shared")
+    assert [line for line, _ in found] == [8] and "READ_ONCE() at demo.c:16" in found[0][1]
+
+
+def test_allocators_with_the_gfp_flag_first_or_last(tmp_path: Path) -> None:
+    text = """\
+#include <linux/module.h>
+#include <linux/gfp.h>
+static DEFINE_SPINLOCK(demo_lock);
+static struct page *demo_fill(void)
+{
+	struct page *p, *q;
+
+	spin_lock(&demo_lock);
+	p = alloc_pages(GFP_KERNEL, 0);
+	q = alloc_pages(GFP_ATOMIC | __GFP_ZERO, 0);
+	spin_unlock(&demo_lock);
+	return p ? p : q;
+}
+"""
+    assert [line for line, _ in _found(tmp_path, text, "sleep-under-spinlock")] == [9]
 
 
 def test_sleeping_calls_are_reported_only_inside_the_lock_region(tmp_path: Path) -> None:

@@ -122,9 +122,8 @@ def sleep_under_spinlock(m: ModuleSources) -> list[LintFinding]:
                 why = ""
                 if name in t.sleeping:
                     why = "may sleep"
-                elif name in t.gfp_allocators and _args(call):
-                    gfp = {s.text(n) for n in [_args(call)[-1], *descendants(_args(call)[-1])]
-                           if n.type == "identifier"}
+                elif name in t.gfp_allocators:
+                    gfp = {s.text(n) for a in _args(call) for n in [a, *descendants(a)] if n.type == "identifier"}
                     flags = sorted(gfp & t.gfp_sleeping)
                     if flags:
                         why = f"with {flags[0]} may sleep (use GFP_ATOMIC, or allocate before taking the lock)"
@@ -223,6 +222,7 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
     written = {s.text(n) for s in m.sources for fn in s.functions for n in descendants(fn)
                if n.type == "identifier" and _written(s, n)}
     shared: dict[str, str] = {}  # variable -> why it is shared
+    marked: set[str] = set()  # the variables shared by a marked access: every plain access counts, a handler's too
     for s in m.sources:
         for fn in s.functions:
             name = s.function_name(fn)
@@ -232,8 +232,9 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
                     arg = args[0]
                     if arg.type == "pointer_expression" and arg.named_children:
                         arg = arg.named_children[-1]
-                    if arg.type == "identifier" and s.text(arg) in variables:
-                        shared.setdefault(s.text(arg), f"accessed with {call_name}() at {s.path.name}:{_line(call)}")
+                    if arg.type == "identifier" and s.text(arg) in variables and s.text(arg) not in marked:
+                        shared[s.text(arg)] = f"accessed with {call_name}() at {s.path.name}:{_line(call)}"
+                        marked.add(s.text(arg))
             if name in handlers:
                 for n in descendants(fn):
                     if n.type == "identifier" and variables.get(s.text(n)) and s.text(n) in written \
@@ -245,8 +246,10 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
             name = s.function_name(fn)
             body = fn.child_by_field_name("body")
             head = s.data[fn.start_byte:body.start_byte if body is not None else fn.end_byte].decode(errors="replace")
-            if name in handlers or _INIT_EXIT.search(head) or body is None:
+            if _INIT_EXIT.search(head) or body is None:
                 continue
+            # a handler's own plain accesses of what only handlers and locked code share are its business
+            checked = marked if name in handlers else set(shared)
             nodes = descendants(fn)
             # parameters and locals of the same name hide the file-scope variable
             local = {declared_name(s, decl) for d in nodes if d.type in ("declaration", "parameter_declaration")
@@ -255,7 +258,7 @@ def plain_access_of_shared(m: ModuleSources) -> list[LintFinding]:
             reported: set[str] = set()
             for n in nodes:
                 var = s.text(n) if n.type == "identifier" else ""
-                if var not in shared or var in local or var in reported or not _accessed(s, n):
+                if var not in checked or var in local or var in reported or not _accessed(s, n):
                     continue
                 if any(r[0] <= n.start_byte < r[1] for r in regions):
                     continue
