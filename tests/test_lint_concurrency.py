@@ -156,6 +156,27 @@ static bool demo_poll(void)
     assert [line for line, _ in found] == [8] and "READ_ONCE() at demo.c:16" in found[0][1]
 
 
+def test_taking_the_address_is_no_plain_access(tmp_path: Path) -> None:
+    """set_bit(0, &demo_bits) is an atomic access through a pointer; only the plain read is reported."""
+    text = """\
+#include <linux/module.h>
+static unsigned long demo_bits;
+static bool demo_busy(void)
+{
+	return READ_ONCE(demo_bits) != 0;
+}
+static void demo_mark(void)
+{
+	set_bit(0, &demo_bits);
+}
+static unsigned long demo_peek(void)
+{
+	return demo_bits;
+}
+"""
+    assert [line for line, _ in _found(tmp_path, text, "plain-access-of-shared")] == [13]
+
+
 def test_allocators_with_the_gfp_flag_first_or_last(tmp_path: Path) -> None:
     text = """\
 #include <linux/module.h>

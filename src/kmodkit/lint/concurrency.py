@@ -197,7 +197,8 @@ def _accessed(s: SourceFile, ident: Node) -> bool:
     node: Node | None = ident.parent
     child = ident
     while node is not None and node.type != "function_definition":
-        if node.type == "pointer_expression" and child is node.child_by_field_name("argument") \
+        # (tree-sitter hands out a new Node object on each access: compare with ==, never with "is")
+        if node.type == "pointer_expression" and child == node.child_by_field_name("argument") \
                 and s.text(node).startswith("&"):
             return False
         if node.type in ("sizeof_expression", "alignof_expression"):
