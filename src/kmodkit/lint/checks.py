@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-
 from tree_sitter import Node
 
+from kmodkit.lint.concurrency import barrier_without_comment, plain_access_of_shared, sleep_under_spinlock
+from kmodkit.lint.findings import LintFinding, ModuleSources
 from kmodkit.lint.source import SourceFile, string_value
 
 #: include/linux/license.h: license_is_gpl_compatible()
@@ -27,36 +27,6 @@ PARAM_MACROS = {
 }
 EXPORT_MACROS = frozenset({"EXPORT_SYMBOL", "EXPORT_SYMBOL_GPL", "EXPORT_SYMBOL_NS", "EXPORT_SYMBOL_NS_GPL",
                            "EXPORT_SYMBOL_FOR_MODULES"})
-
-
-@dataclass(frozen=True)
-class LintFinding:
-    """One rule broken at one place."""
-
-    file: str  #: the file, as named
-    line: int  #: 1-based line
-    rule: str  #: the rule's id
-    message: str  #: what is wrong there
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.rule}: {self.message}"
-
-    def to_json(self) -> dict[str, object]:
-        """The finding as a JSON object."""
-        return {"file": self.file, "line": self.line, "rule": self.rule, "message": self.message}
-
-
-@dataclass(frozen=True)
-class ModuleSources:
-    """What the checks look at: a module's parsed sources and what they are checked against."""
-
-    name: str  #: the module's name (export prefix)
-    sources: tuple[SourceFile, ...]  #: its C files
-    gpl_only: frozenset[str] | None  #: GPL-only symbols of the target kernel, None when unknown
-
-    def calls(self, *names: str) -> list[tuple[SourceFile, object]]:
-        """(file, MacroCall) of every file-scope call to one of ``names``."""
-        return [(s, c) for s in self.sources for c in s.calls if c.name in names]
 
 
 Check = Callable[[ModuleSources], list[LintFinding]]
@@ -188,12 +158,21 @@ def missing_version(m: ModuleSources) -> list[LintFinding]:
 
 
 def non_static_global(m: ModuleSources) -> list[LintFinding]:
-    """File-scope definitions neither static nor exported (prototypes and extern declarations excepted)."""
+    """File-scope definitions neither static nor exported (prototypes and extern declarations excepted).
+
+    A module's translation units share names on purpose: a name declared in one of the project's headers,
+    or used by another file of the same module, must stay global (static would break the link).
+    """
     exported = {s.text(c.args[0]) for s in m.sources for c in s.calls if c.name in EXPORT_MACROS and c.args}
+    declared = {d.name for h in m.headers for d in h.definitions}
+    used = {s.path: set(s.identifiers()) for s in m.sources} if len(m.sources) > 1 else {}
     out = []
     for s in m.sources:
+        elsewhere = set().union(*(names for path, names in used.items() if path != s.path)) if used else set()
         for d in s.definitions:
             if d.storage or d.prototype or d.name in exported or d.name in ("init_module", "cleanup_module"):
+                continue
+            if d.name in declared or d.name in elsewhere:
                 continue
             kind = "function" if d.function else "variable"
             out.append(LintFinding(str(s.path), d.line, "non-static-global",
@@ -211,4 +190,7 @@ CHECKS: dict[str, Check] = {
     "param-no-desc": param_no_desc,
     "missing-version": missing_version,
     "non-static-global": non_static_global,
+    "barrier-without-comment": barrier_without_comment,
+    "plain-access-of-shared": plain_access_of_shared,
+    "sleep-under-spinlock": sleep_under_spinlock,
 }

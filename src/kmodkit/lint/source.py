@@ -55,6 +55,10 @@ class SourceFile:
         self.calls: list[MacroCall] = []
         #: file-scope definitions and declarations, in order
         self.definitions: list[Definition] = []
+        #: file-scope function definitions (their nodes), in order
+        self.functions: list[Node] = []
+        #: the paths of its quoted ``#include "..."`` lines, in order
+        self.includes: list[str] = []
         for item in self._items(self.tree.root_node):
             self._collect(item)
 
@@ -81,6 +85,11 @@ class SourceFile:
             stack.extend(node.children)
         return out
 
+    def function_name(self, fn: Node) -> str | None:
+        """The name a function definition defines, None when it has none the parser can see."""
+        decl = fn.child_by_field_name("declarator")
+        return declared_name(self, decl) if decl is not None else None
+
     def _items(self, node: Node) -> list[Node]:
         out = []
         for child in node.named_children:
@@ -92,6 +101,13 @@ class SourceFile:
 
     def _collect(self, item: Node) -> None:
         line = item.start_point[0] + 1
+        if item.type == "preproc_include":
+            path = item.child_by_field_name("path")
+            if path is not None and path.type == "string_literal":
+                value = string_value(self, path)
+                if value:
+                    self.includes.append(value)
+            return
         if item.type == "expression_statement":
             call = item.named_children[0] if item.named_children else None
             if call is not None and call.type == "call_expression":
@@ -109,20 +125,32 @@ class SourceFile:
                 if word in ("static", "extern"):
                     storage = word
         if item.type == "function_definition":
+            self.functions.append(item)
             decl = item.child_by_field_name("declarator")
-            name = _declared_name(self, decl) if decl is not None else None
+            name = declared_name(self, decl) if decl is not None else None
             if name:
                 self.definitions.append(Definition(name, line, storage, True, False))
             return
         for decl in item.children_by_field_name("declarator"):
-            name = _declared_name(self, decl)
+            name = declared_name(self, decl)
             if name:
                 is_fn = _is_function_declarator(decl)
                 self.definitions.append(Definition(name, decl.start_point[0] + 1, storage, is_fn, is_fn))
 
 
-def _declared_name(src: SourceFile, decl: Node) -> str | None:
-    # follow declarator fields down to the identifier: *p, p[4], f(void), p = 1
+def descendants(node: Node) -> list[Node]:
+    """Every node below ``node``, in source order (``node`` itself excluded)."""
+    out: list[Node] = []
+    stack = list(reversed(node.children))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(n.children))
+    return out
+
+
+def declared_name(src: SourceFile, decl: Node) -> str | None:
+    """The name a declarator declares (``*p``, ``p[4]``, ``f(void)``, ``p = 1``), None when it has none."""
     node: Node | None = decl
     while node is not None:
         if node.type == "identifier":
