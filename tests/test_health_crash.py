@@ -12,11 +12,11 @@ import pytest
 from test_oops_corpus import _corpus
 
 from kmodkit.errors import NotFoundError
+from kmodkit.kbuild.manifest import Expectation
 from kmodkit.runtime.exporter import registry, render
 from kmodkit.runtime.health import check, crash_problems, kernel_reports
 from kmodkit.runtime.modules import KernelModules
 from kmodkit.runtime.taint import mask_letters
-from kmodkit.kbuild.manifest import Expectation
 from kmodkit.sysroot import Root
 
 W, D, O = 1 << 9, 1 << 7, 1 << 12
