@@ -73,3 +73,13 @@ def test_the_exporter_reports_the_warned_module_unhealthy(tmp_path: Path) -> Non
 def test_a_missing_log_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="nope.log"):
         kernel_reports(str(tmp_path / "nope.log"))
+
+
+def test_an_unreadable_kernel_log_is_one_warning_and_no_reports(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmodkit.runtime import health
+
+    monkeypatch.setattr(health, "KMSG", str(tmp_path / "kmsg"))  # a /dev/kmsg that is not there
+    assert kernel_reports(health.KMSG) == [] and kernel_reports(health.KMSG) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'kmsg'}: cannot read the kernel log (no such file or directory): crashes are not looked for"]

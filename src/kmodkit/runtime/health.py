@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: the kernel log read when no log file is named
 KMSG = "/dev/kmsg"
+#: kernel logs already said to be unreadable
+_WARNED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,10 @@ def kernel_reports(path: str = KMSG) -> list[Report]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        log.warning("%s: cannot read the kernel log (%s): crashes are not looked for", path,
-                    (exc.strerror or str(exc)).lower())
+        if path not in _WARNED:  # once per process: the exporter asks on every scrape
+            _WARNED.add(path)
+            log.warning("%s: cannot read the kernel log (%s): crashes are not looked for", path,
+                        (exc.strerror or str(exc)).lower())
         return []
     try:
         while True:
