@@ -10,6 +10,9 @@ Exit status (documented in the README):
 3     the environment is not ready (missing tool, kernel, headers,
       permission, refused syscall)
 4     internal error (a bug: rerun with --debug and report it)
+5     vm run: the guest's kernel panicked (result.json and
+      kernel.log in the run directory hold the decoded report)
+124   vm run: the command ran out of time
 130   interrupted (Ctrl-C)
 141   output pipe closed
 ====  ==========================================================

@@ -1,4 +1,4 @@
-"""``kmodkit status``: loaded modules, their state, parameters and taint."""
+"""``kmodkit status``: loaded modules, their state, parameters and taint, and the kernel's crashes in them."""
 
 from __future__ import annotations
 
@@ -18,16 +18,19 @@ def run(args: argparse.Namespace) -> int:
     if args.built is not None:
         return _built(args)
     from kmodkit.cli.output import print_json
+    from kmodkit.runtime.health import crash_problems, kernel_reports
     from kmodkit.runtime.modules import KernelModules
     from kmodkit.runtime.taint import decode_mask, mask_letters
 
     kernel = KernelModules()
     mods = kernel.status(args.names)
     mask = kernel.kernel_taint()
+    reports = kernel_reports() if mask else []  # an untainted kernel has neither died nor warned
+    crashes = {m.name: crash_problems(m.name, reports, mask_letters(mask or 0)) for m in mods}
     if args.json:
         print_json({"kernel_taint": {"mask": mask, "letters": mask_letters(mask or 0),
                                      "flags": [f.to_json() for f in decode_mask(mask or 0)]},
-                    "modules": [m.to_json() for m in mods]})
+                    "modules": [{**m.to_json(), "crashes": crashes[m.name]} for m in mods]})
         return 0
     lines = []
     if args.names:
@@ -39,11 +42,14 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(f"  taint {f.letter}: {f.meaning}")
             for p, v in m.parameters:
                 lines.append(f"  parameter {p} = {v if v is not None else '(not readable)'}")
+            for c in crashes[m.name]:
+                lines.append(f"  crash: {c}")
     else:
         lines.append(f"{'MODULE':<24} {'STATE':<9} {'REFS':>4} {'SIZE':>8} {'TAINT':<5} {'VERSION':<12} HOLDERS")
         for m in mods:
             lines.append(f"{m.name:<24} {m.state.value:<9} {m.refcount:>4} {m.size:>8} {m.taint or '-':<5} "
                          f"{m.version or '-':<12} {','.join(m.holders) or '-'}")
+        lines += [f"{name}: {c}" for name, cs in crashes.items() for c in cs]
     flags = decode_mask(mask or 0)
     lines.append(f"kernel taint: {mask if mask is not None else 'unknown'}"
                  + (f" ({', '.join(f'{f.letter} {f.name.lower()}' for f in flags)})" if flags else ""))

@@ -1,9 +1,17 @@
-"""``kmodkit vm run``: boot an installed kernel under QEMU and run a command inside."""
+"""``kmodkit vm run``: boot an installed kernel under QEMU and run a command inside.
+
+Exit status: the command's own, 124 when the run timed out, 5 when the guest's kernel panicked
+(the run record and kernel.log then hold the report); 2 and 3 as every command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmodkit.klog.diagnose import Diagnosis
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
                      help="how the host's root reaches the guest (default: virtiofs, else 9p)")
     run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
+    run.add_argument("--module-path", action="append", default=[], metavar="DIR",
+                     help="where the module files the guest loads are, to decode its kernel's reports to source "
+                          "lines (repeatable; .ko paths in the command and its output are used too)")
+    run.add_argument("--panic-on-oops", action="store_true",
+                     help="make an oops panic the guest (appends oops=panic): the run stops at the first one")
     run.add_argument("--json", action="store_true",
                      help="print the run's result as JSON on stdout at the end (the command's output then goes "
                           "to stderr)")
@@ -53,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     kver = args.kver or _newest_kernel()
     if kver is None:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
-    spec = VmSpec(kver, tuple(command), tuple(args.append), args.memory, Accel(args.accel),
-                  None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir)
+    append = (*args.append, "oops=panic") if args.panic_on_oops else tuple(args.append)
+    spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
+                  None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
+                  module_paths=tuple(args.module_path))
     # with --json, stdout carries the result alone
     out = sys.stderr.buffer if args.json else sys.stdout.buffer
 
@@ -63,10 +78,26 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
 
     result = Vm(spec).run(stream)
+    for line in result.cmdline_complaints:
+        sys.stderr.write(f"kmodkit vm: warning: the guest kernel says: {line}\n")
+    for d in result.reports:
+        sys.stderr.write(f"kmodkit vm: {report_summary(d)}\n")
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
-        sys.stderr.write(f"kmodkit vm: exit {result.exit_status}{' (timed out)' if result.timed_out else ''}; "
+        how = " (timed out)" if result.timed_out else " (the guest kernel panicked)" if result.panicked else ""
+        sys.stderr.write(f"kmodkit vm: exit {result.exit_status}{how}; "
                          f"{result.accel.value}, {result.share.value}, booted in {result.boot_seconds} s; "
                          f"logs in {result.run_dir}\n")
     return result.exit_status
+
+
+def report_summary(d: Diagnosis) -> str:
+    """One line per kernel report: its kind, title and the guilty frame's source line when decoded."""
+    r = d.report
+    where = ""
+    if r.guilty is not None:
+        dec = d.frames.get(r.guilty.index)
+        if dec is not None and dec.locations:
+            where = f" at {dec.locations[0]}"
+    return f"{r.kind.value}: {r.title}{where}{'' if r.complete else ' (truncated)'}"

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kmodkit.errors import EnvironmentNotReady, UserError
-from kmodkit.runtime.health import Expectation, check
+from kmodkit.runtime.health import KMSG, Expectation, check, kernel_reports
 from kmodkit.runtime.modules import KernelModules, ModuleState
 from kmodkit.runtime.taint import flags
 
@@ -108,9 +108,11 @@ def make_server(listen: Listen, reg: CollectorRegistry, timeout: float = CONNECT
 class ModuleCollector(Collector):
     """Collects module, taint and health metrics on each scrape."""
 
-    def __init__(self, kernel: KernelModules, expectations: list[Expectation]) -> None:
+    def __init__(self, kernel: KernelModules, expectations: list[Expectation], log: str | None = KMSG) -> None:
         self.kernel = kernel
         self.expectations = expectations
+        #: the kernel log whose reports make a module unhealthy (read on each scrape), None for none
+        self.log = log
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["module", "version", "srcversion"]
@@ -143,15 +145,16 @@ class ModuleCollector(Collector):
         if self.expectations:
             health = GaugeMetricFamily("kmodkit_health_ok", "1 when the manifest's module is healthy",
                                        labels=["module"])
-            for r in check(self.expectations, self.kernel):
+            reports = kernel_reports(self.log) if self.log is not None else None
+            for r in check(self.expectations, self.kernel, reports):
                 health.add_metric([r.expectation.name], 1 if r.healthy else 0)
             yield health
 
 
-def registry(kernel: KernelModules, expectations: list[Expectation]) -> CollectorRegistry:
-    """A registry holding only kmodkit's collector."""
+def registry(kernel: KernelModules, expectations: list[Expectation], log: str | None = KMSG) -> CollectorRegistry:
+    """A registry holding only kmodkit's collector (``log``: the kernel log health reads crashes from)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(ModuleCollector(kernel, expectations))
+    reg.register(ModuleCollector(kernel, expectations, log))
     return reg
 
 

@@ -4,14 +4,21 @@ A run directory holds ``console.log`` (the kernel's console), ``output.log``
 (the command's output, also streamed), ``kernel.log`` (the guest's whole
 kernel log, ``dmesg -r``, dumped after the command), ``status`` (boot and exit
 lines from the init script), ``qemu.log`` and ``result.json``.
+
+A guest whose kernel panics is a result too (:data:`EXIT_PANIC`): the kernel replays its whole log
+on the console at panic (``panic_print=0x20``), and that replay becomes ``kernel.log``.  Every
+report in the kernel log (oops, WARNING, panic...) is decoded with :mod:`kmodkit.klog` and kept in
+``result.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
 import selectors
 import shutil
 import subprocess
@@ -20,13 +27,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.vm.accel import Accel, choose_accel
 from kmodkit.vm.kernel_image import boot_image
 from kmodkit.vm.initramfs import ROOT_TAG, GuestCommand, Share, build_initramfs
 from kmodkit.vm.share import choose_share, start_virtiofsd
+
+if TYPE_CHECKING:
+    from kmodkit.klog.diagnose import Diagnosis
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +48,18 @@ QEMU_BINARIES: dict[str, tuple[str, str]] = {
 #: exit status reported when the command ran out of time (as timeout(1) does)
 EXIT_TIMEOUT = 124
 
-#: the kernel command line every run starts with; the user's ``append`` text follows it
-BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "8250.nr_uarts=4")
+#: exit status reported when the guest's kernel panicked before the command finished (cli/main.py's table)
+EXIT_PANIC = 5
+
+#: the kernel command line every run starts with; the user's ``append`` text follows it.  panic_print=0x20
+#: makes a panicking kernel replay its whole log on the console, the only log that outlives a panic
+BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "panic_print=0x20", "rdinit=/init", "8250.nr_uarts=4")
+
+#: the line printed on the console when the kernel panics
+PANIC_LINE = "Kernel panic - not syncing"
+
+#: the kernel's complaints about its command line, relayed to the user
+CMDLINE_COMPLAINTS = ("Unknown kernel command line parameters", "Malformed early option", "Unknown command line")
 
 #: bytes the x86 kernel keeps of its command line, the final NUL included (COMMAND_LINE_SIZE)
 COMMAND_LINE_SIZE = 2048
@@ -61,6 +81,8 @@ class VmSpec:
     runs_dir: str | None = None  #: where run directories go (default ~/.cache/kmodkit/vm-runs)
     boot_dir: str = "/boot"  #: where vmlinuz-KVER is
     modules_root: str = "/lib/modules"  #: where the kernel's module tree is
+    module_paths: tuple[str, ...] = ()  #: host directories holding the guest's module files, to decode reports
+
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -76,6 +98,10 @@ class VmSpec:
                                 'close it: a value with spaces is written name="a b"')
             if "\0" in piece:
                 raise UserError("--append", f"{piece!r} contains a NUL byte")
+        for d in self.module_paths:
+            if not os.path.isdir(d):
+                raise UserError(f"--module-path {d}", "no such directory",
+                                "pass a directory holding the module files the guest loads")
         size = len(self.cmdline.encode()) + 1
         if size > COMMAND_LINE_SIZE:
             raise UserError("--append", f"the kernel command line would be {size} bytes, over the kernel's "
@@ -101,6 +127,9 @@ class VmResult:
     wall_seconds: float  #: host time of the whole run, qemu start to exit
     insmod_failures: tuple[str, ...] = field(default=())  #: guest modules the init script could not load
     refused_loads: tuple[str, ...] = field(default=())  #: the guest kernel's lines telling of refused module loads
+    panicked: bool = False  #: True when the guest's kernel panicked (exit_status is then EXIT_PANIC)
+    cmdline_complaints: tuple[str, ...] = field(default=())  #: the kernel's lines about its command line
+    reports: tuple[Diagnosis, ...] = field(default=())  #: the kernel's reports (oops, WARNING, panic), decoded
 
     @property
     def kernel_log(self) -> str:
@@ -117,7 +146,9 @@ class VmResult:
         return {"exit_status": self.exit_status, "timed_out": self.timed_out, "run_dir": self.run_dir,
                 "accel": self.accel.value, "share": self.share.value, "boot_seconds": self.boot_seconds,
                 "command_seconds": self.command_seconds, "wall_seconds": round(self.wall_seconds, 3),
-                "insmod_failures": list(self.insmod_failures), "refused_loads": list(self.refused_loads)}
+                "insmod_failures": list(self.insmod_failures), "refused_loads": list(self.refused_loads),
+                "panicked": self.panicked, "cmdline_complaints": list(self.cmdline_complaints),
+                "reports": [d.to_json() for d in self.reports]}
 
 
 def _default_runs_dir() -> str:
@@ -208,11 +239,46 @@ class Vm:
             qlog.close()
             shutil.rmtree(sock_dir, ignore_errors=True)
             os.unlink(initrd)
-        result = self._result(run_dir, accel, share, wall, timed_out)
-        with open(os.path.join(run_dir, "result.json"), "w") as f:
-            json.dump({"kver": spec.kver, "command": list(spec.command), "append": list(spec.append),
-                       **result.to_json()}, f, indent=2)
+        record: dict[str, object] = {"kver": spec.kver, "command": list(spec.command), "append": list(spec.append)}
+        try:
+            _keep_kernel_log(run_dir)
+            result = self._result(run_dir, accel, share, wall, timed_out)
+        except EnvironmentNotReady as exc:  # the run record is written whatever happened
+            _write_record(run_dir, {**record, "run_dir": run_dir, "error": f"{exc.problem}"})
+            raise
+        reports = self._reports(run_dir, result.kernel_log)
+        result = dataclasses.replace(result, reports=reports,
+                                     cmdline_complaints=cmdline_complaints(result.kernel_log))
+        _write_record(run_dir, {**record, **result.to_json()})
         return result
+
+    def _reports(self, run_dir: str, kernel_log: str) -> tuple[Diagnosis, ...]:
+        """The kernel log's reports, decoded with the module files of --module-path and of the .ko paths
+        the command line and the command's output name."""
+        from kmodkit.errors import KmodkitError
+        from kmodkit.klog.diagnose import Diagnosis, OopsQuery
+
+        dirs = list(self.spec.module_paths)
+        texts = list(self.spec.command)
+        try:
+            with open(os.path.join(run_dir, "output.log"), "rb") as f:
+                texts.append(f.read(1 << 20).decode("utf-8", "replace"))
+        except OSError:
+            pass
+        for text in texts:
+            for path in _KO_PATH.findall(text):
+                d = os.path.dirname(path)
+                if d not in dirs and os.path.isdir(d):
+                    dirs.append(d)
+        query = OopsQuery(logs=(kernel_log,), module_paths=tuple(dirs), kver=self.spec.kver,
+                          project=self.spec.cwd or os.getcwd())
+        out = []
+        for item in query.diagnose():
+            if isinstance(item, KmodkitError):
+                log.warning("%s: %s", item.subject, item.problem)
+            elif isinstance(item, Diagnosis):
+                out.append(item)
+        return tuple(out)
 
     def _qemu_args(self, image: str, run_dir: str, initrd: str, accel: Accel) -> list[str]:
         spec = self.spec
@@ -277,14 +343,85 @@ class Vm:
                                       f"read {run_dir}/kernel.log; insmod failures: {', '.join(failures) or 'none'}")
         boot = _float(status.get("boot"))
         end = _float(status.get("end"))
+        klog = os.path.join(run_dir, "kernel.log")
         if timed_out:
-            return VmResult(EXIT_TIMEOUT, True, run_dir, accel, share, boot, None, wall, tuple(failures))
+            return VmResult(EXIT_TIMEOUT, True, run_dir, accel, share, boot, None, wall, tuple(failures),
+                            refused_loads(klog))
+        if "exit" not in status and _console_panicked(run_dir):
+            return VmResult(EXIT_PANIC, False, run_dir, accel, share, boot, None, wall, tuple(failures),
+                            refused_loads(klog), panicked=True)
         if "exit" not in status:
             raise EnvironmentNotReady(self.spec.kver, "the guest stopped before the command finished",
                                       f"read {run_dir}/console.log and {run_dir}/qemu.log")
         took = end - boot if end is not None and boot is not None else None
         return VmResult(int(status["exit"]), False, run_dir, accel, share, boot, took, wall, tuple(failures),
-                        refused_loads(os.path.join(run_dir, "kernel.log")))
+                        refused_loads(klog))
+
+
+#: an absolute path of a module file, in a command line or the command's output
+_KO_PATH = re.compile(r"(/[\w.+@/-]+)\.ko(?:\.xz|\.zst|\.gz)?\b")
+#: printk's timestamp at the start of a console line
+_TIMESTAMP = re.compile(r"\[ *(\d+)\.(\d+)\]")
+
+
+def _write_record(run_dir: str, record: dict[str, object]) -> None:
+    from kmodkit.fileio import write_atomic
+
+    write_atomic(os.path.join(run_dir, "result.json"), (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _console_panicked(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, "console.log"), "rb") as f:
+            return PANIC_LINE.encode() in f.read()
+    except OSError:
+        return False
+
+
+def console_kernel_lines(console: str) -> list[str]:
+    """The kernel's log as the console shows it: the lines that carry printk's timestamp, from the last
+    replay of the whole log on (a panic with panic_print=0x20 starts over at time 0, or more than a
+    second back when the oldest records were overwritten; early boot's clock may step back a little)."""
+    lines: list[str] = []
+    last: float | None = None
+    for line in console.splitlines():
+        m = _TIMESTAMP.match(line)
+        if m is None:
+            continue
+        ts = float(f"{m.group(1)}.{m.group(2)}")
+        if last is not None and ts < last and (ts == 0 or last - ts > 1.0):
+            lines = []
+        last = ts
+        lines.append(line)
+    return lines
+
+
+def _keep_kernel_log(run_dir: str) -> None:
+    """Make ``kernel.log`` the kernel's lines of the console when the guest could not dump its log."""
+    path = os.path.join(run_dir, "kernel.log")
+    try:
+        if os.path.getsize(path) > 0:
+            return
+        with open(os.path.join(run_dir, "console.log"), "rb") as f:
+            console = f.read().decode("utf-8", "replace")
+    except OSError:
+        return
+    from kmodkit.fileio import write_atomic
+
+    write_atomic(path, "".join(line + "\n" for line in console_kernel_lines(console)).encode())
+
+
+def cmdline_complaints(kernel_log: str) -> tuple[str, ...]:
+    """The kernel log's complaints about the command line ("Unknown kernel command line parameters")."""
+    out = []
+    try:
+        with open(kernel_log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if any(c in line for c in CMDLINE_COMPLAINTS):
+                    out.append(re.sub(r"^(<\d+>)?(\[[^\]]*\] )?", "", line.rstrip("\n")))
+    except OSError:
+        return ()
+    return tuple(out)
 
 
 def refused_loads(kernel_log: str) -> tuple[str, ...]:
