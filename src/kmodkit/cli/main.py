@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("kmodkit.cli.status", "show loaded modules, their state, parameters and taint"),
     "health": ("kmodkit.cli.health", "check that a manifest's modules are loaded and healthy"),
     "exporter": ("kmodkit.cli.exporter", "serve module metrics for Prometheus"),
+    "trace": ("kmodkit.cli.trace", "trace a loaded module's functions: calls, durations, call tree (ftrace)"),
+    "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
 }
 
 EXIT_OK = 0

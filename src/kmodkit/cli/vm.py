@@ -23,6 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="KVM, TCG, or KVM when it works here (default)")
     run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
                      help="how the host's root reaches the guest (default: virtiofs, else 9p)")
+    run.add_argument("--out", metavar="DIR",
+                     help="a host directory the guest may write (made if absent), mounted at the same path inside "
+                          "and named by $KMODKIT_OUT: how files (JSON, SVG, perf.data) come back")
+    run.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
     run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
     run.add_argument("--json", action="store_true",
                      help="print the run's result as JSON on stdout at the end (the command's output then goes "
@@ -43,6 +47,7 @@ def _newest_kernel() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from kmodkit.errors import NotFoundError
     from kmodkit.vm.accel import Accel
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if kver is None:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
     spec = VmSpec(kver, tuple(command), tuple(args.append), args.memory, Accel(args.accel),
-                  None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir)
+                  None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
+                  out_dir=None if args.out is None else os.path.abspath(args.out), cpus=args.cpus)
     # with --json, stdout carries the result alone
     out = sys.stderr.buffer if args.json else sys.stdout.buffer
 
