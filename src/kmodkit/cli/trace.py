@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,6 +14,13 @@ if TYPE_CHECKING:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("module", metavar="MODULE", help="a loaded module")
+    options(parser)
+    parser.add_argument("workload", nargs=argparse.REMAINDER, metavar="-- WORKLOAD",
+                        help="the command to run while tracing (after --)")
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    """The options (also accepted after MODULE: argparse hands them to the workload's remainder)."""
     parser.add_argument("--functions", action="append", default=[], metavar="GLOB",
                         help="trace only the module's functions matching GLOB (repeatable; default: all)")
     parser.add_argument("--graph", action="store_true",
@@ -21,14 +29,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="trace for S seconds (with a workload: stop it after S seconds)")
     parser.add_argument("--depth", type=int, default=6, metavar="N", help="call tree levels shown (default 6)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("workload", nargs=argparse.REMAINDER, metavar="-- WORKLOAD",
-                        help="the command to run while tracing")
 
 
-def workload_of(args: argparse.Namespace) -> tuple[str, ...]:
-    """The command after ``--``."""
+def workload_of(args: argparse.Namespace, add_options: Callable[[argparse.ArgumentParser], None]
+                ) -> tuple[str, ...]:
+    """The command after ``--``; options written between MODULE and ``--`` are parsed into ``args``.
+
+    (argparse's remainder takes every word after MODULE, options included.)
+    """
     words = list(args.workload)
-    return tuple(words[1:] if words[:1] == ["--"] else words)
+    if "--" in words:
+        cut = words.index("--")
+    else:  # argparse drops a "--" right after MODULE: then it is all workload, or all options
+        cut = len(words) if words[:1] and words[0].startswith("-") else -1
+        if cut < 0:
+            return tuple(words)
+    if cut:
+        parser = argparse.ArgumentParser(prog=f"kmodkit {args.command} {args.module}")
+        add_options(parser)
+        parser.parse_args(words[:cut], namespace=args)
+    return tuple(words[cut + 1:])
 
 
 def interrupt_on_sigterm() -> None:
@@ -44,7 +64,8 @@ def interrupt_on_sigterm() -> None:
 def run(args: argparse.Namespace) -> int:
     from kmodkit.trace.tracer import Trace
 
-    trace = Trace(args.module, tuple(args.functions), args.graph, args.duration, workload_of(args))
+    workload = workload_of(args, options)
+    trace = Trace(args.module, tuple(args.functions), args.graph, args.duration, workload)
     interrupt_on_sigterm()
     report = trace.run()
     if args.json:

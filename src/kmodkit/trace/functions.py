@@ -84,10 +84,11 @@ def choose_functions(fs: TraceFs, module: str, globs: tuple[str, ...] = ("*",),
                             "check the names in /proc/kallsyms; mark a function noinline to trace it")
         if not matched & traceable_all:
             names = ", ".join(sorted(matched)[:5])
-            raise UserError(f"--functions {glob}", f"{names}: notrace (marked notrace or noinstr, so ftrace "
-                            "cannot patch it)", "trace a function that calls it, or remove notrace")
+            raise UserError(f"--functions {glob}", f"{names}: ftrace cannot trace it (marked notrace or "
+                            "noinstr, or an __exit function)", "trace a function that calls it, or remove notrace")
         chosen |= matched
     untraceable = sorted(chosen - traceable_all)
     if untraceable:
-        log.warning("%s: not traceable (notrace or noinstr): %s", module, ", ".join(untraceable))
+        # __exit functions and their cleanup_module alias are never traceable: only worth a word when named
+        (log.info if globs == ("*",) else log.warning)("%s: not traceable (notrace or noinstr): %s", module, ", ".join(untraceable))
     return ModuleFunctions(module, tuple(sorted(chosen & traceable_all)), tuple(untraceable))

@@ -28,6 +28,9 @@ MOUNT_FIX = "mount it: mount -t tracefs nodev /sys/kernel/tracing"
 #: the filter files whose content is a list of functions (restored line by line, not as one value)
 FILTER_FILES = ("set_ftrace_filter", "set_graph_function", "set_ftrace_notrace", "set_graph_notrace")
 
+#: the files that hold a list of process ids ("no pid" when empty)
+PID_FILES = ("set_ftrace_pid", "set_ftrace_notrace_pid", "set_event_pid", "set_event_notrace_pid")
+
 #: what a filter file says when it holds no function
 _EMPTY_FILTER = "#### all functions enabled ####"
 
@@ -125,7 +128,11 @@ class TraceFs:
         try:
             fd = os.open(self.path(name), flags)
             try:
-                os.write(fd, value.encode())
+                # the filter files take one function per write(2) and say so with a short count:
+                # write the rest until all is taken (0.1's single write set only the first function)
+                data = memoryview(value.encode())
+                while data:
+                    data = data[os.write(fd, data):]
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -170,8 +177,9 @@ class SavedSettings:
     values: tuple[tuple[str, str], ...]  #: (file name, text) in the order they are restored
 
 
-def _filter_lines(text: str) -> list[str]:
-    # set_ftrace_filter prints "func [mod]" for module functions; the kernel reads it back as func:mod:MOD
+def _filter_lines(text: str, commands: bool = True) -> list[str]:
+    # set_ftrace_filter prints "func [mod]" for module functions and reads it back as func:mod:MOD;
+    # set_graph_function knows no such command: the name alone
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -179,7 +187,7 @@ def _filter_lines(text: str) -> list[str]:
             continue
         if line.endswith("]") and " [" in line:
             func, mod = line[:-1].split(" [", 1)
-            line = f"{func}:mod:{mod}"
+            line = f"{func}:mod:{mod}" if commands else func
         out.append(line)
     return out
 
@@ -206,9 +214,14 @@ def restore(fs: TraceFs, saved: SavedSettings) -> None:
         try:
             if name == "tracing_on":
                 fs.write(name, "0")
+            elif name in PID_FILES:
+                pids = [w for w in text.split() if w.isdigit()]  # "no pid" when empty
+                fs.write(name, "")
+                if pids:
+                    fs.write(name, " ".join(pids) + "\n", append=True)
             elif name in FILTER_FILES:
                 fs.write(name, "")
-                lines = _filter_lines(text)
+                lines = _filter_lines(text, commands=name in ("set_ftrace_filter", "set_ftrace_notrace"))
                 if lines:
                     fs.write(name, "\n".join(lines) + "\n", append=True)
             elif name == "current_tracer":

@@ -116,7 +116,7 @@ class Trace:
         spec = "".join(f"{f}:mod:{chosen.module}\n" for f in chosen.traceable)
         if self.graph:
             fs.write("set_ftrace_filter", "")
-            fs.write("set_graph_function", spec)
+            fs.write("set_graph_function", "".join(f"{f}\n" for f in chosen.traceable))  # no :mod: here
             fs.write("max_graph_depth", "0")
         else:
             if fs.has("set_graph_function"):
