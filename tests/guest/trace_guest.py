@@ -117,8 +117,11 @@ done = kk("trace", "hello", "--functions", "nosuch_*", "--", "true")
 report["inlined"] = [done.returncode, done.stderr]
 done = kk("trace", "hello", "--functions", "hello_exit", "--", "true")
 report["notrace"] = [done.returncode, done.stderr]
+# the guest's init ignores SIGINT and its children inherit that: give this one a terminal's default
 proc = subprocess.Popen([sys.executable, "-m", "kmodkit", "trace", "hello", "--", "sleep", "60"],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+report["sigint_ignored_here"] = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     with open(os.path.join(T, "tracing_on")) as f:
@@ -127,7 +130,11 @@ while time.monotonic() < deadline:
     time.sleep(0.1)
 report["interrupt_was_tracing"] = open(os.path.join(T, "current_tracer")).read().strip()
 proc.send_signal(signal.SIGINT)
-_, err = proc.communicate(timeout=60)
+try:
+    _, err = proc.communicate(timeout=60)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    _, err = proc.communicate()
 report["interrupt"] = [proc.returncode, err, snapshot() == before]
 with open(os.path.join(T, "set_ftrace_filter")) as f:
     report["filter_after"] = f.read()

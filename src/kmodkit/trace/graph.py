@@ -83,13 +83,14 @@ class GraphTrace:
     """What a function_graph trace held, folded as it was read (:meth:`feed`)."""
 
     root: CallNode = field(default_factory=lambda: CallNode("<root>"))  #: the call tree; its children are entries
-    calls: dict[str, int] = field(default_factory=dict)  #: function -> calls
     durations: dict[str, list[float]] = field(default_factory=dict)  #: function -> finished durations (us)
     events: int = 0  #: entry, exit and leaf lines read
     lost: int = 0  #: events the kernel dropped (its "[LOST N EVENTS]" lines)
     unmatched_exits: int = 0  #: exits whose entry was before the trace began
     _stacks: dict[str, list[tuple[str, CallNode]]] = field(default_factory=dict)
     _partial: str = ""
+    _kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _tasks: dict[str, str] = field(default_factory=dict)
 
     def feed(self, text: str) -> None:
         """Read a piece of the trace; a line cut at the end of the piece is kept for the next one."""
@@ -106,8 +107,11 @@ class GraphTrace:
 
     def feed_lines(self, lines: Iterable[str]) -> None:
         """Read whole lines of the trace."""
+        # the function column and the CPU/task column repeat line after line: each distinct text is
+        # classified once (kind, name) and then found in a dict, which keeps 1,000,000 events near a second
+        kinds = self._kinds
+        tasks = self._tasks
         stacks = self._stacks
-        calls = self.calls
         durations = self.durations
         root = self.root
         events = 0
@@ -118,49 +122,64 @@ class GraphTrace:
                     self.lost += _lost_count(line)
                 continue
             head, dur, text = parts
-            text = text.strip()
-            last = text[-1:]
-            if last == "{":
-                kind = 1
-            elif last == ";" and text.endswith(");"):
-                kind = 2
-            elif text[:1] == "}":
-                kind = 3
-            else:
+            kind = kinds.get(text)
+            if kind is None:
+                kind = kinds[text] = _classify(text)
+            if kind[0] == 0:
                 continue  # an irq marker, a comment, a header
             events += 1
-            task = head[head.find(")") + 1:].strip()
+            task = tasks.get(head)
+            if task is None:
+                task = tasks[head] = head[head.find(")") + 1:].strip()
             stack = stacks.get(task)
             if stack is None:
                 stack = stacks[task] = []
-            if kind == 3:
+            if kind[0] == 3:
                 if not stack:
                     self.unmatched_exits += 1
                     continue
                 name, node = stack.pop()
-                us = _duration(dur)
-                if us is not None:
+                words = dur.split()
+                if len(words) >= 2 and words[-1] == "us":
+                    try:
+                        us = float(words[-2])
+                    except ValueError:
+                        continue
                     node.total_us += us
                     durations[name].append(us)
                 continue
-            name = text[:text.find("(")]
-            bracket = name.find(" [")
-            if bracket >= 0:
-                name = name[:bracket]
-            name = name.strip()
-            node = (stack[-1][1] if stack else root).child(name)
+            name = kind[1]
+            parent = stack[-1][1] if stack else root
+            node = parent.children.get(name)  # type: ignore[assignment]
+            if node is None:
+                node = parent.children[name] = CallNode(name)
+                if name not in durations:
+                    durations[name] = []
             node.calls += 1
-            calls[name] = calls.get(name, 0) + 1
-            if name not in durations:
-                durations[name] = []
-            if kind == 1:
+            if kind[0] == 1:
                 stack.append((name, node))
             else:
-                us = _duration(dur)
-                if us is not None:
+                words = dur.split()
+                if len(words) >= 2 and words[-1] == "us":
+                    try:
+                        us = float(words[-2])
+                    except ValueError:
+                        continue
                     node.total_us += us
                     durations[name].append(us)
         self.events += events
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Function -> calls, over every path of the tree."""
+        out: dict[str, int] = {}
+        todo = [self.root]
+        while todo:
+            node = todo.pop()
+            for child in node.children.values():
+                out[child.name] = out.get(child.name, 0) + child.calls
+                todo.append(child)
+        return out
 
     def stats(self) -> list[FunctionStats]:
         """Per-function statistics, most total time first."""
@@ -181,15 +200,22 @@ class GraphTrace:
         return edges
 
 
-def _duration(field_text: str) -> float | None:
-    # "   2.645 us    ", "! 127.138 us  ", "# 2948.129 us "; the flag before the number marks a long call
-    words = field_text.split()
-    if len(words) < 2 or words[-1] != "us":
-        return None
-    try:
-        return float(words[-2])
-    except ValueError:
-        return None
+def _classify(text: str) -> tuple[int, str]:
+    # (1, name) an entry "f [mod]() {", (2, name) a leaf "f();", (3, "") an exit "}" (or "} /* f */"), (0, "") else
+    text = text.strip()
+    if text.endswith("{"):
+        kind = 1
+    elif text.endswith(");"):
+        kind = 2
+    elif text[:1] == "}":
+        return (3, "")
+    else:
+        return (0, "")
+    name = text[:text.find("(")]
+    bracket = name.find(" [")
+    if bracket >= 0:
+        name = name[:bracket]
+    return (kind, name.strip())
 
 
 def _lost_count(line: str) -> int:
