@@ -96,9 +96,10 @@ def test_durations_are_real(boot: tuple[dict[str, object], Path]) -> None:
 def test_contention_shows_in_the_trace(boot: tuple[dict[str, object], Path]) -> None:
     r, _ = boot
     one, two = fn(r, "lock_one", "hello_step_locked"), fn(r, "lock_two", "hello_step_locked")
-    assert (one["calls"], two["calls"]) == (200, 400)
-    # one writer holds the lock 200 us a call; with two, a call also waits for the other's
-    assert float(two["mean_us"]) > 1.5 * float(one["mean_us"])  # type: ignore[arg-type]
+    assert (one["calls"], two["calls"]) == (1500, 3000)
+    # one writer holds the lock 100 us a call; with two, calls also wait for the other's hold (and, under
+    # TCG on a busy host, for a holder whose virtual CPU is not running): the mean grows, not the median
+    assert float(two["mean_us"]) > 1.4 * float(one["mean_us"]), (one, two)  # type: ignore[arg-type]
 
 
 def test_tracefs_is_as_before_after_every_run(boot: tuple[dict[str, object], Path]) -> None:
@@ -125,9 +126,12 @@ def test_errors_name_the_fix(boot: tuple[dict[str, object], Path]) -> None:
     assert status == 2 and "cannot trace" in err and err.count("\n") == 1
     status, err = r["perf_missing"]  # type: ignore[misc]
     assert status == 3 and "apt-get install linux-perf" in err and err.count("\n") == 1
-    for key in ("lockdown_trace", "lockdown_profile"):
-        status, err = r[key]  # type: ignore[misc]
-        assert status == 3 and "locked down" in err and "lockdown=" in err, (key, err)
+    status, err = r["lockdown_trace"]  # type: ignore[misc]
+    assert status == 3 and "locked down" in err and "lockdown=" in err and err.count("\n") == 1, err
+    # lockdown's confidentiality mode forbids tracefs, not perf's sampling (LOCKDOWN_PERF guards only
+    # register dumps of kernel samples): profile still works there
+    status, err = r["lockdown_profile"]  # type: ignore[misc]
+    assert status == 0, err
 
 
 def test_profile_finds_the_hot_helper(boot: tuple[dict[str, object], Path]) -> None:
@@ -169,3 +173,14 @@ def test_the_guests_svg_reaches_the_host_and_is_drawn(boot: tuple[dict[str, obje
     assert {"hello_write", "hello_step"} <= {n for n, *_, mod in boxes(svg) if mod}
     w, h, rows = render(out / "hello.svg", out.parent / "shot.png")
     assert len({row for row in rows}) > 10  # not one flat colour
+
+
+def test_out_dir_comes_back_over_9p_too(generic_tree: KernelTree, tmp_path: Path) -> None:
+    """vm run --out over qemu's 9p (the first boot used virtiofs): the guest writes, the host reads."""
+    out = tmp_path / "out dir"
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", generic_tree.release, "--share", "9p",
+                           "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--",
+                           "sh", "-c", 'echo from-guest > "$KMODKIT_OUT/result.txt" && touch /etc/kmodkit-ro-probe',
+                           ], capture_output=True, text=True, cwd="/")
+    assert (out / "result.txt").read_text() == "from-guest\n", done.stderr[-2000:]
+    assert done.returncode != 0 and not Path("/etc/kmodkit-ro-probe").exists()  # the rest stays read-only

@@ -105,9 +105,10 @@ params(loops=5, sleep_ms=0)
 report["nosleep"] = calls(trace_json("--", *writes(3)))
 
 # --- contention: two writers on the spinlock path against one --------------------------------------------
-params(loops=20, sleep_ms=0, spin_us=200)
-report["lock_one"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(10, 1)))
-report["lock_two"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(10, 2)))
+# long writes (500 steps of 100 us held), so that two writers overlap for nearly all of them
+params(loops=500, sleep_ms=0, spin_us=100)
+report["lock_one"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(3, 1)))
+report["lock_two"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(3, 2)))
 params(loops=13, spin_us=0)
 
 # --- errors, and tracefs as before after each ------------------------------------------------------------
