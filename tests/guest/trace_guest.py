@@ -90,7 +90,8 @@ report["mounted_after_not_loaded"] = tracefs_mounted()
 subprocess.run(["insmod", KO], check=True)
 params(loops=13, sleep_ms=0, spin_us=0)
 first = trace_json("--", *writes(7))
-report["auto_mount"] = {"calls": calls(first), "mounted_after": tracefs_mounted()}
+report["auto_mount"] = {"calls": calls(first), "mounted_after": tracefs_mounted(),
+                        **{k: first[k] for k in ("events", "lost", "seconds")}}
 
 subprocess.run(["mount", "-t", "tracefs", "nodev", T], check=True)
 before = snapshot()

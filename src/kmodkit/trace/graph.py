@@ -219,11 +219,11 @@ def _classify(text: str) -> tuple[int, str]:
 
 
 def _lost_count(line: str) -> int:
-    # "CPU:0 [LOST 123 EVENTS]"
+    # "CPU:0 [LOST 123 EVENTS]", or "CPU:0 [LOST EVENTS]" when the kernel does not know how many: at least one
     try:
         return int(line.split("[LOST ", 1)[1].split()[0])
     except (IndexError, ValueError):
-        return 0
+        return 1
 
 
 def parse(text: str) -> GraphTrace:

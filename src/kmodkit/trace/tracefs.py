@@ -226,7 +226,9 @@ def restore(fs: TraceFs, saved: SavedSettings) -> None:
                     fs.write(name, "\n".join(lines) + "\n", append=True)
             elif name == "current_tracer":
                 fs.write(name, text.strip() or "nop")
-            elif name.startswith("options/") or name in ("max_graph_depth", "buffer_size_kb", "tracing_thresh"):
+            elif name == "buffer_size_kb":
+                fs.write(name, text.split()[0])  # "7 (expanded: 1410)" before the first tracer: the size is 7
+            elif name.startswith("options/") or name in ("max_graph_depth", "tracing_thresh"):
                 fs.write(name, text.strip())
             else:
                 fs.write(name, text)

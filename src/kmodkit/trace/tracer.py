@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 CHANGED_FILES = ["tracing_on", "current_tracer", "set_ftrace_filter", "set_graph_function", "set_ftrace_pid",
                  "tracing_thresh", "max_graph_depth", "options/funcgraph-proc", "options/funcgraph-duration",
                  "options/funcgraph-cpu", "options/funcgraph-abstime", "options/funcgraph-tail",
-                 "options/sleep-time", "options/function-fork"]
+                 "options/sleep-time", "options/function-fork", "buffer_size_kb"]
+
+#: ring buffer per CPU during a run, KiB, when the current one is smaller: room for ~100,000 events a CPU
+#: between two reads of trace_pipe
+BUFFER_KB = 8192
 
 #: option values the parser relies on: the task on every line, durations shown, sleep counted in a call's time
 OPTIONS = {"options/funcgraph-proc": "1", "options/funcgraph-duration": "1", "options/funcgraph-cpu": "1",
@@ -129,11 +133,14 @@ class Trace:
         for name, value in OPTIONS.items():
             if fs.has(name):
                 fs.write(name, value)
+        if _kib(fs.read("buffer_size_kb")) < BUFFER_KB:
+            fs.write("buffer_size_kb", str(BUFFER_KB))
         fs.write("current_tracer", "function_graph")  # also empties the ring buffer
 
     def _traced(self, fs: TraceFs, chosen: ModuleFunctions) -> TraceReport:
         self._setup(fs, chosen)
         with tempfile.TemporaryFile(prefix="kmodkit-trace-") as raw:
+            dropped = _dropped(fs)
             pipe = _PipeReader(fs.path("trace_pipe"), raw)
             pipe.start()
             status: int | None = None
@@ -147,11 +154,13 @@ class Trace:
                 pipe.stop()
             if pipe.error is not None:
                 raise pipe.error
+            dropped = _dropped(fs) - dropped
             trace = GraphTrace()
             raw.seek(0)
             while chunk := raw.read(1 << 22):
                 trace.feed(chunk.decode("utf-8", "replace"))
             trace.finish()
+        trace.lost = max(trace.lost, dropped)
         if trace.lost:
             log.warning("the kernel dropped %d events (buffer overrun): counts are low; "
                         "raise /sys/kernel/tracing/buffer_size_kb or trace fewer functions", trace.lost)
@@ -183,6 +192,32 @@ class Trace:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def _kib(text: str) -> int:
+    # "1410" or "7 (expanded: 1410)" before the first tracer was set
+    words = text.replace("(", " ").replace(")", " ").split()
+    numbers = [int(w) for w in words if w.isdigit()]
+    return max(numbers) if numbers else 0
+
+
+def _dropped(fs: TraceFs) -> int:
+    # events the ring buffers overwrote or could not take, summed over CPUs (per_cpu/cpuN/stats)
+    total = 0
+    try:
+        cpus = os.listdir(fs.path("per_cpu"))
+    except OSError:
+        return 0
+    for cpu in cpus:
+        try:
+            text = fs.read(f"per_cpu/{cpu}/stats")
+        except Exception:  # a CPU that went offline
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("overrun", "dropped events") and value.strip().isdigit():
+                total += int(value)
+    return total
 
 
 class _PipeReader(threading.Thread):
