@@ -105,8 +105,8 @@ class Trace:
         NotFoundError (module not loaded, workload not found), UserError (a
         function that is notrace or was inlined).
         """
+        module = loaded_module(self.module)  # first: nothing is mounted for a module that is not there
         with session(self.mount) as fs:
-            module = loaded_module(self.module)
             if "function_graph" not in fs.tracers():
                 raise EnvironmentNotReady(fs.path("available_tracers"), "this kernel has no function_graph tracer",
                                           "boot a kernel built with CONFIG_FUNCTION_GRAPH_TRACER")
