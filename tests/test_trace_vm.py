@@ -82,8 +82,8 @@ def test_trace_cmd_counts_the_same_calls(boot: tuple[dict[str, object], Path]) -
     r, _ = boot
     tc = r["trace_cmd"]
     assert isinstance(tc, dict) and tc["status"] == [0, 0], tc
-    assert (tc["hello_write"], tc["hello_step"]) == (fn(r, "counts", "hello_write")["calls"],
-                                                     fn(r, "counts", "hello_step")["calls"]) == (7, 91)
+    assert (tc["hello_write"], tc["hello_step"]) == (fn(r, "counts_paced", "hello_write")["calls"],
+                                                     fn(r, "counts_paced", "hello_step")["calls"]) == (7, 91)
 
 
 def test_durations_are_real(boot: tuple[dict[str, object], Path]) -> None:
@@ -98,9 +98,16 @@ def test_contention_shows_in_the_trace(boot: tuple[dict[str, object], Path]) -> 
     r, _ = boot
     one, two = fn(r, "lock_one", "hello_step_locked"), fn(r, "lock_two", "hello_step_locked")
     assert (one["calls"], two["calls"]) == (1500, 3000)
-    # one writer holds the lock 100 us a call; with two, calls also wait for the other's hold (and, under
-    # TCG on a busy host, for a holder whose virtual CPU is not running): the mean grows, not the median
-    assert float(two["mean_us"]) > 1.4 * float(one["mean_us"]), (one, two)  # type: ignore[arg-type]
+
+    def slowpath(key: str) -> int:
+        calls = r[key]
+        assert isinstance(calls, dict)
+        return sum(int(f["calls"]) for n, f in calls.items() if n.endswith("queued_spin_lock_slowpath"))
+
+    # the waits themselves, counted: a writer alone never takes the slow path, two do (how long they wait
+    # depends, under TCG, on whether the host runs both virtual CPUs at once: the count does not)
+    assert slowpath("lock_one") == 0
+    assert slowpath("lock_two") > 0, sorted(r["lock_two"])  # type: ignore[call-overload]
 
 
 def test_tracefs_is_as_before_after_every_run(boot: tuple[dict[str, object], Path]) -> None:

@@ -108,8 +108,9 @@ report["nosleep"] = calls(trace_json("--", *writes(3)))
 # --- contention: two writers on the spinlock path against one --------------------------------------------
 # long writes (500 steps of 100 us held), so that two writers overlap for nearly all of them
 params(loops=500, sleep_ms=0, spin_us=100)
-report["lock_one"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(3, 1)))
-report["lock_two"] = calls(trace_json("--functions", "hello_step_locked", "--", *writes(3, 2)))
+# --graph: the kernel functions under hello_step_locked are traced too, the spinlock's slow path among them
+report["lock_one"] = calls(trace_json("--graph", "--functions", "hello_step_locked", "--", *writes(3, 1)))
+report["lock_two"] = calls(trace_json("--graph", "--functions", "hello_step_locked", "--", *writes(3, 2)))
 params(loops=13, spin_us=0)
 
 # --- errors, and tracefs as before after each ------------------------------------------------------------
@@ -142,15 +143,19 @@ with open(os.path.join(T, "set_ftrace_filter")) as f:
     report["filter_after"] = f.read()
 
 # --- trace-cmd records the same functions of the same workload ---------------------------------------------
+# a second before and after the writes, for both tools: trace-cmd starts its recorders and flushes them
+# while its command runs (without the pauses it once recorded 5 of the 7 writes)
+paced = ["sh", "-c", "sleep 1; " + writes(7)[2] + "; sleep 1"]
+report["counts_paced"] = trace_json("--", *paced)
 tc = subprocess.run(["trace-cmd", "record", "-q", "-o", "/tmp/tc.dat", "-p", "function_graph", "-l", ":mod:hello",
-                     "--", *writes(7)], capture_output=True, text=True)
+                     "--", *paced], capture_output=True, text=True)
 rep = subprocess.run(["trace-cmd", "report", "-i", "/tmp/tc.dat"], capture_output=True, text=True)
 report["trace_cmd"] = {"status": [tc.returncode, rep.returncode], "err": tc.stderr[-2000:] + rep.stderr[-2000:],
                        "hello_write": sum(1 for l in rep.stdout.splitlines() if "hello_write" in l and "{" in l
                                           or "hello_write" in l and "();" in l),
                        "hello_step": sum(1 for l in rep.stdout.splitlines() if "hello_step(" in l
                                          or "hello_step [hello](" in l or "hello_step();" in l)}
-report["trace_cmd_sample"] = rep.stdout[:1500]
+report["trace_cmd_writes"] = [l.split(":")[0].split()[-1] for l in rep.stdout.splitlines() if "hello_write" in l]
 subprocess.run(["trace-cmd", "reset"], capture_output=True)
 subprocess.run(["mount", "-t", "tracefs", "nodev", T])  # trace-cmd reset may leave it alone; keep it mounted
 
