@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("kmodkit.cli.health", "check that a manifest's modules are loaded and healthy"),
     "exporter": ("kmodkit.cli.exporter", "serve module metrics for Prometheus"),
     "oops": ("kmodkit.cli.oops", "find kernel crash reports in logs and decode them to source lines"),
+    "trace": ("kmodkit.cli.trace", "trace a loaded module's functions: calls, durations, call tree (ftrace)"),
+    "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
 }
 
 EXIT_OK = 0

@@ -31,6 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="KVM, TCG, or KVM when it works here (default)")
     run.add_argument("--share", choices=("auto", "virtiofs", "9p"), default="auto",
                      help="how the host's root reaches the guest (default: virtiofs, else 9p)")
+    run.add_argument("--out", metavar="DIR",
+                     help="a host directory the guest may write (made if absent), mounted at the same path inside "
+                          "and named by $KMODKIT_OUT: how files (JSON, SVG, perf.data) come back")
+    run.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
     run.add_argument("--runs-dir", metavar="DIR", help="where run directories go (default ~/.cache/kmodkit/vm-runs)")
     run.add_argument("--module-path", action="append", default=[], metavar="DIR",
                      help="where the module files the guest loads are, to decode its kernel's reports to source "
@@ -56,6 +60,7 @@ def _newest_kernel() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from kmodkit.errors import NotFoundError
     from kmodkit.vm.accel import Accel
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     append = (*args.append, "oops=panic") if args.panic_on_oops else tuple(args.append)
     spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
-                  module_paths=tuple(args.module_path))
+                  module_paths=tuple(args.module_path),
+                  out_dir=None if args.out is None else os.path.abspath(args.out), cpus=args.cpus)
     # with --json, stdout carries the result alone
     out = sys.stderr.buffer if args.json else sys.stdout.buffer
 

@@ -39,6 +39,15 @@ OPTIONAL_MODULES = ("overlay",)
 #: tag under which the host's root is exported
 ROOT_TAG = "hostroot"
 
+#: tag under which ``vm run --out DIR`` exports DIR, the one host directory the guest may write
+OUT_TAG = "kmodkit-out"
+
+#: busybox mount arguments (before the mount point) that mount the --out directory, per share
+OUT_MOUNTS: dict[Share, tuple[str, ...]] = {
+    Share.VIRTIOFS: ("-t", "virtiofs", OUT_TAG),
+    Share.NINEP: ("-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=512000", OUT_TAG),
+}
+
 SHARE_RECIPES: dict[Share, ShareRecipe] = {
     Share.VIRTIOFS: ShareRecipe(("virtio_pci", "virtiofs"), ("-t", "virtiofs", "-o", "ro", ROOT_TAG, "/mnt")),
     Share.NINEP: ShareRecipe(("virtio_pci", "9pnet_virtio", "9p"),
@@ -140,6 +149,7 @@ class GuestCommand:
     argv: tuple[str, ...]  #: the command and its arguments
     cwd: str  #: working directory inside the guest (falls back to /)
     env: tuple[tuple[str, str], ...]  #: the whole environment of the command
+    out_dir: str | None = None  #: host directory shared writable, mounted at the same path inside
 
 
 #: serial ports of the guest: the kernel console, the command's output, the status lines, the kernel log
@@ -153,6 +163,11 @@ def init_script(modules: list[str], share: Share, command: GuestCommand) -> str:
     env = " ".join(q(f"{k}={v}") for k, v in command.env)
     argv = " ".join(q(a) for a in command.argv)
     mods = " ".join(q(m) for m in modules)
+    out = ""
+    if command.out_dir is not None:
+        # after the overlays: the directory is seen at its host path, even under /tmp
+        out_mount = " ".join(q(a) for a in OUT_MOUNTS[share])
+        out = (f"$B mount {out_mount} $R{q(command.out_dir)} || {{ say \"share-failed out\"; finish; }}\n")
     return f"""#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
@@ -176,7 +191,7 @@ for d in tmp var/tmp root; do
     $B mount -t overlay overlay -o lowerdir=$R/$d,upperdir=/ovl/$d/u,workdir=/ovl/$d/w $R/$d 2>/dev/null \
         || $B mount -t tmpfs tmpfs $R/$d
 done
-$B ip link set lo up 2>/dev/null
+{out}$B ip link set lo up 2>/dev/null
 say "boot $($B cut -d' ' -f1 /proc/uptime)"
 $B chroot $R /usr/bin/env -i {env} /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' \\
     sh {q(command.cwd)} {argv} > /dev/{OUTPUT} 2>&1 < /dev/null

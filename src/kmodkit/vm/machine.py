@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.vm.accel import Accel, choose_accel
 from kmodkit.vm.kernel_image import boot_image
-from kmodkit.vm.initramfs import ROOT_TAG, GuestCommand, Share, build_initramfs
+from kmodkit.vm.initramfs import OUT_TAG, ROOT_TAG, GuestCommand, Share, build_initramfs
 from kmodkit.vm.share import choose_share, start_virtiofsd
 
 if TYPE_CHECKING:
@@ -82,11 +82,16 @@ class VmSpec:
     boot_dir: str = "/boot"  #: where vmlinuz-KVER is
     modules_root: str = "/lib/modules"  #: where the kernel's module tree is
     module_paths: tuple[str, ...] = ()  #: host directories holding the guest's module files, to decode reports
-
+    out_dir: str | None = None  #: host directory the guest may write, mounted at the same path (made if absent)
+    cpus: int = 1  #: virtual CPUs (two or more to see lock contention)
 
     def __post_init__(self) -> None:
         if not self.command:
             raise UserError("vm run", "no command given", "name one after --, e.g. -- uname -r")
+        if not 1 <= self.cpus <= 64:
+            raise UserError(f"--cpus {self.cpus}", "must be between 1 and 64")
+        if self.out_dir is not None and not os.path.isabs(self.out_dir):
+            raise UserError(f"--out {self.out_dir}", "must be an absolute path")
         if self.memory_mb < 128:
             raise UserError(f"--memory {self.memory_mb}", "too little memory to boot", "give at least 128 (MiB)")
         if not math.isfinite(self.timeout) or self.timeout <= 0:
@@ -206,31 +211,47 @@ class Vm:
         runs = spec.runs_dir or _default_runs_dir()
         os.makedirs(runs, exist_ok=True)
         run_dir = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-") + spec.kver + "-", dir=runs)
-        command = GuestCommand(spec.command, spec.cwd or os.getcwd(), _guest_env(spec.env))
+        out_dir = None
+        env = spec.env
+        if spec.out_dir is not None:
+            os.makedirs(spec.out_dir, exist_ok=True)
+            out_dir = os.path.realpath(spec.out_dir)
+            env = (("KMODKIT_OUT", out_dir), *env)
+        command = GuestCommand(spec.command, spec.cwd or os.getcwd(), _guest_env(env), out_dir)
         initrd = os.path.join(run_dir, "initramfs.cpio")
         with open(initrd, "wb") as f:
             f.write(build_initramfs(self.moddir, share, command))
         sock_dir = tempfile.mkdtemp(prefix="kmodkit-vm-")  # a unix socket path must stay short
-        daemon: subprocess.Popen[bytes] | None = None
+        daemons: list[subprocess.Popen[bytes]] = []
         qlog = open(os.path.join(run_dir, "qemu.log"), "wb")
         try:
             args = self._qemu_args(image, run_dir, initrd, accel)
             if share is Share.VIRTIOFS:
                 sock = os.path.join(sock_dir, "fs.sock")
-                daemon = start_virtiofsd(sock, qlog)
+                daemons.append(start_virtiofsd(sock, qlog))
                 args += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mb}M,share=on",
                          "-numa", "node,memdev=mem", "-chardev", f"socket,id=fs,path={sock}",
                          "-device", f"vhost-user-fs-pci,chardev=fs,tag={ROOT_TAG}"]
+                if out_dir is not None:
+                    out_sock = os.path.join(sock_dir, "out.sock")
+                    daemons.append(start_virtiofsd(out_sock, qlog, writable=out_dir))
+                    args += ["-chardev", f"socket,id=out,path={out_sock}",
+                             "-device", f"vhost-user-fs-pci,chardev=out,tag={OUT_TAG}"]
             else:
                 args += ["-virtfs", f"local,path=/,mount_tag={ROOT_TAG},security_model=none,readonly=on,"
                          "multidevs=remap"]
+                if out_dir is not None:
+                    if "," in out_dir:
+                        raise UserError(f"--out {out_dir}", "qemu's -virtfs cannot take a path with a comma")
+                    args += ["-virtfs", f"local,path={out_dir},mount_tag={OUT_TAG},security_model=none,"
+                             "multidevs=remap"]
             log.info("booting %s (%s, %s); logs in %s", spec.kver, accel.value, share.value, run_dir)
             log.debug("qemu %s", args)
             start = time.monotonic()
             timed_out = self._stream(args, run_dir, qlog, on_output)
             wall = time.monotonic() - start
         finally:
-            if daemon is not None:
+            for daemon in daemons:
                 daemon.terminate()
                 try:
                     daemon.wait(5)
@@ -283,7 +304,7 @@ class Vm:
     def _qemu_args(self, image: str, run_dir: str, initrd: str, accel: Accel) -> list[str]:
         spec = self.spec
         return [
-            self.qemu, "-accel", accel.value, "-m", f"{spec.memory_mb}M", "-smp", "1",
+            self.qemu, "-accel", accel.value, "-m", f"{spec.memory_mb}M", "-smp", str(spec.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", image, "-initrd", initrd, "-append", spec.cmdline,
             "-serial", f"file:{run_dir}/console.log", "-serial", "stdio",
@@ -338,6 +359,9 @@ class Vm:
                         status[key] = value
         except FileNotFoundError:
             pass
+        if status.get("share-failed") == "out":
+            raise EnvironmentNotReady(self.spec.kver, f"the guest could not mount --out {self.spec.out_dir} over "
+                                      f"{share.value}", f"read {run_dir}/kernel.log")
         if "share-failed" in status:
             raise EnvironmentNotReady(self.spec.kver, f"the guest could not mount the host's root over {share.value}",
                                       f"read {run_dir}/kernel.log; insmod failures: {', '.join(failures) or 'none'}")

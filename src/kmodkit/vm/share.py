@@ -53,26 +53,31 @@ def choose_share(moddir: str) -> Share:
                               "install it: apt-get install qemu-system-common (Debian 12) or virtiofsd")
 
 
-def start_virtiofsd(socket_path: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+def start_virtiofsd(socket_path: str, log: IO[bytes], writable: str | None = None) -> subprocess.Popen[bytes]:
     """Start virtiofsd exporting / read-only (on the host's side) at ``socket_path``; waits until it listens.
 
     The read-only view of / is made in the directory ``root`` beside the
-    socket, which must not exist yet.
+    socket, which must not exist yet.  With ``writable``, that one directory
+    is exported instead, writable (``vm run --out``), chrooted to it.
     """
     binary = find_virtiofsd()
     if binary is None:
         raise EnvironmentNotReady("virtiofsd", "not installed", "install it: apt-get install qemu-system-common")
-    view = os.path.join(os.path.dirname(socket_path), "root")
-    os.mkdir(view, 0o700)
+    if writable is None:
+        view = os.path.join(os.path.dirname(socket_path), "root")
+        os.mkdir(view, 0o700)
+    else:
+        view = writable
     help_text = subprocess.run([binary, "--help"], capture_output=True, timeout=10).stdout
     if b"--shared-dir" in help_text:  # the Rust virtiofsd
         args = [binary, f"--socket-path={socket_path}", f"--shared-dir={view}", "--sandbox=chroot", "--cache=auto"]
-        if b"--readonly" in help_text:
+        if b"--readonly" in help_text and writable is None:
             args.append("--readonly")
     else:  # the C virtiofsd of qemu <= 7: no read-only option at all
         args = [binary, f"--socket-path={socket_path}", "-o", f"source={view}", "-o", "sandbox=chroot",
                 "-o", "cache=auto"]
-    proc = subprocess.Popen(readonly_command(view, args), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    command = readonly_command(view, args) if writable is None else args
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     deadline = time.monotonic() + 10
     while not os.path.exists(socket_path):
         if proc.poll() is not None:
