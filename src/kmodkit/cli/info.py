@@ -105,7 +105,9 @@ def _one_json(item: Rendered) -> int:
     if item.error is not None:
         report_item(item.error)
         return item.error.exit_status
-    print_json(list(item.docs))
+    import json
+
+    print_json(list(item.docs) or json.loads(b"[" + item.output + b"]"))
     return 0
 
 

@@ -66,13 +66,14 @@ class InfoCache:
                 return None
         return self._db
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, dict[str, Any]]:
-        """The cached documents for ``keys`` that are present in this format (``{}`` when the cache is unusable)."""
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, str]:
+        """The cached documents for ``keys`` present in this format, as the compact JSON object text they were
+        stored as (``{}`` when the cache is unusable): a warm run splices them, it does not parse them."""
         db = self._connect()
         wanted = list(keys)
         if db is None or not wanted:
             return {}
-        found: dict[Key, dict[str, Any]] = {}
+        found: dict[Key, str] = {}
         try:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS want (dev, ino, size, mtime, ctime)")
             db.execute("DELETE FROM want")
@@ -81,12 +82,9 @@ class InfoCache:
                 "SELECT d.dev, d.ino, d.size, d.mtime, d.ctime, d.doc FROM want w JOIN docs d USING "
                 "(dev, ino, size, mtime, ctime) WHERE d.format = ?", (self.format,)
             ):
-                try:
-                    doc = json.loads(row[5])
-                except ValueError:
-                    continue  # a damaged entry is a miss
-                if isinstance(doc, dict):
-                    found[(row[0], row[1], row[2], row[3], row[4])] = doc
+                text = row[5]
+                if isinstance(text, str) and text.startswith("{") and text.endswith("}"):  # else a miss
+                    found[(row[0], row[1], row[2], row[3], row[4])] = text
         except sqlite3.Error as exc:
             log.info("info cache %s unreadable: %s", self.path, exc)
         return found

@@ -115,7 +115,7 @@ class Rendered:
     target: str  #: the argument as given
     output: bytes  #: modinfo text, or compact JSON documents joined by commas (b"" on error)
     error: ItemError | None  #: what went wrong, None on success
-    docs: tuple[dict[str, Any], ...] = ()  #: the JSON documents as data (JSON view only)
+    docs: tuple[dict[str, Any], ...] = ()  #: the JSON documents as data (JSON view, rendered now; () from the cache)
 
 
 @functools.cache
@@ -171,8 +171,10 @@ def render_all(query: Targets, view: View, field: str | None = None, separator: 
             key = keys.get(t)
             rest = hits.get(key) if key is not None else None
             if rest is not None:
-                # the file's document, named by the path it was asked by this time
-                yield _json_rendered(t, [{"filename": query.absolute(t), **rest}])
+                # the file's document, named by the path it was asked by this time: spliced, not re-encoded
+                name = json.dumps(query.absolute(t), ensure_ascii=False)
+                text = f'{{"filename":{name}}}' if rest == "{}" else f'{{"filename":{name},{rest[1:]}'
+                yield Rendered(t, text.encode(), None)
                 continue
             r = fresh[t] if t in fresh else _render(query, t, view, field, separator)
             if key is not None and r.error is None and len(r.docs) == 1:
