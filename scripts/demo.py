@@ -129,9 +129,22 @@ def main() -> int:
          "vm", "run", "-k", generic, "--", "sh", "-c",
          f"kmodkit load {gen_build} repeat=2 && kmodkit status hello && kmodkit health --manifest "
          f"{EXAMPLE}/kmodkit.toml; kmodkit unload hello")
-    step("the same with module.sig_enforce=1: our key is not one the kernel trusts, so it is refused, and why",
-         "vm", "run", "-k", generic, "--append", "module.sig_enforce=1", "--", "kmodkit", "load", gen_build,
-         allow=(0, 1, 2, 3))
+    step("the same with module.sig_enforce=1: check predicts the refusal of our untrusted key before the kernel "
+         "is asked, and says why", "vm", "run", "-k", generic, "--append", "module.sig_enforce=1", "--", "kmodkit",
+         "load", gen_build, allow=(0, 1, 2, 3))
+    # tracing and profiling, results written back to the host through --out
+    out = ROOT / ".kmodkit" / "demo-out"
+    out.mkdir(parents=True, exist_ok=True)
+    svg = out / "hello-profile.svg"
+    step("trace the example's functions while /proc/driver/hello is written 5 times (calls, durations, call tree),"
+         " then profile two writers contending on its spinlock: the table, and a flame graph written to the host",
+         "vm", "run", "-k", generic, "--cpus", "2", "--out", str(out.relative_to(ROOT)), "--", "sh", "-c",
+         f"kmodkit load {gen_build} && "
+         "kmodkit trace hello -- sh -c 'for i in 1 2 3 4 5; do echo > /proc/driver/hello; done' && "
+         "echo 20 > /sys/module/hello/parameters/spin_us && "
+         f"kmodkit profile hello --svg {svg} -- sh -c "
+         "'for w in 1 2; do (for i in $(seq 40); do echo > /proc/driver/hello; done) & done; wait'")
+    print(f"\nthe flame graph: {svg} (open it in a browser)" if svg.exists() else "\nno flame graph was written")
     print("\ndemo: done")
     return 0
 
