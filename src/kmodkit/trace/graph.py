@@ -139,12 +139,8 @@ class GraphTrace:
                     self.unmatched_exits += 1
                     continue
                 name, node = stack.pop()
-                words = dur.split()
-                if len(words) >= 2 and words[-1] == "us":
-                    try:
-                        us = float(words[-2])
-                    except ValueError:
-                        continue
+                us = _micros(dur)
+                if us is not None:
                     node.total_us += us
                     durations[name].append(us)
                 continue
@@ -159,12 +155,8 @@ class GraphTrace:
             if kind[0] == 1:
                 stack.append((name, node))
             else:
-                words = dur.split()
-                if len(words) >= 2 and words[-1] == "us":
-                    try:
-                        us = float(words[-2])
-                    except ValueError:
-                        continue
+                us = _micros(dur)
+                if us is not None:
                     node.total_us += us
                     durations[name].append(us)
         self.events += events
@@ -231,3 +223,14 @@ def parse(text: str) -> GraphTrace:
     g = GraphTrace()
     g.feed_lines(text.splitlines())
     return g
+
+
+def _micros(duration: str) -> float | None:
+    """The microseconds of a function_graph duration column ("+ 12.345 us"), None when it holds none."""
+    words = duration.split()
+    if len(words) >= 2 and words[-1] == "us":
+        try:
+            return float(words[-2])
+        except ValueError:
+            return None
+    return None
