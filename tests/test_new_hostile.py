@@ -41,7 +41,8 @@ def test_hostile_description_and_version_stay_text_and_the_project_builds(tmp_pa
 
 
 def _stand_ins(bindir: Path, version: str) -> None:
-    """insmod/rmmod that load nothing, and a cat and dmesg that answer as a guest with the module loaded would."""
+    """insmod/rmmod that load nothing, a tee that writes nowhere, and a cat and dmesg that answer as a guest with the
+    module loaded would."""
     bindir.mkdir()
     scripts = {
         "insmod": "exit 0",
@@ -49,6 +50,7 @@ def _stand_ins(bindir: Path, version: str) -> None:
         "dmesg": 'printf "demo: hello from demo (1 of 2)\\ndemo: hello from demo (2 of 2)\\n'
                  'demo: goodbye after 2 greetings\\n"',
         "cat": 'case "$1" in */repeat) echo 2;; */version) printf "%s\\n" "$STAND_IN_VERSION";; *) exit 1;; esac',
+        "tee": 'while read -r _; do :; done',  # the write to /proc/driver/NAME
     }
     for name, body in scripts.items():
         (bindir / name).write_text(f"#!/bin/sh\n{body}\n")

@@ -10,7 +10,7 @@ trap 'rmmod hello 2>/dev/null || true' EXIT
 
 test "$(cat /sys/module/hello/parameters/repeat)" = 2 || { echo "FAIL: repeat is not 2"; exit 1; }
 test "$(cat /sys/module/hello/version)" = "$version" || { echo "FAIL: version is not $version"; exit 1; }
-echo go > /proc/driver/hello || { echo "FAIL: cannot write /proc/driver/hello"; exit 1; }
+printf 'go\n' | tee /proc/driver/hello > /dev/null || { echo "FAIL: cannot write /proc/driver/hello"; exit 1; }
 greetings=$(dmesg | grep -c "hello: hello from hello") || true
 test "$greetings" -ge 2 || { echo "FAIL: expected 2 greetings in dmesg, found $greetings"; exit 1; }
 
