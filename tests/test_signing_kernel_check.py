@@ -6,7 +6,7 @@ stripped); each mutation of the trailer or the PKCS#7 is made here (the test
 names say ``made_in_test``).  The expected errno and line are those of
 kernel/module_signature.c, kernel/module/signing.c and
 crypto/asymmetric_keys/pkcs7_*.c (Debian 6.1.192 and 6.12.117), the same as
-/work/shared/kernel-load-verdicts.md section 2.1.
+../shared/kernel-load-verdicts.md section 2.1.
 """
 
 from __future__ import annotations
