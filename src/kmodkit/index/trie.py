@@ -120,24 +120,9 @@ def build_index(values: dict[bytes, list[tuple[int, bytes]]], preorder: bool = F
                 return offset | _VALUES | _PREFIX
             extend(_values_bytes(values[first_key]))
             return offset | _VALUES
-        pos = depth
-        if not is_root:
-            last_key = keys[hi - 1]
-            limit = min(len(first_key), len(last_key))
-            while pos < limit and first_key[pos] == last_key[pos]:
-                pos += 1
-        node_values = None
-        i = lo
-        if len(first_key) == pos:
-            node_values = values[first_key]
-            i = lo + 1
-        children: list[tuple[int, int]] = []
-        stem = first_key[:pos]
-        while i < hi:
-            ch = keys[i][pos]
-            j = bisect_left(keys, stem + bytes((ch + 1,)), i + 1, hi) if ch < 255 else hi
-            children.append((ch, node(i, j, pos + 1, False)))
-            i = j
+        pos, own, ranges = _split(keys, lo, hi, depth, is_root)
+        node_values = values[first_key] if own else None
+        children = [(ch, node(i, j, pos + 1, False)) for ch, i, j in ranges]
         offset = len(out)
         if not is_root and pos > depth:
             extend(first_key[depth:pos] + b"\0")
@@ -165,6 +150,30 @@ def build_index(values: dict[bytes, list[tuple[int, bytes]]], preorder: bool = F
     return bytes(out)
 
 
+def _split(keys: list[bytes], lo: int, hi: int, depth: int, is_root: bool
+           ) -> tuple[int, bool, list[tuple[int, int, int]]]:
+    """How a node holding ``keys[lo:hi]`` (which share ``keys[lo][:depth]``) splits, for both writers: the end of
+    its prefix (their longest common continuation; the root has none), whether the first key ends there (the
+    node has values), and ``(character, lo, hi)`` of each child in character order."""
+    first_key = keys[lo]
+    pos = depth
+    if not is_root:
+        last_key = keys[hi - 1]
+        limit = min(len(first_key), len(last_key))
+        while pos < limit and first_key[pos] == last_key[pos]:
+            pos += 1
+    own = len(first_key) == pos
+    i = lo + 1 if own else lo
+    ranges = []
+    stem = first_key[:pos]
+    while i < hi:
+        ch = keys[i][pos]
+        j = bisect_left(keys, stem + bytes((ch + 1,)), i + 1, hi) if ch < 255 else hi
+        ranges.append((ch, i, j))
+        i = j
+    return pos, own, ranges
+
+
 class _Tree(NamedTuple):
     """A node of the trie being written in pre-order, with the size of its subtree."""
 
@@ -188,26 +197,10 @@ def _build_preorder(values: dict[bytes, list[tuple[int, bytes]]]) -> bytes:
                 head = first_key[depth:] + b"\0"
                 return _Tree(head, (), tail, _VALUES | _PREFIX, len(head) + len(tail), len(head) + len(tail))
             return _Tree(b"", (), tail, _VALUES, len(tail), len(tail))
-        pos = depth
-        if not is_root:
-            last_key = keys[hi - 1]
-            limit = min(len(first_key), len(last_key))
-            while pos < limit and first_key[pos] == last_key[pos]:
-                pos += 1
-        tail = b""
-        flags = 0
-        i = lo
-        if len(first_key) == pos:
-            tail = _values_bytes(values[first_key])
-            flags |= _VALUES
-            i = lo + 1
-        children: list[tuple[int, _Tree]] = []
-        stem = first_key[:pos]
-        while i < hi:
-            ch = keys[i][pos]
-            j = bisect_left(keys, stem + bytes((ch + 1,)), i + 1, hi) if ch < 255 else hi
-            children.append((ch, tree(i, j, pos + 1, False)))
-            i = j
+        pos, own, ranges = _split(keys, lo, hi, depth, is_root)
+        tail = _values_bytes(values[first_key]) if own else b""
+        flags = _VALUES if own else 0
+        children = [(ch, tree(i, j, pos + 1, False)) for ch, i, j in ranges]
         head = b""
         if not is_root and pos > depth:
             head = first_key[depth:pos] + b"\0"
