@@ -99,15 +99,22 @@ def test_contention_shows_in_the_trace(boot: tuple[dict[str, object], Path]) -> 
     one, two = fn(r, "lock_one", "hello_step_locked"), fn(r, "lock_two", "hello_step_locked")
     assert (one["calls"], two["calls"]) == (1500, 3000)
 
-    def slowpath(key: str) -> int:
+    def count(key: str, suffix: str) -> int:
         calls = r[key]
         assert isinstance(calls, dict)
-        return sum(int(f["calls"]) for n, f in calls.items() if n.endswith("queued_spin_lock_slowpath"))
+        return sum(int(f["calls"]) for n, f in calls.items() if n.endswith(suffix))
 
-    # the waits themselves, counted: a writer alone never takes the slow path, two do (how long they wait
-    # depends, under TCG, on whether the host runs both virtual CPUs at once: the count does not)
-    assert slowpath("lock_one") == 0
-    assert slowpath("lock_two") > 0, sorted(r["lock_two"])  # type: ignore[call-overload]
+    # the waits themselves, counted.  --graph also records the interrupts that arrive while
+    # hello_step_locked runs, and their handlers take other spinlocks (the timer's, the runqueue's) that
+    # the other CPU may hold: those are the _raw_spin_lock calls beyond the module's own, and only they can
+    # reach the slow path when one writer runs.  With two writers the module's own lock does, far more often
+    # than interrupts could explain (how long they wait depends, under TCG, on whether the host runs both
+    # virtual CPUs at once: the count does not).
+    def in_interrupts(key: str) -> int:
+        return count(key, "_raw_spin_lock") - count(key, "hello_step_locked")
+
+    assert count("lock_one", "queued_spin_lock_slowpath") <= in_interrupts("lock_one")
+    assert count("lock_two", "queued_spin_lock_slowpath") > in_interrupts("lock_two"), sorted(r["lock_two"])  # type: ignore[call-overload]
 
 
 def test_tracefs_is_as_before_after_every_run(boot: tuple[dict[str, object], Path]) -> None:
