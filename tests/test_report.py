@@ -295,3 +295,20 @@ def test_bad_project_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_p
     status, out, err = _report(capsys, str(tmp_path / "nothing"))
     assert status == 2 and out == ""
     assert len(err.splitlines()) == 1 and re.match(r"error: .*nothing", err), err
+
+
+def test_a_project_using_another_projects_exports_loads_after_it(tmp_path: Path, cloud61: KernelTree) -> None:
+    """The probe project needs the core project's exports: its builds are loaded first, as build's check has
+    them (without them check says "Unknown symbol")."""
+    from kmodkit.kbuild.builder import Build
+    from kmodkit.report.fleet import FleetRun
+
+    projects = Path(__file__).parent / "data" / "projects"
+    for name in ("core", "probe"):
+        shutil.copytree(projects / name, tmp_path / name)
+        assert Build(tmp_path / name, [cloud61.release], workdir=tmp_path / "work", check=False).run().ok
+    report = FleetRun(tmp_path / "probe", [cloud61.release]).report()
+    (cell,) = report.cells
+    assert cell.judged is not None and cell.judged.prediction is not None, cell
+    assert cell.status.loads, cell.judged.prediction.to_json()
+    assert "fleetmon" in cell.judged.prediction.needs

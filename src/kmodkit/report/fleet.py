@@ -253,6 +253,8 @@ class FleetRun:
         self.manifest = build.manifest
         #: the project's directory
         self.project = build.project
+        #: the projects whose exports its modules use (manifest's [project] depends)
+        self.depends = list(build.depends)
         #: the target kernels, as build would build for them
         self.kernels = tuple(build.targets)
         #: the machines' facts for check
@@ -306,12 +308,14 @@ class FleetRun:
 
     def _run(self, built_for: str) -> CheckRun:
         # one CheckRun per build directory: a module's providers are the project's modules built beside it
+        # and, as build's own check has them, the builds for that kernel of the projects it depends on
         from kmodkit.check.run import CheckRun
 
         if built_for not in self._runs:
             files = [str(self.project / "out" / built_for / f"{m.name}.ko") for m in self.manifest.modules]
+            deps = [str(p) for d in self.depends for p in sorted((d / "out" / built_for).glob("*.ko*"))]
             self._runs[built_for] = CheckRun([f for f in files if os.path.isfile(f)] or files, list(self.kernels),
-                                             self.machine, root=self.root)
+                                             self.machine, root=self.root, loaded_first=deps)
         return self._runs[built_for]
 
     def attempt(self, module: str, built_for: str, release: str) -> Attempt:
