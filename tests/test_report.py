@@ -312,3 +312,42 @@ def test_a_project_using_another_projects_exports_loads_after_it(tmp_path: Path,
     assert cell.judged is not None and cell.judged.prediction is not None, cell
     assert cell.status.loads, cell.judged.prediction.to_json()
     assert "fleetmon" in cell.judged.prediction.needs
+
+
+def test_signature_state_names_the_key_and_whether_the_kernel_trusts_it(
+        capsys: pytest.CaptureFixture[str], project: Path, cloud61: KernelTree, tmp_path: Path) -> None:
+    """The build signed with a key of our own: kmod's modinfo names signer and key; the kernel trusts it only
+    once the certificate is enrolled (--cert), and refuses it under enforcement until then."""
+    from kmodkit.cli.main import main
+
+    copy = tmp_path / "hello"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("tests"))
+    key, cert = tmp_path / "signing.pem", tmp_path / "signing.crt"
+    old = os.umask(0o077)
+    try:
+        subprocess.run(["openssl", "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "30", "-batch", "-x509",
+                        "-subj", "/CN=kmodkit report test", "-newkey", "rsa:2048", "-keyout", str(key),
+                        "-outform", "PEM", "-out", str(cert)], check=True, capture_output=True)
+    finally:
+        os.umask(old)
+    ko = copy / "out" / cloud61.release / "hello.ko"
+    assert main(["sign", "--key", str(key), "--cert", str(cert), str(ko)]) == 0
+    capsys.readouterr()
+
+    def modinfo(field: str) -> str:
+        return subprocess.run(["modinfo", "-F", field, str(ko)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    status, doc = _json(capsys, str(copy), "-k", cloud61.release, "--enforce", "1")
+    cell = _cell(doc, "hello", cloud61.release)
+    sig = cell["signature"]
+    assert isinstance(sig, dict) and sig["signed"] is True and sig["trusted"] is False
+    assert sig["signer"] == modinfo("signer") == "kmodkit report test" and sig["key_id"] == modinfo("sig_key")
+    assert status == 1 and cell["status"] == "refused"
+    assert "<5>Loading of module with unavailable key is rejected" in cell["judged"]["check"]["lines"]  # type: ignore
+
+    status, doc = _json(capsys, str(copy), "-k", cloud61.release, "--enforce", "1", "--cert", str(cert))
+    cell = _cell(doc, "hello", cloud61.release)
+    assert status == 0 and cell["status"] == "taints" and cell["judged"]["check"]["taints"] == "O"  # type: ignore
+    assert cell["signature"]["trusted"] is True and cell["signature"]["verdict"] == "valid"  # type: ignore[index]
+    assert doc["machine"]["certs"] == [str(cert)]  # type: ignore[index]

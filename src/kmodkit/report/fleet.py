@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from kmodkit.check.run import CheckRun
     from kmodkit.check.target import TargetKernel
     from kmodkit.check.verdict import Prediction
+    from kmodkit.signing.verify import Verifier
 
 #: the version of the JSON document's shape (report.schema.json): raised when a field changes meaning or
 #: goes away; fields may be added without raising it
@@ -264,6 +265,7 @@ class FleetRun:
         self._targets: dict[str, TargetKernel | KmodkitError] = {}
         self._runs: dict[str, CheckRun] = {}
         self._diffs: dict[tuple[str, str], AbiDiff | None] = {}
+        self._verifiers: dict[str, tuple[Verifier, str | None]] = {}
 
     # --- what build left ---------------------------------------------------------------------
 
@@ -359,27 +361,37 @@ class FleetRun:
 
         return sorted(others, key=key)
 
+    def _verifier(self, target: TargetKernel) -> tuple[Verifier, str | None]:
+        # the kernel's keys as check trusts them (with the machine's enrolled ones), read once per kernel, and
+        # why they are unknown (no image), None when known
+        from kmodkit.check.checker import Checker
+        from kmodkit.signing.verify import Verifier
+
+        if target.release not in self._verifiers:
+            notes: list[str] = []
+            store = Checker(target, self.machine).trust_store(notes)
+            signing = self.manifest.signing
+            if signing is not None and signing.cert and (self.project / signing.cert).is_file():
+                try:  # the project's own certificate, untrusted: tells "key not trusted" from "unknown key"
+                    store.add_files([str(self.project / signing.cert)], trusted=False)
+                except KmodkitError:
+                    pass
+            self._verifiers[target.release] = (Verifier(store, target.release), notes[0] if notes else None)
+        return self._verifiers[target.release]
+
     def signature(self, path: str, release: str) -> SignatureState | None:
         """``path``'s signature against the keys ``release`` trusts (and the machine's enrolled ones);
         None when the kernel cannot be resolved."""
-        from kmodkit.check.checker import Checker
-        from kmodkit.signing.verify import Verdict, Verifier
+        from kmodkit.signing.verify import Verdict
 
         target = self._target(release)
         if isinstance(target, KmodkitError):
             return None
-        notes: list[str] = []
-        store = Checker(target, self.machine).trust_store(notes)  # the kernel's keys, as check trusts them
-        signing = self.manifest.signing
-        if signing is not None and signing.cert and (self.project / signing.cert).is_file():
-            try:  # the project's own certificate, to tell "key not trusted" from "unknown key"
-                store.add_files([str(self.project / signing.cert)], trusted=False)
-            except KmodkitError:
-                pass
-        v = Verifier(store, release).verify_file(path)
-        trusted = None if notes and v.verdict is not Verdict.VALID else v.verdict is Verdict.VALID
+        verifier, unknown = self._verifier(target)
+        v = verifier.verify_file(path)
+        trusted = None if unknown and v.verdict is not Verdict.VALID else v.verdict is Verdict.VALID
         return SignatureState(v.verdict is not Verdict.UNSIGNED, v.verdict.value,
-                              v.signer, v.key_id, trusted, v.detail or (notes[0] if notes else None))
+                              v.signer, v.key_id, trusted, v.detail or unknown)
 
     def cell(self, module: str, release: str) -> Cell:
         """The pair (``module``, ``release``)."""
