@@ -351,3 +351,15 @@ def test_signature_state_names_the_key_and_whether_the_kernel_trusts_it(
     assert status == 0 and cell["status"] == "taints" and cell["judged"]["check"]["taints"] == "O"  # type: ignore
     assert cell["signature"]["trusted"] is True and cell["signature"]["verdict"] == "valid"  # type: ignore[index]
     assert doc["machine"]["certs"] == [str(cert)]  # type: ignore[index]
+
+
+def test_an_html_file_in_a_missing_directory_is_one_error_line_naming_it(capsys: pytest.CaptureFixture[str],
+                                                                        tmp_path: Path) -> None:
+    """0.1 of report named the temp file (.x.html.kmodkit-PID-0.tmp) that could not be made."""
+    from kmodkit.kbuild.project import NewProject
+
+    NewProject("fresh", tmp_path / "fresh").create()
+    page = tmp_path / "missing" / "x.html"
+    status, out, err = _report(capsys, str(tmp_path / "fresh"), "--html", str(page))
+    assert status == 2 and out == ""
+    assert err == f"error: {page}: its directory {page.parent} does not exist; create it, or name another file\n"

@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.report.fleet import FleetRun, Status
     from kmodkit.signing.trust import TrustStore
 
+    if args.html:
+        from kmodkit.report.html import check_destination
+
+        check_destination(args.html)
     store = TrustStore()
     store.add_files(args.cert)
     machine = Machine(enforce=None if args.enforce == "auto" else args.enforce == "1",

@@ -46,7 +46,8 @@ h3{font-size:1em;margin:0 0 6px;overflow-wrap:anywhere}
 .meta{color:#59636e;margin:0 0 8px;overflow-wrap:anywhere}
 .counts span{display:inline-block;margin:2px 8px 2px 0;white-space:nowrap}
 .dot{display:inline-block;width:.8em;height:.8em;border-radius:2px;vertical-align:-1px;margin-right:4px}
-.scroll{overflow-x:auto;width:fit-content;-webkit-overflow-scrolling:touch;max-width:100%;border:1px solid #d0d7de;border-radius:6px}
+.scroll{overflow-x:auto;width:fit-content;max-width:100%;-webkit-overflow-scrolling:touch;border:1px solid #d0d7de;
+  border-radius:6px}
 table{border-collapse:separate;border-spacing:0}
 .matrix th,.matrix td{padding:0;border-bottom:1px solid #fff;border-right:1px solid #fff}
 .matrix thead th{background:#f6f8fa;color:#1f2328;font-weight:600;font-size:.85em;padding:8px;text-align:left;
@@ -100,10 +101,24 @@ def render(report: FleetReport) -> str:
     return "\n".join(parts)
 
 
+def check_destination(path: str | Path) -> None:
+    """Raise :class:`~kmodkit.errors.UserError` when the page cannot go to ``path``: a directory, or a file
+    in a directory that does not exist (said before the report is made, not by a temp file's name after)."""
+    from kmodkit.errors import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(str(p), "is a directory", "name the HTML file to write, e.g. report.html")
+    if not p.absolute().parent.is_dir():
+        raise UserError(str(p), f"its directory {p.absolute().parent} does not exist",
+                        "create it, or name another file")
+
+
 def write(report: FleetReport, path: str | Path) -> None:
-    """Write the page to ``path`` (a temp file renamed into place)."""
+    """Write the page to ``path`` (a temp file renamed into place); raises as :func:`check_destination`."""
     from kmodkit.fileio import write_atomic
 
+    check_destination(path)
     write_atomic(path, render(report).encode(), durable=False)
 
 
@@ -260,7 +275,8 @@ def _pairs(report: FleetReport) -> str:
             + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"]
     for c in report.cells:
         b = c.build
-        cells = (c.kernel, c.module, " ".join(x for x in _headline(c) if x), b.built_at or ("no" if not b.built else ""),
+        cells = (c.kernel, c.module, " ".join(x for x in _headline(c) if x),
+                 b.built_at or ("no" if not b.built else ""),
                  b.compiler or "", b.vermagic or "", _signature_text(c.signature),
                  c.judged.path if c.judged is not None else "")
         rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
