@@ -109,6 +109,10 @@ def main() -> int:
          newest_build, allow=(0, 1))
     step("... and once our certificate is enrolled with mokutil", "verify", "-k", newest, "--mok", cert,
          newest_build)
+    fleet = ROOT / ".kmodkit" / "demo-out" / "fleet.html"
+    fleet.parent.mkdir(parents=True, exist_ok=True)
+    step("the fleet report: build, signature and check's verdict of every (module, kernel) pair, and one HTML page",
+         "report", EXAMPLE, "--all-installed", "--html", str(fleet.relative_to(ROOT)), allow=(0, 1))
     # the index: the example installed into a copy of the generic kernel's tree
     generic = next((k for k in kernels if re.search(r"-\d+-amd64$", k)), None)
     if generic is None:

@@ -137,3 +137,24 @@ def breaks(diff: AbiDiff, imports: dict[str, int | None], gpl: bool, namespaces:
                 out.append(BrokenImport(symbol, s.change, f"moved to namespace {s.new.namespace}, which the module "
                                                           "does not import"))
     return out
+
+
+@dataclass(frozen=True)
+class Imports:
+    """What :func:`breaks` needs to know of one module file."""
+
+    symbols: dict[str, int | None]  #: imported symbol -> the CRC its __versions expects, None when it has none
+    gpl: bool  #: whether its licence is GPL-compatible
+    namespaces: frozenset[str]  #: what it imports with MODULE_IMPORT_NS
+
+
+def module_imports(path: str) -> Imports:
+    """The imports of the module file ``path`` (raises the reader's errors for a file that is no module)."""
+    from kmodkit.check.checker import GPL_COMPATIBLE
+    from kmodkit.modfile.module import ModuleFile
+
+    with ModuleFile.open(path) as mod:
+        symbols: dict[str, int | None] = {n: None for n in mod.undefined_symbols()}
+        symbols.update({v.name: v.crc for v in mod.versions() if v.name in symbols})
+        gpl = (mod.get("license") or "unspecified") in GPL_COMPATIBLE
+        return Imports(symbols, gpl, frozenset(mod.get_all("import_ns")))

@@ -18,21 +18,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.check.abi import Change, abi_diff, breaks
-    from kmodkit.check.checker import GPL_COMPATIBLE
+    from kmodkit.check.abi import Change, abi_diff, breaks, module_imports
     from kmodkit.check.run import target_kernel
     from kmodkit.cli.output import print_json
-    from kmodkit.modfile.module import ModuleFile
 
     diff = abi_diff(target_kernel(args.old), target_kernel(args.new))
     broken = {}
     for path in args.modules:
-        with ModuleFile.open(path) as mod:
-            imports: dict[str, int | None] = {n: None for n in mod.undefined_symbols()}
-            imports.update({v.name: v.crc for v in mod.versions() if v.name in imports})
-            gpl = (mod.get("license") or "unspecified") in GPL_COMPATIBLE
-            namespaces = frozenset(mod.get_all("import_ns"))
-        broken[path] = breaks(diff, imports, gpl, namespaces)
+        imports = module_imports(path)
+        broken[path] = breaks(diff, imports.symbols, imports.gpl, imports.namespaces)
     rebuild = diff.module_layout or diff.struct_module is not None or diff.vermagic is not None
     if args.json:
         print_json({"diff": diff, "modules": [{"path": p, "rebuild_needed": rebuild or bool(b), "broken_imports": b}
