@@ -35,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "debian:12)")
     parser.add_argument("--out", metavar="DIR",
                         help="write kmm.yaml and Dockerfile into DIR (default: the YAML on standard output)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the documents and what is left to do (Secrets, images) as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
                     prebuilt=args.prebuilt, namespace=args.namespace, next_kernel=args.next_kernel,
                     flavour_regexp=args.flavour_regexp, sign=not args.no_sign, base_image=args.base_image, out=out)
     result = job.render()
+    if args.json:
+        from kmodkit.cli.output import print_json
+
+        written = result.write(out) if out is not None else []
+        print_json(dict(result.to_json(), files=[str(p) for p in written]))
+        return 0
     say = sys.stdout.write if out is not None else sys.stderr.write
     if out is None:
         sys.stdout.write(result.yaml())

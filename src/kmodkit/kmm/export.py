@@ -98,6 +98,14 @@ class KmmOutput:
                 f"(each document is JSON, which is YAML).\n# Apply with: kubectl apply -f {YAML_FILE}\n")
         return head + "".join("---\n" + json.dumps(d, indent=2) + "\n" for d in self.documents)
 
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object: the documents and what the user still has to do (no key material)."""
+        return {"name": self.name, "namespace": self.namespace, "kernels": list(self.kernels),
+                "load_order": list(self.load_order), "documents": list(self.documents),
+                "secrets": [{"name": s.name, "entry": s.entry, "from": str(s.source),
+                             "command": s.command(self.namespace)} for s in self.secrets],
+                "images": [{"kernel": k, "image": i} for k, i in self.images], "notes": list(self.notes)}
+
     def files(self) -> dict[str, bytes]:
         """File name -> content of what :meth:`write` puts in the output directory."""
         return {YAML_FILE: self.yaml().encode(), DOCKERFILE: self.dockerfile.encode()}
