@@ -112,6 +112,10 @@ def _webhook_problems(module: dict[str, Any]) -> list[str]:
         if ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
             out.append(f"mapping {i}: image without tag or digest")
     modprobe = container["modprobe"]
+    for i, m in enumerate(container["kernelMappings"]):  # secure_boot.md: every file to sign is under dirName
+        for f in m.get("sign", {}).get("filesToSign", []):
+            if not f.startswith(modprobe.get("dirName", "/opt").rstrip("/") + "/"):
+                out.append(f"mapping {i}: {f} is not under dirName")
     order = modprobe.get("modulesLoadingOrder")
     if order is not None:
         if len(order) < 2 or order[0] != modprobe.get("moduleName") or len(set(order)) != len(order):
@@ -218,14 +222,14 @@ def test_flavour_regexps_cover_every_target_kernel_and_newer_abis() -> None:
     result = KmmExport(EXAMPLE, IMAGE, kernels=list(KERNELS), flavour_regexp=True).render()
     module = _module(result)
     mappings = module["spec"]["moduleLoader"]["container"]["kernelMappings"]
-    assert [m["regexp"] for m in mappings] == [r"^.+-cloud\-amd64$", r"^.+-amd64$"]
+    assert [m["regexp"] for m in mappings] == [r"^.+-cloud-amd64$", r"^.+-amd64$"]
     for m in mappings:  # RE2's syntax and Python's agree on these: anchors, '.', '+', escaped punctuation
-        assert re.fullmatch(r"\^[.+a-z0-9\\-]+\$", m["regexp"]), m["regexp"]
+        assert re.fullmatch(r"\^\.\+-[a-z0-9-]+\$", m["regexp"]), m["regexp"]
         assert m["containerImage"] == f"{IMAGE}:${{KERNEL_FULL_VERSION}}"
     for release in KERNELS + ["6.1.0-60-cloud-amd64", "6.12.120+deb12-cloud-amd64"]:
         m = _mapping_for(module, release)
         assert m is not None
-        assert m["regexp"] == (r"^.+-cloud\-amd64$" if "cloud" in release else r"^.+-amd64$")
+        assert m["regexp"] == (r"^.+-cloud-amd64$" if "cloud" in release else r"^.+-amd64$")
     assert _mapping_for(module, "6.1.0-60-arm64") is None
     assert any("6.12.117+deb12-cloud-amd64" in n for n in result.notes)  # '+' in a substituted tag: said
 
@@ -285,7 +289,7 @@ def test_sign_section_names_secrets_and_no_file_holds_the_key(tmp_path: Path,
 
     docs = [d for d in yaml.safe_load_all((out / "kmm.yaml").read_text()) if d is not None]
     module = next(d for d in docs if d["kind"] == "Module")
-    assert _problems(module, crds) == []
+    assert _problems(module, crds) == [] and _webhook_problems(module) == []
     sign = module["spec"]["moduleLoader"]["container"]["kernelMappings"][0]["sign"]
     assert sign == {"keySecret": {"name": "hello-signing-key"}, "certSecret": {"name": "hello-signing-cert"},
                     "filesToSign": ["/opt/lib/modules/${KERNEL_FULL_VERSION}/hello.ko"]}

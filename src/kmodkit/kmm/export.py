@@ -257,7 +257,9 @@ class KmmExport:
             by_flavour.setdefault(flavour, []).append(release)
         # the longest flavour first: KMM takes the first mapping that matches, and -amd64 matches -cloud-amd64
         for flavour in sorted((f for f in by_flavour if f), key=len, reverse=True):
-            mappings.append({"regexp": f"^.+-{re.escape(flavour)}$",
+            # punctuation but '-' and '_' escaped: literal in RE2 and in Python alike
+            pattern = re.sub(r"([^A-Za-z0-9_-])", r"\\\1", flavour)
+            mappings.append({"regexp": f"^.+-{pattern}$",
                              "containerImage": f"{self.image}:${{KERNEL_FULL_VERSION}}", **extra})
             odd = [k for k in by_flavour[flavour] if not _TAG.match(k)]
             if odd:
