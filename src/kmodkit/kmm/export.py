@@ -40,6 +40,7 @@ from kmodkit.errors import UserError
 from kmodkit.kbuild import kernels as kern
 from kmodkit.kbuild.builder import target_releases
 from kmodkit.kbuild.manifest import Manifest
+from kmodkit.kbuild.project import shown
 from kmodkit.kmm import dockerfile
 from kmodkit.sysroot import HOST, Root
 
@@ -151,13 +152,13 @@ class KmmExport:
         if ":" in tail or "@" in self.image:
             bare = self.image.split("@")[0]
             bare = bare.rsplit(":", 1)[0] if ":" in bare.rsplit("/", 1)[-1] else bare
-            raise UserError(f"--image {self.image}", "holds a tag or digest, and each kernel's image is tagged "
+            raise UserError(f"--image {shown(self.image)}", "holds a tag or digest, and each kernel's image is tagged "
                             "with its release", f"pass the name alone, e.g. --image {bare}")
         if not _IMAGE.match(self.image):
-            raise UserError(f"--image {self.image}", "is not an image name (REGISTRY/PATH, the path in lower case)",
+            raise UserError(f"--image {shown(self.image)}", "is not an image name (REGISTRY/PATH, the path in lower case)",
                             "e.g. --image registry.example.com/team/hello")
         if not _LABEL.match(self.namespace):
-            raise UserError(f"--namespace {self.namespace}", "is not a Kubernetes namespace name",
+            raise UserError(f"--namespace {shown(self.namespace)}", "is not a Kubernetes namespace name",
                             "use lower-case letters, digits and '-', at most 63")
         if self.kernels and self.all_installed:
             raise UserError("-k/--all-installed", "name kernels or ask for all installed ones, not both")
@@ -182,7 +183,8 @@ class KmmExport:
         for release in targets:
             problem = kern.release_problem(release)
             if problem is not None:
-                raise UserError(f"-k {release!r}", problem, "name a kernel as /lib/modules does")
+                flag = "--next-kernel" if release == self.next_kernel else "-k"
+                raise UserError(f"{flag} {release!r}", problem, "name a kernel as /lib/modules does")
         self.targets = tuple(targets)
         if self.prebuilt:
             missing = [k for k in self.targets if not all(p.is_file() for p in self._built(k))]
