@@ -271,9 +271,9 @@ def _keyed_project(tmp_path: Path) -> Path:
 def _embedded_files(dockerfile: str) -> dict[str, bytes]:
     """The files of the archive the Dockerfile's builder stage unpacks (its lines joined as Docker joins them)."""
     joined = dockerfile.replace("\\\n", "")
-    encoded = re.search(r"^RUN echo '([A-Za-z0-9+/=]+)' \| base64 -d \| tar -xzf -$", joined, re.M)
-    assert encoded is not None
-    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(encoded.group(1))), mode="r:gz") as tar:
+    parts = re.findall(r"^RUN echo '([A-Za-z0-9+/=]+)' >>? \.kmodkit-sources\.b64$", joined, re.M)
+    assert parts
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode("".join(parts))), mode="r:gz") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
 
 
@@ -302,6 +302,25 @@ def test_sign_section_names_secrets_and_no_file_holds_the_key(tmp_path: Path,
     for blob in written + list(embedded.values()):
         assert b"PRIVATE KEY" not in blob and body[:64] not in blob and der[:64] not in blob
         assert body[:64].decode() not in blob.decode(errors="replace").replace("\\n", "")
+
+
+def test_large_sources_are_split_into_run_lines_the_shell_can_take_made_in_test(tmp_path: Path) -> None:
+    project = tmp_path / "hello"
+    shutil.copytree(EXAMPLE, project)
+    # 480 KB of incompressible text: the archive's base64 is several times what one argument of sh -c may be
+    (project / "table.h").write_text("/*\n" + os.urandom(240_000).hex() + "\n*/\n")
+    dockerfile = KmmExport(project, IMAGE, kernels=KERNELS[:1]).render().dockerfile
+    [builder, _] = _stages(dockerfile)
+    runs = [rest for instruction, rest in builder if instruction == "RUN"]
+    assert len(runs) > 4 and max(len(r) for r in runs) < 128 * 1024  # Linux's MAX_ARG_STRLEN
+    work = tmp_path / "work"
+    work.mkdir()
+    for rest in runs:
+        if "apt-get" not in rest and not rest.startswith("make "):
+            subprocess.run(["sh", "-c", rest], cwd=work, check=True)
+    assert sorted(p.name for p in work.iterdir()) == ["Kbuild", "Makefile", "hello.c", "hello.h", "table.h"]
+    for name in ("hello.c", "table.h"):
+        assert (work / name).read_bytes() == (project / name).read_bytes()
 
 
 def test_a_private_key_among_the_sources_is_refused_made_in_test(tmp_path: Path) -> None:

@@ -48,6 +48,11 @@ SOURCE_NAMES = frozenset({"Kbuild", "Makefile", "GNUmakefile", "Kconfig"})
 SOURCE_SUFFIXES = (".c", ".h", ".S", ".s", ".lds", ".mk", ".inc")
 #: the characters of one line of the embedded archive
 _WRAP = 76
+#: base64 characters one RUN line carries: the shell gets the line as one argument, and Linux takes no argument
+#: longer than MAX_ARG_STRLEN (32 pages: 128 KiB)
+_RUN_CHARS = 96 * 1024
+#: the file the RUN lines assemble the archive in, in the builder's WORKDIR
+_B64 = ".kmodkit-sources.b64"
 #: an image reference a FROM line may name: [registry[:port]/]path[:tag][@digest], nothing the parser splits at
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
@@ -166,7 +171,11 @@ def in_cluster(manifest: Manifest, project: Path, recipe: Recipe, leave_out: tup
                             "cannot take", "rename the directory with letters, digits and ._-")
     files = source_files(manifest, project, leave_out)
     archive = base64.b64encode(source_archive(manifest, project, files)).decode()
-    chunks = [archive[i:i + _WRAP] for i in range(0, len(archive), _WRAP)]
+    runs = []
+    for n, start in enumerate(range(0, len(archive), _RUN_CHARS)):
+        part = archive[start:start + _RUN_CHARS]
+        lines = "\\\n".join(part[i:i + _WRAP] for i in range(0, len(part), _WRAP))
+        runs.append(f"RUN echo '{lines}' {'>' if n == 0 else '>>'} {_B64}")
     base = source_dir(manifest)
     lines = [
         f"# The kmod image of {', '.join(m.name for m in manifest.modules)} for Kernel Module Management, written by",
@@ -178,7 +187,8 @@ def in_cluster(manifest: Manifest, project: Path, recipe: Recipe, leave_out: tup
         f"WORKDIR {base}",
         f"# the project's sources ({len(files)} files: {', '.join(str(f) for f in files[:6])}"
         f"{', ...' if len(files) > 6 else ''}), a gzipped tar in base64",
-        "RUN echo '" + "\\\n".join(chunks) + "' | base64 -d | tar -xzf -",
+        *runs,
+        f"RUN base64 -d {_B64} | tar -xzf - && rm {_B64}",
         "RUN make -C /lib/modules/${KERNEL_FULL_VERSION}/build M=$PWD modules",
         "",
         *_final_stage(recipe, _module_paths(manifest, base), "--from=builder "),
