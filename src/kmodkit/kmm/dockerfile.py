@@ -174,8 +174,8 @@ def in_cluster(manifest: Manifest, project: Path, recipe: Recipe, leave_out: tup
     runs = []
     for n, start in enumerate(range(0, len(archive), _RUN_CHARS)):
         part = archive[start:start + _RUN_CHARS]
-        lines = "\\\n".join(part[i:i + _WRAP] for i in range(0, len(part), _WRAP))
-        runs.append(f"RUN echo '{lines}' {'>' if n == 0 else '>>'} {_B64}")
+        wrapped = "\\\n".join(part[i:i + _WRAP] for i in range(0, len(part), _WRAP))
+        runs.append(f"RUN echo '{wrapped}' {'>' if n == 0 else '>>'} {_B64}")
     base = source_dir(manifest)
     lines = [
         f"# The kmod image of {', '.join(m.name for m in manifest.modules)} for Kernel Module Management, written by",
