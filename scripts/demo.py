@@ -65,6 +65,49 @@ def stage_tree(kver: str, module: Path) -> Path:
     return root
 
 
+def validate_kmm(path: Path) -> bool:
+    """Validate each document of ``path`` against the CRD in ../shared/kmm that serves its apiVersion and kind,
+    unknown fields refused (kubectl's strict field validation); False when one is refused."""
+    import jsonschema
+    import yaml
+
+    shared = ROOT.parent / "shared" / "kmm"
+    print(f"\n=== validate {path.relative_to(ROOT)} against KMM's CRDs in {shared}")
+    if not shared.is_dir():
+        print("skipped: ../shared/kmm is not beside the repository")
+        return True
+
+    def strict(node: object) -> object:
+        if isinstance(node, list):
+            return [strict(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: strict(v) for k, v in node.items()}
+        if "properties" in out and "additionalProperties" not in out \
+                and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+
+    schemas = {}
+    for crd_file in sorted(shared.glob("*.yaml")):
+        crd = yaml.safe_load(crd_file.read_text())
+        for v in crd["spec"]["versions"]:
+            schemas[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = \
+                (crd_file.name, strict(v["schema"]["openAPIV3Schema"]))
+    ok = True
+    for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+        key = (doc["apiVersion"], doc["kind"])
+        if key == ("v1", "ConfigMap"):
+            print(f"{doc['kind']} {doc['metadata']['name']}: core/v1 (no CRD), holds the Dockerfile")
+            continue
+        crd_name, schema = schemas[key]
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+        print(f"{doc['kind']} {doc['metadata']['name']} ({doc['apiVersion']}): "
+              + (f"valid against {crd_name}" if not errors else "REFUSED: " + "; ".join(errors)))
+        ok = ok and not errors
+    return ok
+
+
 def main() -> int:
     kernels = installed_kernels()
     if not kernels:
@@ -90,6 +133,14 @@ def main() -> int:
         older = next(b for b in built if f"/{clouds[1]}/" in b)
         step(f"upgrade pre-flight: does the build for {clouds[1]} survive the move to {clouds[0]}?",
              "abi", "diff", clouds[1], clouds[0], "--for", older, allow=(0, 1))
+
+    # the fleet on Kubernetes: KMM builds and loads the example on every node
+    kmm = ROOT / ".kmodkit" / "demo-kmm"
+    step("Kubernetes KMM: the Module (one regexp per flavour), its in-cluster Dockerfile, a preflight for the "
+         "newest kernel", "kmm", EXAMPLE, "--all-installed", "--flavour-regexp", "--image",
+         "registry.example.com/fleet/hello", "--next-kernel", newest, "--out", str(kmm.relative_to(ROOT)))
+    if not validate_kmm(kmm / "kmm.yaml"):
+        return 1
 
     # signing and trust
     keys = ROOT / ".kmodkit" / "keys"

@@ -55,6 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("kmodkit.cli.trace", "trace a loaded module's functions: calls, durations, call tree (ftrace)"),
     "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
     "report": ("kmodkit.cli.report", "a project's fleet matrix: build, signature and load verdict per kernel"),
+    "kmm": ("kmodkit.cli.kmm", "write a project's Kubernetes KMM Module, its kmod image Dockerfile and a preflight"),
 }
 
 EXIT_OK = 0

@@ -213,12 +213,7 @@ class Build:
                                     f"{self.manifest.path}")
 
     def _targets(self) -> list[str]:
-        if self.kernels:
-            return list(dict.fromkeys(self.kernels))
-        if not self.all_installed and self.manifest.targets:
-            running = kern.running_release(self.root) or ""
-            return list(dict.fromkeys(running if t == "running" else t for t in self.manifest.targets))
-        return [k.release for k in kern.installed_kernels(self.root)]
+        return target_releases(self.manifest, self.kernels, self.all_installed, self.root)
 
     def _workdir(self) -> Path:
         tag = f"{self.manifest.name}-{hashlib.sha256(str(self.project).encode()).hexdigest()[:12]}"
@@ -450,6 +445,17 @@ class Build:
         }
         write_atomic(record, (json.dumps(rec, indent=2) + "\n").encode(), durable=False)
         return result
+
+
+def target_releases(manifest: Manifest, kernels: list[str], all_installed: bool, root: Root = HOST) -> list[str]:
+    """The kernels a project is for: ``kernels`` when named, else (unless ``all_installed``) the manifest's
+    targets ("running" made the running release), else every kernel installed below ``root``; each once."""
+    if kernels:
+        return list(dict.fromkeys(kernels))
+    if not all_installed and manifest.targets:
+        running = kern.running_release(root) or ""
+        return list(dict.fromkeys(running if t == "running" else t for t in manifest.targets))
+    return [k.release for k in kern.installed_kernels(root)]
 
 
 @dataclass(frozen=True)

@@ -33,19 +33,21 @@ class Product:
     path: Path  #: the .ko in the build copy
 
 
-def add_module_flags(manifest: Manifest, copy: Path, project: Path) -> None:
+def add_module_flags(manifest: Manifest, copy: Path, project: Path, at: Path | None = None) -> None:
     """Append each module's include paths and cflags to the Kbuild (else Makefile) of its directory in ``copy``.
 
     An include path inside the project is taken from the copy, one outside it (another project's headers) as
-    it is.  Nothing is written for a module that has neither.
+    it is.  Nothing is written for a module that has neither.  ``at`` is where make will see the copy when
+    that is not ``copy`` itself (``kmodkit kmm`` gives ``$(M)``: the directory its image builds in).
     """
     lines: dict[Path, list[str]] = {}
+    seen = copy if at is None else at
     for m in manifest.modules:
         flags = []
         for inc in m.include:
             real = Path(os.path.normpath(project / inc))
             inside = real == project or project in real.parents
-            flags.append(f"-I{copy / real.relative_to(project) if inside else real}")
+            flags.append(f"-I{seen / real.relative_to(project) if inside else real}")
         flags += m.cflags
         if not flags:
             continue

@@ -65,10 +65,14 @@ def join_params(defaults: Sequence[str], *later: Sequence[str]) -> tuple[str, ..
     return tuple(out)
 
 
-def manifest_defaults(manifest: Manifest) -> tuple[str, ...]:
-    """``NAME=VALUE`` words for the manifest's parameters that have a default (``()`` when none do)."""
+def manifest_defaults(manifest: Manifest, module: str | None = None) -> tuple[str, ...]:
+    """``NAME=VALUE`` words for the parameters with a default of ``module`` (default: the manifest's first).
+
+    ``()`` when none has a default or the manifest has no such module.
+    """
+    spec = manifest.modules[0] if module is None else manifest.module(module)
     out = []
-    for p in manifest.parameters:
+    for p in spec.parameters if spec is not None else ():
         if p.default is None:
             continue
         if isinstance(p.default, bool):
