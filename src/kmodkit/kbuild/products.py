@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,26 +40,38 @@ def add_module_flags(manifest: Manifest, copy: Path, project: Path) -> None:
     An include path inside the project is taken from the copy, one outside it (another project's headers) as
     it is.  Nothing is written for a module that has neither.
     """
-    lines: dict[Path, list[str]] = {}
+    def include(real: Path, module_dir: Path) -> str:
+        inside = real == project or project in real.parents
+        return f"-I{copy / real.relative_to(project) if inside else real}"
+
+    for subdir, added in flag_lines(manifest, project, include).items():
+        append_to_kbuild(copy / subdir if subdir else copy, added)
+
+
+def flag_lines(manifest: Manifest, project: Path, include: Callable[[Path, Path], str]) -> dict[str, list[str]]:
+    """Module subdir ("" for the project's own) -> its ``CFLAGS_obj.o += ...`` lines (include paths, cflags).
+
+    ``include(real, module_dir)`` spells the -I flag of the include directory ``real`` for the Kbuild in
+    ``module_dir`` (both absolute).  Modules with neither include paths nor cflags get no line.
+    """
+    lines: dict[str, list[str]] = {}
     for m in manifest.modules:
-        flags = []
-        for inc in m.include:
-            real = Path(os.path.normpath(project / inc))
-            inside = real == project or project in real.parents
-            flags.append(f"-I{copy / real.relative_to(project) if inside else real}")
+        module_dir = project / m.subdir if m.subdir else project
+        flags = [include(Path(os.path.normpath(project / inc)), module_dir) for inc in m.include]
         flags += m.cflags
-        if not flags:
-            continue
-        directory = copy / m.subdir if m.subdir else copy
-        for obj in m.objects():
-            lines.setdefault(directory, []).append(f"CFLAGS_{obj} += {' '.join(flags)}")
-    for directory, added in lines.items():
-        kbuild = directory / "Kbuild"
-        if not kbuild.is_file():
-            kbuild = directory / "Makefile"
-        text = kbuild.read_text() if kbuild.is_file() else ""
-        kbuild.write_text(text + ("\n" if text and not text.endswith("\n") else "") + MARK + "\n"
-                          + "\n".join(added) + "\n")
+        if flags:
+            lines.setdefault(m.subdir, []).extend(f"CFLAGS_{obj} += {' '.join(flags)}" for obj in m.objects())
+    return lines
+
+
+def append_to_kbuild(directory: Path, added: list[str], mark: str = MARK) -> None:
+    """Append ``added`` (after the line ``mark``) to the Kbuild of ``directory``, else its Makefile."""
+    kbuild = directory / "Kbuild"
+    if not kbuild.is_file():
+        kbuild = directory / "Makefile"
+    text = kbuild.read_text() if kbuild.is_file() else ""
+    kbuild.write_text(text + ("\n" if text and not text.endswith("\n") else "") + mark + "\n"
+                      + "\n".join(added) + "\n")
 
 
 def include_paths(manifest: Manifest, project: Path) -> list[Path]:
