@@ -91,6 +91,15 @@ def main() -> int:
         step(f"upgrade pre-flight: does the build for {clouds[1]} survive the move to {clouds[0]}?",
              "abi", "diff", clouds[1], clouds[0], "--for", older, allow=(0, 1))
 
+    # fleets that deploy with DKMS: the example as a DKMS source tree (dkms add/build/install take it as it is)
+    dkms_src = ROOT / ".kmodkit" / "dkms-src"
+    if dkms_src.exists():
+        import shutil
+
+        shutil.rmtree(dkms_src)  # the demo's own: export never overwrites a tree that differs
+    step("export the example for DKMS: /usr/src/NAME-VERSION's layout with dkms.conf (here under .kmodkit/)",
+         "dkms", "export", EXAMPLE, "--dest", str(dkms_src.relative_to(ROOT)))
+
     # signing and trust
     keys = ROOT / ".kmodkit" / "keys"
     if not (keys / "signing_key.pem").exists():

@@ -240,9 +240,10 @@ class _Parser:
                 self.pos = end + 1
             elif c == '"':
                 self.pos += 1
+                opened = self.line
                 while True:
                     if self.pos >= len(text):
-                        raise self._refuse("a quote that is never closed")
+                        raise self._refuse("a quote that is never closed", opened)
                     c = text[self.pos]
                     if c == '"':
                         self.pos += 1
