@@ -341,3 +341,16 @@ def test_kmodkit_builds_an_exported_dkms_tree_to_the_same_modules(dkms_run: dict
         built = projects["fleetmon"] / "out" / kernel / f"{module}.ko"
         assert _modinfo(ours, "srcversion") == _modinfo(built, "srcversion")
         assert _modinfo(ours, "vermagic") == _modinfo(built, "vermagic")
+
+
+def test_export_cli_says_written_then_up_to_date_in_json(tmp_path: Path) -> None:
+    import json
+
+    project = tmp_path / "hello"
+    shutil.copytree(EXAMPLE, project)
+    runs = [_cli("dkms", "export", str(project), "--dest", str(tmp_path / "src"), "--json") for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["state"] == "written" and second["state"] == "up to date"
+    assert first["tree"] == str(tmp_path / "src" / "hello-0.1.0") and first["name"] == "hello"
+    assert first["files"] == second["files"] and "dkms.conf" in first["files"] and "kmodkit.toml" not in first["files"]
