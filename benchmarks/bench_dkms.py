@@ -53,12 +53,17 @@ def dkms(base: Path, kernels: list[str]) -> Timed:
     env = dict(os.environ, sign_file=str(base / "no-sign-file"))
     (base / "dkmstree").mkdir()
     with Timed() as t:
-        subprocess.run(["dkms", "add", "-m", NAME, "-v", VERSION, *common], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        _dkms(["add", "-m", NAME, "-v", VERSION, *common], env)
         for k in kernels:
-            subprocess.run(["dkms", "build", "-m", NAME, "-v", VERSION, "-k", k, *common], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            _dkms(["build", "-m", NAME, "-v", VERSION, "-k", k, *common], env)
     return t
+
+
+def _dkms(args: list[str], env: dict[str, str]) -> None:
+    # dkms's stderr holds readelf's noise about vmlinux; shown only when dkms fails
+    r = subprocess.run(["dkms", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench_dkms: dkms {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
 
 
 def kmodkit(base: Path, kernels: list[str]) -> Timed:
