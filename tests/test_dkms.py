@@ -188,7 +188,8 @@ def test_export_writes_a_tree_kmodkit_reads_back_as_the_same_modules(tmp_path: P
     assert "kmodkit.toml" not in result.files and "dkms.conf" in result.files
     back = Manifest.load(tree)
     want = Manifest.load(CORE)
-    assert [(m.name, m.subdir, m.sources) for m in back.modules] == [(m.name, m.subdir, m.sources) for m in want.modules]
+    assert [(m.name, m.subdir, m.sources) for m in back.modules] == \
+        [(m.name, m.subdir, m.sources) for m in want.modules]
     assert back.install_location == "updates/fleetmon"
     conf = {(a.name, a.index): a.value for a in read_conf(tree / "dkms.conf").assignments}
     assert conf[("PACKAGE_NAME", None)] == "fleetmon" and conf[("PACKAGE_VERSION", None)] == "1.0.0"
