@@ -355,3 +355,14 @@ def test_export_cli_says_written_then_up_to_date_in_json(tmp_path: Path) -> None
     assert first["state"] == "written" and second["state"] == "up to date"
     assert first["tree"] == str(tmp_path / "src" / "hello-0.1.0") and first["name"] == "hello"
     assert first["files"] == second["files"] and "dkms.conf" in first["files"] and "kmodkit.toml" not in first["files"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_dkms_conf_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO (made in the test) would block a plain open; a directory gave 'error: 3: is a directory'."""
+    conf = tmp_path / "dkms.conf"
+    os.mkfifo(conf) if kind == "fifo" else conf.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "kmodkit", "build", str(tmp_path)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {conf}: is not a regular file; name the DKMS tree's dkms.conf\n"

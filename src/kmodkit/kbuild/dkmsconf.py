@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -140,9 +141,11 @@ def read_conf(path: Path) -> DkmsConf:
                             "dkms.conf)") from None
     except OSError as exc:
         raise UserError(str(path), f"cannot be read: {exc.strerror}") from None
+    # opened without blocking and checked on the descriptor: a FIFO or a directory is refused, not read
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(str(path), "is not a regular file", "name the DKMS tree's dkms.conf")
     with os.fdopen(fd, "rb") as f:
-        if not os.path.isfile(path):
-            raise ConfigError(str(path), "is not a regular file", "name the DKMS tree's dkms.conf")
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ConfigError(str(path), f"is larger than {MAX_BYTES} bytes: not a dkms.conf")
