@@ -366,3 +366,18 @@ def test_a_dkms_conf_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, 
                           timeout=30)
     assert proc.returncode == 2
     assert proc.stderr == f"error: {conf}: is not a regular file; name the DKMS tree's dkms.conf\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_a_dkms_tree_whose_make_builds_a_module_dkms_conf_does_not_name_fails_saying_how_to_name_it(
+        tmp_path: Path, cloud_tree) -> None:
+    """The disagreement said "which kmodkit.toml does not name (add a [[module]] ...)" of a tree without one."""
+    if cloud_tree.headers is None:
+        need("headers for the cloud kernel")
+    conf = "\n".join(line for line in VENDOR_CONF.splitlines() if "[1]" not in line) + "\n"
+    tree = _vendor_tree(tmp_path, conf)
+    report = Build(tree, kernels=[cloud_tree.release], workdir=tmp_path / "work", check=False).run()
+    assert not report.ok
+    assert report.results[0].problem == ('make built fleetmon_jiffies.ko, which dkms.conf does not name '
+                                         '(add BUILT_MODULE_NAME[1]="fleetmon_jiffies")')

@@ -115,10 +115,13 @@ def disagreement(manifest: Manifest, products: list[Product]) -> str | None:
         return None
     parts = []
     if extra:
-        parts.append(f"make built {', '.join(f'{n}.ko' for n in extra)}, which {MANIFEST} does not name "
-                     f"(add a [[module]] with name = \"{extra[0]}\")")
+        # a DKMS tree's description is its dkms.conf (kmodkit.kbuild.dkmsconf), with its own way to name a module
+        add = f"add BUILT_MODULE_NAME[{len(named)}]=\"{extra[0]}\"" if manifest.path.name == "dkms.conf" else \
+            f"add a [[module]] with name = \"{extra[0]}\""
+        parts.append(f"make built {', '.join(f'{n}.ko' for n in extra)}, which {manifest.path.name} does not name "
+                     f"({add})")
     if missing:
-        parts.append(f"{MANIFEST} names {', '.join(missing)}, which make did not build "
+        parts.append(f"{manifest.path.name} names {', '.join(missing)}, which make did not build "
                      f"(add it to obj-m in the Kbuild, or remove its [[module]])")
     return "; ".join(parts)
 
