@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if result.signing_conf is not None:
         out.write(f"signing: copy {result.signing_conf} to /etc/dkms/framework.conf.d/ (DKMS 3.0 signs every "
                   "package with the key named there)\n")
-    source = "" if result.tree.parent == Path("/usr/src") else f" --sourcetree {shlex.quote(str(result.tree.parent))}"
+    where = result.tree.resolve().parent  # dkms links its tree to the source by this path: never a relative one
+    source = "" if where == Path("/usr/src") else f" --sourcetree {shlex.quote(str(where))}"
     out.write(f"next: dkms add -m {result.name} -v {result.version}{source} && "
               f"dkms install -m {result.name} -v {result.version}{source} -k KVER\n")
     return 0
