@@ -142,6 +142,15 @@ def main() -> int:
     if not validate_kmm(kmm / "kmm.yaml"):
         return 1
 
+    # fleets that deploy with DKMS: the example as a DKMS source tree (dkms add/build/install take it as it is)
+    dkms_src = ROOT / ".kmodkit" / "dkms-src"
+    if dkms_src.exists():
+        import shutil
+
+        shutil.rmtree(dkms_src)  # the demo's own: export never overwrites a tree that differs
+    step("export the example for DKMS: /usr/src/NAME-VERSION's layout with dkms.conf (here under .kmodkit/)",
+         "dkms", "export", EXAMPLE, "--dest", str(dkms_src.relative_to(ROOT)))
+
     # signing and trust
     keys = ROOT / ".kmodkit" / "keys"
     if not (keys / "signing_key.pem").exists():

@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
     "report": ("kmodkit.cli.report", "a project's fleet matrix: build, signature and load verdict per kernel"),
     "kmm": ("kmodkit.cli.kmm", "write a project's Kubernetes KMM Module, its kmod image Dockerfile and a preflight"),
+    "dkms": ("kmodkit.cli.dkms", "export a project as a DKMS source tree (dkms.conf); build reads DKMS trees"),
 }
 
 EXIT_OK = 0

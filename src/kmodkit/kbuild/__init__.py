@@ -8,4 +8,6 @@
 * :mod:`.manifest`: ``kmodkit.toml``, its one reader (build, lint, load, health and the exporter use it).
 * :mod:`.builder`: ``kmodkit build``, parallel over kernels, cached.
 * :mod:`.jobserver`: one GNU make jobserver shared by every kernel's make.
+* :mod:`.dkms`: ``kmodkit dkms export``, a DKMS source tree from a project.
+* :mod:`.dkmsconf`: dkms.conf read as data (never through a shell): a DKMS tree as a project.
 """

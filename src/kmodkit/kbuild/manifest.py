@@ -138,8 +138,15 @@ class Manifest:
         """Read a manifest file, or the kmodkit.toml of a project directory.
 
         Raises NotFoundError when it is absent and ConfigError (subject FILE or FILE:LINE) when it is not a
-        regular file, too large, not UTF-8 or malformed.
+        regular file, too large, not UTF-8 or malformed.  A DKMS source tree (a directory with dkms.conf and no
+        kmodkit.toml, or its dkms.conf) is read by :func:`kmodkit.kbuild.dkmsconf.read_tree`.
         """
+        p = Path(path)
+        if (p.name == "dkms.conf" and not p.is_dir()) or (p.is_dir() and not os.path.lexists(p / MANIFEST)
+                                                          and os.path.lexists(p / "dkms.conf")):
+            from kmodkit.kbuild.dkmsconf import read_tree
+
+            return read_tree(p.parent if p.name == "dkms.conf" and not p.is_dir() else p)
         return _manifest(read_document(path))
 
 

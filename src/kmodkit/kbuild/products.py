@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,27 +41,40 @@ def add_module_flags(manifest: Manifest, copy: Path, project: Path, at: Path | N
     it is.  Nothing is written for a module that has neither.  ``at`` is where make will see the copy when
     that is not ``copy`` itself (``kmodkit kmm`` gives ``$(M)``: the directory its image builds in).
     """
-    lines: dict[Path, list[str]] = {}
     seen = copy if at is None else at
+
+    def include(real: Path, module_dir: Path) -> str:
+        inside = real == project or project in real.parents
+        return f"-I{seen / real.relative_to(project) if inside else real}"
+
+    for subdir, added in flag_lines(manifest, project, include).items():
+        append_to_kbuild(copy / subdir if subdir else copy, added)
+
+
+def flag_lines(manifest: Manifest, project: Path, include: Callable[[Path, Path], str]) -> dict[str, list[str]]:
+    """Module subdir ("" for the project's own) -> its ``CFLAGS_obj.o += ...`` lines (include paths, cflags).
+
+    ``include(real, module_dir)`` spells the -I flag of the include directory ``real`` for the Kbuild in
+    ``module_dir`` (both absolute).  Modules with neither include paths nor cflags get no line.
+    """
+    lines: dict[str, list[str]] = {}
     for m in manifest.modules:
-        flags = []
-        for inc in m.include:
-            real = Path(os.path.normpath(project / inc))
-            inside = real == project or project in real.parents
-            flags.append(f"-I{seen / real.relative_to(project) if inside else real}")
+        module_dir = project / m.subdir if m.subdir else project
+        flags = [include(Path(os.path.normpath(project / inc)), module_dir) for inc in m.include]
         flags += m.cflags
-        if not flags:
-            continue
-        directory = copy / m.subdir if m.subdir else copy
-        for obj in m.objects():
-            lines.setdefault(directory, []).append(f"CFLAGS_{obj} += {' '.join(flags)}")
-    for directory, added in lines.items():
-        kbuild = directory / "Kbuild"
-        if not kbuild.is_file():
-            kbuild = directory / "Makefile"
-        text = kbuild.read_text() if kbuild.is_file() else ""
-        kbuild.write_text(text + ("\n" if text and not text.endswith("\n") else "") + MARK + "\n"
-                          + "\n".join(added) + "\n")
+        if flags:
+            lines.setdefault(m.subdir, []).extend(f"CFLAGS_{obj} += {' '.join(flags)}" for obj in m.objects())
+    return lines
+
+
+def append_to_kbuild(directory: Path, added: list[str], mark: str = MARK) -> None:
+    """Append ``added`` (after the line ``mark``) to the Kbuild of ``directory``, else its Makefile."""
+    kbuild = directory / "Kbuild"
+    if not kbuild.is_file():
+        kbuild = directory / "Makefile"
+    text = kbuild.read_text() if kbuild.is_file() else ""
+    kbuild.write_text(text + ("\n" if text and not text.endswith("\n") else "") + mark + "\n"
+                      + "\n".join(added) + "\n")
 
 
 def include_paths(manifest: Manifest, project: Path) -> list[Path]:
@@ -104,10 +118,13 @@ def disagreement(manifest: Manifest, products: list[Product]) -> str | None:
         return None
     parts = []
     if extra:
-        parts.append(f"make built {', '.join(f'{n}.ko' for n in extra)}, which {MANIFEST} does not name "
-                     f"(add a [[module]] with name = \"{extra[0]}\")")
+        # a DKMS tree's description is its dkms.conf (kmodkit.kbuild.dkmsconf), with its own way to name a module
+        add = f"add BUILT_MODULE_NAME[{len(named)}]=\"{extra[0]}\"" if manifest.path.name == "dkms.conf" else \
+            f"add a [[module]] with name = \"{extra[0]}\""
+        parts.append(f"make built {', '.join(f'{n}.ko' for n in extra)}, which {manifest.path.name} does not name "
+                     f"({add})")
     if missing:
-        parts.append(f"{MANIFEST} names {', '.join(missing)}, which make did not build "
+        parts.append(f"{manifest.path.name} names {', '.join(missing)}, which make did not build "
                      f"(add it to obj-m in the Kbuild, or remove its [[module]])")
     return "; ".join(parts)
 
