@@ -28,6 +28,8 @@ from kmodkit.kbuild.manifest import Manifest
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "example" / "hello"
+#: the example as committed: not the out/ and .kmodkit/ a demo run leaves in the checkout
+SOURCES_ONLY = shutil.ignore_patterns("out", ".kmodkit")
 CORE = Path(__file__).parent / "data" / "projects" / "core"
 PROBE = Path(__file__).parent / "data" / "projects" / "probe"
 
@@ -206,7 +208,7 @@ def test_export_writes_a_tree_kmodkit_reads_back_as_the_same_modules(tmp_path: P
 
 def test_export_leaves_an_identical_tree_and_refuses_a_different_one(tmp_path: Path) -> None:
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     first = DkmsExport(project, tmp_path / "src").write()
     stamp = (first.tree / "hello.c").stat().st_mtime_ns
     again = DkmsExport(project, tmp_path / "src").write()
@@ -261,7 +263,7 @@ def dkms_run(tmp_path_factory: pytest.TempPathFactory, cloud_tree, xz_tree) -> d
         need("headers of the 6.1 cloud and 6.12 cloud kernels")
     base = tmp_path_factory.mktemp("dkms")
     projects = {"hello": base / "hello", "fleetmon": _signed_copy(base, CORE)}
-    shutil.copytree(EXAMPLE, projects["hello"])
+    shutil.copytree(EXAMPLE, projects["hello"], ignore=SOURCES_ONLY)
     src, tree, inst = base / "src", base / "dkmstree", base / "installtree"
     tree.mkdir()
     for k in kernels:
@@ -348,7 +350,7 @@ def test_export_cli_says_written_then_up_to_date_in_json(tmp_path: Path) -> None
     import json
 
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     runs = [_cli("dkms", "export", str(project), "--dest", str(tmp_path / "src"), "--json") for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     first, second = (json.loads(r.stdout) for r in runs)

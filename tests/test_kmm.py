@@ -33,6 +33,8 @@ from kmodkit.kmm.export import MODULE_API, PREFLIGHT_API, KmmExport, KmmOutput
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "example" / "hello"
+#: the example as committed: not the out/ and .kmodkit/ a demo run leaves in the checkout
+SOURCES_ONLY = shutil.ignore_patterns("out", ".kmodkit")
 PROJECTS = Path(__file__).parent / "data" / "projects"
 IMAGE = "registry.example.com/team/hello"
 
@@ -236,7 +238,7 @@ def test_flavour_regexps_cover_every_target_kernel_and_newer_abis() -> None:
 
 def test_modprobe_parameters_are_the_manifest_defaults(tmp_path: Path) -> None:
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     result = KmmExport(project, IMAGE, kernels=KERNELS[:1]).render()
     modprobe = _module(result)["spec"]["moduleLoader"]["container"]["modprobe"]
     assert modprobe == {"moduleName": "hello", "dirName": "/opt",
@@ -256,7 +258,7 @@ def test_preflight_for_the_next_kernel_maps_it_and_pushes_what_it_builds() -> No
 
 def _keyed_project(tmp_path: Path) -> Path:
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     keys = project / "keys"
     keys.mkdir()
     subprocess.run(["openssl", "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "30", "-batch", "-x509",
@@ -306,7 +308,7 @@ def test_sign_section_names_secrets_and_no_file_holds_the_key(tmp_path: Path,
 
 def test_large_sources_are_split_into_run_lines_the_shell_can_take_made_in_test(tmp_path: Path) -> None:
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     # 480 KB of incompressible text: the archive's base64 is several times what one argument of sh -c may be
     (project / "table.h").write_text("/*\n" + os.urandom(240_000).hex() + "\n*/\n")
     dockerfile = KmmExport(project, IMAGE, kernels=KERNELS[:1]).render().dockerfile
@@ -461,7 +463,7 @@ def test_several_modules_load_in_dependency_order_and_build_from_the_dockerfile(
 def test_prebuilt_maps_one_image_per_built_kernel(tmp_path: Path, cloud_tree: KernelTree,
                                                   crds: dict[tuple[str, str], Any]) -> None:
     project = tmp_path / "hello"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=SOURCES_ONLY)
     with pytest.raises(UserError, match=f"holds no complete build for {re.escape(cloud_tree.release)}"):
         KmmExport(project, IMAGE, kernels=[cloud_tree.release], prebuilt=True)
     if cloud_tree.headers is None:
