@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kmodkit.vm.machine import PANIC_END_LINE, VmSpec, _PanicWatch
+from kmodkit.vm.dump import PANIC_END_LINE, PanicWatch
+from kmodkit.vm.machine import VmSpec
 
 
 def test_dump_on_panic_makes_the_kernel_wait_at_panic_instead_of_rebooting() -> None:
@@ -20,7 +21,7 @@ def test_dump_on_panic_makes_the_kernel_wait_at_panic_instead_of_rebooting() -> 
 
 def test_the_end_of_a_panic_is_seen_when_the_console_writes_it_in_pieces(tmp_path: Path) -> None:
     console = tmp_path / "console.log"
-    watch = _PanicWatch(str(console))
+    watch = PanicWatch(str(console))
     assert not watch.ended()  # no console yet
     line = b"[    6.9] " + PANIC_END_LINE + b": Fatal exception ]---\n"
     cut = 10 + len(PANIC_END_LINE) // 2
@@ -35,7 +36,7 @@ def test_the_panic_line_alone_is_not_the_end(tmp_path: Path) -> None:
     # the kernel prints the log's replay (panic_print) after "Kernel panic"; the dump waits for the end line
     console = tmp_path / "console.log"
     console.write_bytes(b"[    6.8] Kernel panic - not syncing: Fatal exception\n[    0.0] Linux version 6.1\n")
-    assert not _PanicWatch(str(console)).ended()
+    assert not PanicWatch(str(console)).ended()
 
 
 def test_the_flag_is_parsed_and_documented(tmp_path: Path) -> None:

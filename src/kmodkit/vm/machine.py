@@ -22,7 +22,6 @@ driver when it probes (CONFIG_FW_CFG_SYSFS, a module in Debian's kernels): the i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import IO, TYPE_CHECKING
 
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.vm.accel import Accel, choose_accel
+from kmodkit.vm.dump import VMCORE
 from kmodkit.vm.kernel_image import boot_image
 from kmodkit.vm.initramfs import OUT_TAG, ROOT_TAG, GuestCommand, Share, build_initramfs
 from kmodkit.vm.share import choose_share, start_virtiofsd
@@ -68,18 +68,12 @@ BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "panic_print=0x20", "rdini
 #: the line printed on the console when the kernel panics
 PANIC_LINE = "Kernel panic - not syncing"
 
-#: the line panic() prints last, after the replay of the log, before it waits (panic=0) or reboots
-PANIC_END_LINE = b"---[ end Kernel panic - not syncing"
-
 #: what ``dump_on_panic`` changes on the kernel command line: stay stopped at panic for the dump
 DUMP_CMDLINE = {"panic=-1": "panic=0"}
 
 #: modules the guest loads for ``dump_on_panic`` when its tree has them (built in, they are skipped):
 #: qemu_fw_cfg hands the kernel's VMCOREINFO to QEMU's vmcoreinfo device
 DUMP_MODULES = ("qemu_fw_cfg",)
-
-#: the vmcore's name in the run directory
-VMCORE = "vmcore"
 
 #: the kernel's complaints about its command line, relayed to the user
 CMDLINE_COMPLAINTS = ("Unknown kernel command line parameters", "Malformed early option", "Unknown command line")
@@ -353,7 +347,11 @@ class Vm:
         """Run qemu until it exits or the timeout; with ``qmp``, dump the guest when its panic ends.
         Returns (timed out, why the dump failed or None)."""
         deadline = time.monotonic() + self.spec.timeout
-        watch = _PanicWatch(os.path.join(run_dir, "console.log")) if qmp is not None else None
+        watch = None
+        if qmp is not None:
+            from kmodkit.vm.dump import PanicWatch, dump_guest
+
+            watch = PanicWatch(os.path.join(run_dir, "console.log"))
         dump_error = None
         with open(os.path.join(run_dir, "output.log"), "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=qlog)
@@ -370,7 +368,7 @@ class Vm:
                     ready = sel.select(min(left, 0.5 if watch is not None else 1.0))
                     if watch is not None and qmp is not None and watch.ended():
                         watch = None
-                        dump_error = _dump_and_quit(qmp, run_dir, deadline)
+                        dump_error = dump_guest(qmp, run_dir, deadline)
                         if dump_error is not None:
                             proc.kill()
                     if not ready:
@@ -433,56 +431,6 @@ class Vm:
 _KO_PATH = re.compile(r"(/[\w.+@/-]+)\.ko(?:\.xz|\.zst|\.gz)?\b")
 #: printk's timestamp at the start of a console line
 _TIMESTAMP = re.compile(r"\[ *(\d+)\.(\d+)\]")
-
-
-class _PanicWatch:
-    """Reads a growing console log and tells when the kernel's panic has ended."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._pos = 0
-        self._tail = b""
-
-    def ended(self) -> bool:
-        """True once the console shows the panic's last line."""
-        try:
-            with open(self._path, "rb") as f:
-                f.seek(self._pos)
-                data = f.read()
-        except OSError:
-            return False
-        self._pos += len(data)
-        text = self._tail + data
-        self._tail = text[-len(PANIC_END_LINE):]
-        return PANIC_END_LINE in text
-
-
-def _dump_and_quit(qmp_path: str, run_dir: str, deadline: float) -> str | None:
-    """Dump the stopped guest's memory to RUN_DIR/vmcore (ELF, through a temporary name) and quit qemu;
-    the reason when it could not be done, else None."""
-    from kmodkit.vm.qmp import Qmp
-
-    part = os.path.join(run_dir, VMCORE + ".part")
-    try:
-        with Qmp(qmp_path) as q:
-            q.execute("stop")
-            log.info("the guest panicked: dumping its memory to %s", os.path.join(run_dir, VMCORE))
-            q.execute("dump-guest-memory", timeout=max(30.0, deadline - time.monotonic()), paging=False,
-                      protocol=f"file:{part}", format="elf")
-            with contextlib.suppress(EnvironmentNotReady):  # qemu may close the socket before it answers
-                q.execute("quit")
-        from kmodkit.vmcore.elfcore import fix_qemu_header
-
-        os.chmod(part, 0o600)  # qemu makes it 0400; it stays private (the guest's whole memory)
-        fix_qemu_header(part)  # so that makedumpfile and crash read it
-        os.chmod(part, 0o400)
-        os.rename(part, os.path.join(run_dir, VMCORE))
-    except (EnvironmentNotReady, OSError) as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(part)
-        log.warning("could not dump the guest: %s", exc)
-        return str(exc)
-    return None
 
 
 def _write_record(run_dir: str, record: dict[str, object]) -> None:

@@ -1,19 +1,29 @@
-"""A minimal client of QEMU's machine protocol (QMP): enough to dump a guest's memory and stop it.
+"""Dumping a panicked guest: seeing its panic end on the console, and QEMU's machine protocol (QMP).
 
-QMP is JSON lines over a unix socket: a greeting, ``qmp_capabilities``, then commands answered by
-``{"return": ...}`` or ``{"error": ...}``, with ``{"event": ...}`` lines in between that we skip.
+:func:`dump_guest` writes RUN_DIR/vmcore with ``dump-guest-memory`` (ELF); why the guest waits at panic
+and how VMCOREINFO gets in is told in :mod:`kmodkit.vm.machine`.  QMP is JSON lines over a unix
+socket: a greeting, ``qmp_capabilities``, then commands answered by ``{"return": ...}`` or
+``{"error": ...}``, with ``{"event": ...}`` lines in between that are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import socket
 import time
 
 from kmodkit.errors import EnvironmentNotReady
 
 log = logging.getLogger(__name__)
+
+#: the line panic() prints last, after the replay of the log, before it waits (panic=0) or reboots
+PANIC_END_LINE = b"---[ end Kernel panic - not syncing"
+
+#: the vmcore's name in the run directory
+VMCORE = "vmcore"
 
 
 class Qmp:
@@ -74,3 +84,51 @@ class Qmp:
                 desc = err.get("desc", err) if isinstance(err, dict) else err
                 raise EnvironmentNotReady(f"qemu {command}", str(desc))
             return answer.get("return")
+
+
+class PanicWatch:
+    """Reads a growing console log and tells when the kernel's panic has ended."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pos = 0
+        self._tail = b""
+
+    def ended(self) -> bool:
+        """True once the console shows the panic's last line."""
+        try:
+            with open(self._path, "rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+        except OSError:
+            return False
+        self._pos += len(data)
+        text = self._tail + data
+        self._tail = text[-len(PANIC_END_LINE):]
+        return PANIC_END_LINE in text
+
+
+def dump_guest(qmp_path: str, run_dir: str, deadline: float) -> str | None:
+    """Dump the stopped guest's memory to RUN_DIR/vmcore (ELF, through a temporary name) and quit qemu;
+    the reason when it could not be done, else None."""
+    part = os.path.join(run_dir, VMCORE + ".part")
+    try:
+        with Qmp(qmp_path) as q:
+            q.execute("stop")
+            log.info("the guest panicked: dumping its memory to %s", os.path.join(run_dir, VMCORE))
+            q.execute("dump-guest-memory", timeout=max(30.0, deadline - time.monotonic()), paging=False,
+                      protocol=f"file:{part}", format="elf")
+            with contextlib.suppress(EnvironmentNotReady):  # qemu may close the socket before it answers
+                q.execute("quit")
+        from kmodkit.vmcore.elfcore import fix_qemu_header
+
+        os.chmod(part, 0o600)  # qemu makes it 0400; it stays private (the guest's whole memory)
+        fix_qemu_header(part)  # so that makedumpfile reads it
+        os.chmod(part, 0o400)
+        os.rename(part, os.path.join(run_dir, VMCORE))
+    except (EnvironmentNotReady, OSError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        log.warning("could not dump the guest: %s", exc)
+        return str(exc)
+    return None
