@@ -128,8 +128,8 @@ def fake_vmcore(path: Path, info: str | None = VMCOREINFO, qemu72: bool = False,
     note_at = phoff + 2 * 56
     load_at = note_at + len(notes)
     ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack(
-        "<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 64 if qemu72 else 0, 0, 8 if qemu72 else 64, 56, 2, 64, 2 if qemu72 else 0,
-        1 if qemu72 else 0)
+        "<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 64 if qemu72 else 0, 0, 8 if qemu72 else 64, 56, 2, 64,
+        2 if qemu72 else 0, 1 if qemu72 else 0)
     phdrs = (struct.pack("<IIQQQQQQ", 4, 0, note_at, 0, 0, len(notes), len(notes), 0)
              + struct.pack("<IIQQQQQQ", 1, 0, load_at, 0, PHYS, MEMSIZE, MEMSIZE, 0))
     data = ehdr + shdrs + phdrs + notes + _memory()

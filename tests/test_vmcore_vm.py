@@ -56,7 +56,8 @@ def dumped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     options = [w for a in (*CRASHY_APPEND, *append) for w in ("--append", a)]
     done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", tree.release, "--runs-dir",
                            str(d / "runs"), "--timeout", "600", "--memory", "256", "--module-path", str(d),
-                           "--panic-on-oops", "--dump-on-panic", *options, "--", "insmod", str(d / f"crashy_{mode}.ko")],
+                           "--panic-on-oops", "--dump-on-panic", *options, "--", "insmod",
+                           str(d / f"crashy_{mode}.ko")],
                           capture_output=True, text=True, cwd="/")
     (run_dir,) = (d / "runs").iterdir()
     record = json.loads((run_dir / "result.json").read_text())

@@ -84,8 +84,8 @@ class CoreFile:
     def _parse(self) -> None:
         m, path = self._map, self.path
         if m[:4] != ELFMAG:
-            raise UserError(path, "not a vmcore: no ELF magic", "give an ELF core (kmodkit vm run --dump-on-panic "
-                                                                "writes one; a kdump file must be ELF, makedumpfile -E)")
+            raise UserError(path, "not a vmcore: no ELF magic",
+                            "give an ELF core (vm run --dump-on-panic writes one; makedumpfile -E converts kdump's)")
         if m[4] != ELFCLASS64 or m[5] != ELFDATA2LSB:
             raise UserError(path, "not a 64-bit little-endian ELF file: only x86_64 vmcores are read")
         e_type, _machine, _v, _entry, phoff, _shoff, _flags, _ehsize, phentsize, phnum, *_ = _EHDR.unpack_from(m, 16)

@@ -3,8 +3,9 @@
 Two translations, both from VMCOREINFO alone:
 
 * the kernel image's mapping (``__START_KERNEL_map``, 0xffffffff80000000, for
-  ``NUMBER(KERNEL_IMAGE_SIZE)`` bytes, where the kernel's variables are): physical = virtual - __START_KERNEL_map + ``NUMBER(phys_base)``.  The SYMBOL()
-  addresses are the running kernel's, KASLR's offset included, so KERNELOFFSET is not needed;
+  ``NUMBER(KERNEL_IMAGE_SIZE)`` bytes, where the kernel's variables are): physical = virtual -
+  __START_KERNEL_map + ``NUMBER(phys_base)``.  The SYMBOL() addresses are the running kernel's,
+  KASLR's offset included, so KERNELOFFSET is not needed;
 * every other address (the direct map, whose base KASLR moves, vmalloc, modules): a walk of the
   kernel's page tables from ``SYMBOL(init_top_pgt)`` (itself in the image), four levels or five when
   ``NUMBER(pgtable_l5_enabled)`` is 1, with 1 GiB and 2 MiB pages; ``NUMBER(sme_mask)`` (memory
