@@ -89,19 +89,20 @@ EXPECTED = (b"[    1.000000] hello\n"
             b"[   12.000001] wrapped!ok..\n")
 
 
-def _memory() -> bytes:
+def _memory(phys: int) -> bytes:
+    """The fake memory when it lies at physical address ``phys``."""
     mem = bytearray(MEMSIZE)
     for i, name in enumerate((b"Linux", b"guest", b"6.1.0-57-cloud-amd64")):  # struct new_utsname, for makedumpfile
         mem[UTS + 65 * i:UTS + 65 * i + len(name)] = name
     struct.pack_into("<Q", mem, PRB, VIRT + RING)
     struct.pack_into("<IxxxxQQQQ", mem, RING, COUNT_BITS, VIRT + DESCS, VIRT + INFOS, 8, 5)
-    struct.pack_into("<IxxxxQ", mem, RING + 48, SIZE_BITS, DIRECT + PHYS + DATA)
+    struct.pack_into("<IxxxxQ", mem, RING + 48, SIZE_BITS, DIRECT + phys + DATA)
     struct.pack_into("<Q", mem, 0x3A00, VIRT + 0x3C00)  # mem_map, for makedumpfile's memory model
     present, huge = 0x3, 0x80
-    struct.pack_into("<Q", mem, PGD + 511 * 8, PHYS + PUD_IMAGE | present)
-    struct.pack_into("<Q", mem, PUD_IMAGE + 510 * 8, PHYS + PMD_IMAGE | present)
-    struct.pack_into("<Q", mem, PMD_IMAGE + 8 * 8, PHYS | present | huge)
-    struct.pack_into("<Q", mem, PGD + (DIRECT >> 39 & 511) * 8, PHYS + PUD_DIRECT | present)
+    struct.pack_into("<Q", mem, PGD + 511 * 8, phys + PUD_IMAGE | present)
+    struct.pack_into("<Q", mem, PUD_IMAGE + 510 * 8, phys + PMD_IMAGE | present)
+    struct.pack_into("<Q", mem, PMD_IMAGE + 8 * 8, phys | present | huge)
+    struct.pack_into("<Q", mem, PGD + (DIRECT >> 39 & 511) * 8, phys + PUD_DIRECT | present)
     struct.pack_into("<Q", mem, PUD_DIRECT, 0 | present | huge)
     count, size = 1 << COUNT_BITS, 1 << SIZE_BITS
     for ident, state, begin, nxt, text_len, ts, text in RECORDS:
@@ -119,9 +120,13 @@ def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
     return struct.pack("<III", len(name) + 1, len(desc), ntype) + pad(name + b"\0") + pad(desc)
 
 
-def fake_vmcore(path: Path, info: str | None = VMCOREINFO, qemu72: bool = False, cut: int | None = None) -> Path:
+def fake_vmcore(path: Path, info: str | None = VMCOREINFO, qemu72: bool = False, cut: int | None = None,
+                phys_base: int = 0) -> Path:
     """Write a fake ELF core: a NOTE segment (VMCOREINFO unless None) and one LOAD of :func:`_memory`.
-    ``qemu72`` lays it out as QEMU 7.2 does (two section headers first, e_ehsize 8); ``cut`` truncates it."""
+    ``qemu72`` lays it out as QEMU 7.2 does (two section headers first, e_ehsize 8); ``cut`` truncates it;
+    ``phys_base`` moves the kernel image in physical memory (as a relocated or KASLR'd kernel is)."""
+    if info is not None:
+        info = info.replace("NUMBER(phys_base)=0", f"NUMBER(phys_base)={phys_base}")
     notes = _note(b"CORE", 1, bytes(336)) + (_note(b"VMCOREINFO", 0, info.encode()) if info is not None else b"")
     shdrs = bytes(128) if qemu72 else b""
     phoff = 64 + len(shdrs)
@@ -131,8 +136,8 @@ def fake_vmcore(path: Path, info: str | None = VMCOREINFO, qemu72: bool = False,
         "<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 64 if qemu72 else 0, 0, 8 if qemu72 else 64, 56, 2, 64,
         2 if qemu72 else 0, 1 if qemu72 else 0)
     phdrs = (struct.pack("<IIQQQQQQ", 4, 0, note_at, 0, 0, len(notes), len(notes), 0)
-             + struct.pack("<IIQQQQQQ", 1, 0, load_at, 0, PHYS, MEMSIZE, MEMSIZE, 0))
-    data = ehdr + shdrs + phdrs + notes + _memory()
+             + struct.pack("<IIQQQQQQ", 1, 0, load_at, 0, PHYS + phys_base, MEMSIZE, MEMSIZE, 0))
+    data = ehdr + shdrs + phdrs + notes + _memory(PHYS + phys_base)
     path.write_bytes(data[:cut])
     return path
 
@@ -141,17 +146,20 @@ def _oops(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "kmodkit", "oops", *args], capture_output=True)
 
 
-def test_the_rings_corner_cases_in_a_fake_dump_are_read_as_makedumpfile_reads_them(tmp_path: Path) -> None:
-    core = fake_vmcore(tmp_path / "vmcore")
+@pytest.mark.parametrize("phys_base", [0, 0x3E00_0000])
+def test_the_rings_corner_cases_in_a_fake_dump_are_read_as_makedumpfile_reads_them(tmp_path: Path,
+                                                                                   phys_base: int) -> None:
+    core = fake_vmcore(tmp_path / "vmcore", phys_base=phys_base)
     done = _oops("--vmcore", str(core), "--dmesg")
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED
 
 
-def test_makedumpfile_agrees_on_the_fake_dump(tmp_path: Path) -> None:
+@pytest.mark.parametrize("phys_base", [0, 0x3E00_0000])
+def test_makedumpfile_agrees_on_the_fake_dump(tmp_path: Path, phys_base: int) -> None:
     if shutil.which("makedumpfile") is None:
         need("makedumpfile")
-    core = fake_vmcore(tmp_path / "vmcore")
+    core = fake_vmcore(tmp_path / "vmcore", phys_base=phys_base)
     oracle = subprocess.run(["makedumpfile", "--dump-dmesg", str(core), str(tmp_path / "dmesg")],
                             capture_output=True, text=True)
     assert oracle.returncode == 0, oracle.stdout + oracle.stderr
