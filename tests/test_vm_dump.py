@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kmodkit.vm.dump import PANIC_END_LINE, PanicWatch
+from test_vmcore_parse import fake_vmcore
+
+from kmodkit.vm.dump import PANIC_END_LINE, PanicWatch, _check_vmcoreinfo
 from kmodkit.vm.machine import VmSpec
 
 
@@ -47,3 +49,11 @@ def test_the_flag_is_parsed_and_documented(tmp_path: Path) -> None:
     helptext = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "--help"], capture_output=True,
                               text=True).stdout
     assert "--dump-on-panic" in helptext and "RUN_DIR/vmcore" in helptext
+
+
+def test_a_dump_without_vmcoreinfo_made_in_the_test_is_named_as_such(tmp_path: Path) -> None:
+    assert _check_vmcoreinfo(str(fake_vmcore(tmp_path / "good"))) is None
+    problem = _check_vmcoreinfo(str(fake_vmcore(tmp_path / "bare", info=None)))
+    assert problem is not None and problem.startswith("the dump carries no VMCOREINFO note") and "qemu_fw_cfg" in problem
+    (tmp_path / "junk").write_bytes(b"junk" * 100)
+    assert "not a vmcore" in str(_check_vmcoreinfo(str(tmp_path / "junk")))

@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kmodkit vm: {report_summary(d)}\n")
     if result.vmcore is not None:
         sys.stderr.write(f"kmodkit vm: the guest's memory at panic is in {result.vmcore}\n")
-    elif result.vmcore_error is not None:
-        sys.stderr.write(f"kmodkit vm: warning: no vmcore: {result.vmcore_error}\n")
+    if result.vmcore_error is not None:
+        what = "no vmcore" if result.vmcore is None else "the vmcore"
+        sys.stderr.write(f"kmodkit vm: warning: {what}: {result.vmcore_error}\n")
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:

@@ -131,4 +131,21 @@ def dump_guest(qmp_path: str, run_dir: str, deadline: float) -> str | None:
             os.unlink(part)
         log.warning("could not dump the guest: %s", exc)
         return str(exc)
-    return None
+    return _check_vmcoreinfo(os.path.join(run_dir, VMCORE))
+
+
+def _check_vmcoreinfo(path: str) -> str | None:
+    """None when the dump carries the kernel's VMCOREINFO note, else what is wrong with it."""
+    from kmodkit.errors import KmodkitError
+    from kmodkit.vmcore.elfcore import CoreFile
+    from kmodkit.vmcore.vmcoreinfo import NOTE_NAME
+
+    try:
+        with CoreFile(path) as core:
+            if any(n.name == NOTE_NAME for n in core.notes()):
+                return None
+    except KmodkitError as exc:
+        return str(exc)
+    # the guest's kernel hands VMCOREINFO over when its qemu_fw_cfg driver probes (see machine.py)
+    return ("the dump carries no VMCOREINFO note (the guest kernel has no qemu_fw_cfg driver?): "
+            "oops --vmcore cannot read it")

@@ -155,7 +155,7 @@ class VmResult:
     cmdline_complaints: tuple[str, ...] = field(default=())  #: the kernel's lines about its command line
     reports: tuple[Diagnosis, ...] = field(default=())  #: the kernel's reports (oops, WARNING, panic), decoded
     vmcore: str | None = None  #: path of the guest's memory dump at panic (dump_on_panic), None without one
-    vmcore_error: str | None = None  #: why the dump asked for could not be written, None when it was or was not asked
+    vmcore_error: str | None = None  #: what went wrong with the dump asked for (unwritten or unreadable), else None
 
     @property
     def kernel_log(self) -> str:
@@ -292,7 +292,7 @@ class Vm:
             result = self._result(run_dir, accel, share, wall, timed_out)
             vmcore = os.path.join(run_dir, VMCORE)
             if os.path.isfile(vmcore):
-                result = dataclasses.replace(result, vmcore=vmcore)
+                result = dataclasses.replace(result, vmcore=vmcore, vmcore_error=dump_error)
             elif spec.dump_on_panic and result.panicked:
                 result = dataclasses.replace(result, vmcore_error=dump_error or "the panic's end was not seen")
         except EnvironmentNotReady as exc:  # the run record is written whatever happened
