@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import KernelTree
 from test_vmcore_parse import fake_vmcore
 
 from kmodkit.vm.dump import PANIC_END_LINE, PanicWatch, _check_vmcoreinfo
@@ -54,6 +55,19 @@ def test_the_flag_is_parsed_and_documented(tmp_path: Path) -> None:
 def test_a_dump_without_vmcoreinfo_made_in_the_test_is_named_as_such(tmp_path: Path) -> None:
     assert _check_vmcoreinfo(str(fake_vmcore(tmp_path / "good"))) is None
     problem = _check_vmcoreinfo(str(fake_vmcore(tmp_path / "bare", info=None)))
-    assert problem is not None and problem.startswith("the dump carries no VMCOREINFO note") and "qemu_fw_cfg" in problem
+def test_every_installed_kernel_gets_qemu_fw_cfg_in_its_initramfs_for_a_dump(
+        kernel_trees: list[KernelTree]) -> None:
     (tmp_path / "junk").write_bytes(b"junk" * 100)
     assert "not a vmcore" in str(_check_vmcoreinfo(str(tmp_path / "junk")))
+
+
+def test_every_installed_kernel_gets_qemu_fw_cfg_in_its_initramfs_for_a_dump(kernel_trees: list[KernelTree]) -> None:
+    # CONFIG_FW_CFG_SYSFS=m in Debian's kernels (.ko and .ko.xz trees): the driver that hands VMCOREINFO to QEMU
+    from kmodkit.vm.initramfs import Share, share_modules
+    from kmodkit.vm.machine import DUMP_MODULES
+
+    for tree in kernel_trees:
+        plain = [name for name, _image in share_modules(str(tree.moddir), Share.VIRTIOFS)]
+        dumping = share_modules(str(tree.moddir), Share.VIRTIOFS, DUMP_MODULES)
+        assert [name for name, _image in dumping] == [*plain, "qemu_fw_cfg"], tree.release
+        assert dumping[-1][1][:4] == b"\x7fELF"  # uncompressed for busybox's insmod
