@@ -55,13 +55,14 @@ def test_the_flag_is_parsed_and_documented(tmp_path: Path) -> None:
 def test_a_dump_without_vmcoreinfo_made_in_the_test_is_named_as_such(tmp_path: Path) -> None:
     assert _check_vmcoreinfo(str(fake_vmcore(tmp_path / "good"))) is None
     problem = _check_vmcoreinfo(str(fake_vmcore(tmp_path / "bare", info=None)))
-def test_every_installed_kernel_gets_qemu_fw_cfg_in_its_initramfs_for_a_dump(
-        kernel_trees: list[KernelTree]) -> None:
+    assert problem is not None and problem.startswith("the dump carries no VMCOREINFO note")
+    assert "qemu_fw_cfg" in problem
     (tmp_path / "junk").write_bytes(b"junk" * 100)
     assert "not a vmcore" in str(_check_vmcoreinfo(str(tmp_path / "junk")))
 
 
-def test_every_installed_kernel_gets_qemu_fw_cfg_in_its_initramfs_for_a_dump(kernel_trees: list[KernelTree]) -> None:
+def test_every_installed_kernel_gets_qemu_fw_cfg_in_its_initramfs_for_a_dump(
+        kernel_trees: list[KernelTree]) -> None:
     # CONFIG_FW_CFG_SYSFS=m in Debian's kernels (.ko and .ko.xz trees): the driver that hands VMCOREINFO to QEMU
     from kmodkit.vm.initramfs import Share, share_modules
     from kmodkit.vm.machine import DUMP_MODULES
