@@ -16,6 +16,7 @@ continuations need no flag, since f5f022e53b87 ("printk: reimplement log_cont us
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ def printk_records(mem: KernelMemory) -> Iterator[PrintkRecord]:
 
 #: bytes makedumpfile writes as they are: C's isprint() or isspace() in the C locale
 _PLAIN = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\v\f\r")
+#: a byte that is not written as it is (or a newline, which is indented): most records have none
+_SPECIAL = re.compile(rb"[^\x20-\x7e\t\v\f\r]")
 
 
 def dmesg_line(rec: PrintkRecord) -> bytes:
@@ -120,6 +123,8 @@ def dmesg_line(rec: PrintkRecord) -> bytes:
     \\xffffffNN; that is kept, so that the two outputs stay equal byte for byte."""
     secs, nsec = divmod(rec.ts_nsec, 1_000_000_000)
     prefix = b"[%5d.%06d] " % (secs, nsec // 1000)
+    if _SPECIAL.search(rec.text) is None:
+        return prefix + rec.text + b"\n"
     out = bytearray(prefix)
     indent = b"\n" + b" " * len(prefix)
     for b in rec.text:
