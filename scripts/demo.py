@@ -21,13 +21,19 @@ KMODKIT = str(BIN / "kmodkit")
 EXAMPLE = "example/hello"
 
 
-def step(title: str, *args: str, allow: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
-    """Run ``kmodkit ARGS``, show the command and its output; stop the job when it fails."""
+def step(title: str, *args: str, allow: tuple[int, ...] = (0,), tail: int | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    """Run ``kmodkit ARGS``, show the command and its output (its last ``tail`` lines when given); stop the
+    job when it fails."""
     print(f"\n=== {title}")
     print("$ kmodkit " + " ".join(shlex.quote(a) for a in args), flush=True)
     start = time.monotonic()
     r = subprocess.run([KMODKIT, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.stdout.write(r.stdout)
+    lines = r.stdout.splitlines(keepends=True)
+    if tail is not None and len(lines) > tail:
+        print(f"[... {len(lines) - tail} lines before these]")
+        lines = lines[-tail:]
+    sys.stdout.write("".join(lines))
     print(f"[{time.monotonic() - start:.2f} s, exit {r.returncode}]", flush=True)
     if r.returncode not in allow:
         print(f"demo: step '{title}' failed with exit status {r.returncode}", file=sys.stderr)
@@ -209,6 +215,15 @@ def main() -> int:
          f"kmodkit profile hello --svg {svg} -- sh -c "
          "'for w in 1 2; do (for i in $(seq 40); do echo > /proc/driver/hello; done) & done; wait'")
     print(f"\nthe flame graph: {svg} (open it in a browser)" if svg.exists() else "\nno flame graph was written")
+    # the job ends with a crash: the example's crash parameter (a demo aid) makes the next write oops
+    crashed = step("crash the example on purpose (crash=1, a demo aid): vm run decodes the oops to hello.c's line; "
+                   "--dump-on-panic keeps the guest's memory at panic", "vm", "run", "-k", generic, "--memory", "256",
+                   "--panic-on-oops", "--dump-on-panic", "--module-path", str(Path(gen_build).parent), "--", "sh",
+                   "-c", f"kmodkit load {gen_build} crash=1 && echo > /proc/driver/hello", allow=(5,))
+    dump = re.search(r"the guest's memory at panic is in (\S+)", crashed.stdout)
+    if dump is not None:
+        step("the kernel log read out of the dump through its VMCOREINFO (as makedumpfile --dump-dmesg prints it)",
+             "oops", "--vmcore", dump.group(1), "--dmesg", tail=25)
     print("\ndemo: done")
     return 0
 

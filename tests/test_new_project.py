@@ -26,7 +26,8 @@ def test_files_and_manifest(tmp_path: Path) -> None:
     m = Manifest.load(tmp_path / "p")
     assert (m.name, m.version, m.sources, m.targets, m.signing) == ("demo_mod", "0.1.0", ("demo_mod.c",), (), None)
     assert [(p.name, p.type, p.default) for p in m.parameters] == [("repeat", "int", 1), ("loops", "int", 100),
-                                                                  ("sleep_ms", "int", 0), ("spin_us", "int", 0)]
+                                                                  ("sleep_ms", "int", 0), ("spin_us", "int", 0),
+                                                                  ("crash", "bool", False)]
     assert m.test_script == "tests/vm-test.sh"
     assert os.stat(tmp_path / "p/tests/vm-test.sh").st_mode & stat.S_IXUSR
     src = (tmp_path / "p/demo_mod.c").read_text()

@@ -1,5 +1,5 @@
 """Decoding for real: a test module with crash modes (WARN_ON, divide by zero, BUG_ON, an inlined helper
-that faults, a NULL dereference, a wild pointer), built for the generic kernel, crashed in it under
+that faults, a NULL dereference, a wild pointer, a soft lockup), built for the generic kernel, crashed in it under
 QEMU (one boot: WARN_ON first, then the fatal modes, each killing only its insmod since Debian does not
 panic on oops), and every module frame of the guest's log decoded by ``kmodkit oops`` compared with
 binutils' ``addr2line -i -f`` (function, line, inline chain) and gdb's ``info line`` (the file: the
@@ -24,11 +24,15 @@ COMMON_H = r"""
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/bug.h>
+#include <linux/jiffies.h>
+#include <linux/preempt.h>
 
 struct crashy_node { struct crashy_node *next; int value; };
 static int divisor;
 module_param(divisor, int, 0444);
 static struct crashy_node *head;
+static int spin_seconds = 6;
+module_param(spin_seconds, int, 0444);
 
 static __always_inline int crashy_peek(struct crashy_node *n)
 {
@@ -75,6 +79,19 @@ static noinline int crashy_wild(void)
 	return *(volatile int *)0xdead000000000100UL;
 }
 
+static noinline int crashy_spin(void)
+{
+	unsigned long end = jiffies + READ_ONCE(spin_seconds) * HZ;
+
+	/* preemption off: the CPU's watchdog thread cannot run, and the soft lockup detector fires once
+	 * 2 * watchdog_thresh seconds pass (the guest is booted with watchdog_thresh=1) */
+	preempt_disable();
+	while (time_before(jiffies, end))
+		cpu_relax();
+	preempt_enable();
+	return 0;
+}
+
 static noinline int crashy_run(void)
 {
 	switch (CRASHY_MODE) {
@@ -83,6 +100,7 @@ static noinline int crashy_run(void)
 	case 2: return crashy_warn();
 	case 3: return crashy_bug();
 	case 5: return crashy_wild();
+	case 6: return crashy_spin();
 	default: return crashy_walk(READ_ONCE(head));
 	}
 }
@@ -107,7 +125,11 @@ MODES = {
     "inline": (4, "null-deref", {"crashy_walk"}),
     "null": (0, "null-deref", {"crashy_null", "crashy_run"}),  # gcc may fold crashy_null into its caller
     "wild": (5, "gpf", {"crashy_wild"}),
+    "lockup": (6, "soft-lockup", {"crashy_spin"}),
 }
+
+#: the kernel command line the crash modes need: the soft lockup detector fires after 2 s, not 20
+CRASHY_APPEND = ("watchdog_thresh=1",)
 
 
 def build_crashy(d: Path, headers: Path, modes: tuple[str, ...] = tuple(MODES)) -> None:
@@ -135,7 +157,9 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[s
     (d / "guest.sh").write_text("#!/bin/sh\n" + script)
     (d / "guest.sh").chmod(0o755)
     run = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", tree.release, "--runs-dir",
-                          str(d / "runs"), "--timeout", "600", "--json", "--", str(d / "guest.sh")],
+                          str(d / "runs"), "--timeout", "600", "--json",
+                          *(w for a in CRASHY_APPEND for w in ("--append", a)), "--",
+                          str(d / "guest.sh")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     (kernel_log,) = (d / "runs").glob("*/kernel.log")

@@ -8,6 +8,8 @@
  * Use:    echo > /proc/driver/hello   (each write runs `loops` calls of hello_step,
  *         under a spinlock when spin_us > 0, then sleeps sleep_ms; change them in
  *         /sys/module/hello/parameters/ to measure with kmodkit trace and kmodkit profile)
+ * Crash:  echo 1 > /sys/module/hello/parameters/crash; echo > /proc/driver/hello
+ *         (a demo aid: the write faults through a NULL pointer on purpose, for kmodkit oops)
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -41,9 +43,15 @@ static int spin_us;
 module_param(spin_us, int, 0644);
 MODULE_PARM_DESC(spin_us, "when > 0, each helper call holds a spinlock this many microseconds, 0-1000 (default 0)");
 
+static bool crash;
+/* a demo aid: the next write to /proc/driver/hello oopses, to show `kmodkit vm run` decoding it */
+module_param(crash, bool, 0644);
+MODULE_PARM_DESC(crash, "demo aid: when set, a write to /proc/driver/hello faults through a NULL pointer (default N)");
+
 static unsigned int hello_greetings;
 static DEFINE_SPINLOCK(hello_lock);
 static u64 hello_total;
+static u64 *hello_sink;	/* never set: the crash parameter writes through it */
 
 /* Exported with the module's prefix, to GPL modules only. */
 unsigned int hello_count(void)
@@ -71,6 +79,12 @@ static noinline void hello_step_locked(u64 x, unsigned int hold_us)
 	spin_unlock(&hello_lock);
 }
 
+/* The crash parameter's fault: a store through a NULL pointer, reported by the kernel as an oops here. */
+static noinline void hello_fault(u64 *where)
+{
+	WRITE_ONCE(*where, READ_ONCE(hello_total));
+}
+
 /* A write to /proc/driver/hello: `loops` helper calls, then `sleep_ms` of sleep. */
 static ssize_t hello_write(struct file *file, const char __user *buf, size_t len, loff_t *pos)
 {
@@ -80,6 +94,8 @@ static ssize_t hello_write(struct file *file, const char __user *buf, size_t len
 
 	if (n < 0 || n > 1000000 || nap < 0 || nap > 10000 || hold < 0 || hold > 1000)
 		return -EINVAL;
+	if (READ_ONCE(crash))
+		hello_fault(READ_ONCE(hello_sink));
 	for (i = 0; i < n; i++) {
 		if (hold > 0)
 			hello_step_locked(i, hold);

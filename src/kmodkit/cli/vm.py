@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "lines (repeatable; .ko paths in the command and its output are used too)")
     run.add_argument("--panic-on-oops", action="store_true",
                      help="make an oops panic the guest (appends oops=panic): the run stops at the first one")
+    run.add_argument("--dump-on-panic", action="store_true",
+                     help="when the guest's kernel panics, write its memory to RUN_DIR/vmcore (ELF with VMCOREINFO, "
+                          "as big as --memory) for 'kmodkit oops --vmcore'; the kernel then waits at panic (panic=0)")
     run.add_argument("--json", action="store_true",
                      help="print the run's result as JSON on stdout at the end (the command's output then goes "
                           "to stderr)")
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
                   module_paths=tuple(args.module_path),
-                  out_dir=None if args.out is None else os.path.abspath(args.out), cpus=args.cpus)
+                  out_dir=None if args.out is None else os.path.abspath(args.out), cpus=args.cpus,
+                  dump_on_panic=args.dump_on_panic)
     # with --json, stdout carries the result alone
     out = sys.stderr.buffer if args.json else sys.stdout.buffer
 
@@ -88,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kmodkit vm: warning: the guest kernel says: {line}\n")
     for d in result.reports:
         sys.stderr.write(f"kmodkit vm: {report_summary(d)}\n")
+    if result.vmcore is not None:
+        sys.stderr.write(f"kmodkit vm: the guest's memory at panic is in {result.vmcore}\n")
+    if result.vmcore_error is not None:
+        what = "no vmcore" if result.vmcore is None else "the vmcore"
+        sys.stderr.write(f"kmodkit vm: warning: {what}: {result.vmcore_error}\n")
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:

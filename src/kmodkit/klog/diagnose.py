@@ -126,6 +126,7 @@ class OopsQuery:
     module_paths: tuple[str, ...] = ()  #: directories searched first for module files
     kver: str | None = None  #: the kernel release (default: the one each report names)
     project: str = "."  #: where kmodkit build's out/KVER/ is looked for
+    vmcores: tuple[str, ...] = ()  #: crash dumps whose kernel log is read too (after the logs)
 
     def __post_init__(self) -> None:
         for d in self.module_paths:
@@ -142,9 +143,10 @@ class OopsQuery:
         """Every report of every log, decoded, in order; a log that cannot be read yields its error
         (the others are still read)."""
         dec = self.decoder()
-        for path in self.logs:
+        sources = [(p, read_reports) for p in self.logs] + [(p, vmcore_reports) for p in self.vmcores]
+        for path, reader in sources:
             try:
-                for report in read_reports(path):
+                for report in reader(path):
                     yield dec.diagnose(report, self.kver)
             except OSError as exc:
                 yield from_oserror(exc, path)
@@ -189,6 +191,17 @@ def read_reports(path: str) -> Iterator[Report]:
             for r in scanner.close():
                 yield dataclasses.replace(r, line=lines.line_at(r.offset))
         return
+    yield from scanner.close()
+
+
+def vmcore_reports(path: str) -> Iterator[Report]:
+    """The reports of a vmcore's kernel log (read from its printk ring through VMCOREINFO)."""
+    from kmodkit.vmcore.dump import Vmcore
+
+    with Vmcore(path) as core:
+        text = core.dmesg()
+    scanner = LogScanner(path)
+    yield from scanner.feed(text)
     yield from scanner.close()
 
 

@@ -117,13 +117,15 @@ def minimal_initramfs(script: bytes) -> bytes:
     return cpio.to_bytes()
 
 
-def share_modules(moddir: str, share: Share) -> list[tuple[str, bytes]]:
-    """(name, uncompressed module image) for what the guest loads to reach ``share``, in load order.
+def share_modules(moddir: str, share: Share, optional: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+    """(name, uncompressed module image) for what the guest loads to reach ``share``, and the ``optional``
+    modules the tree has, in load order.
 
-    Built-in modules are left out.  Raises NotFoundError when the tree lacks one.
+    Built-in modules are left out.  Raises NotFoundError when the tree lacks one the share needs.
     """
     tree = ModuleTree(moddir)
-    wanted = list(SHARE_RECIPES[share].modules) + [m for m in OPTIONAL_MODULES if tree.path_of(m) is not None]
+    wanted = list(SHARE_RECIPES[share].modules) + [m for m in (*OPTIONAL_MODULES, *optional)
+                                                   if tree.path_of(m) is not None]
     paths: list[str] = []
     for name in wanted:
         path = tree.path_of(name)
@@ -201,8 +203,9 @@ finish
 """
 
 
-def build_initramfs(moddir: str, share: Share, command: GuestCommand) -> bytes:
-    """The whole initramfs for one run: busybox, the share's modules from ``moddir``, /init."""
+def build_initramfs(moddir: str, share: Share, command: GuestCommand, optional: tuple[str, ...] = ()) -> bytes:
+    """The whole initramfs for one run: busybox, the share's modules from ``moddir`` (and the ``optional``
+    ones it has), /init."""
     if not os.path.isdir(moddir):
         raise NotFoundError(moddir, "no such module tree",
                             f"install the kernel: apt-get install linux-image-{os.path.basename(moddir)}")
@@ -214,7 +217,7 @@ def build_initramfs(moddir: str, share: Share, command: GuestCommand) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.chardev("dev/console", 5, 1)  # the kernel opens it for /init before devtmpfs is mounted
     names = []
-    for name, image in share_modules(moddir, share):
+    for name, image in share_modules(moddir, share, optional):
         cpio.file(f"lib/kmodkit/{name}.ko", image)
         names.append(name)
     cpio.file("init", init_script(names, share, command).encode(), 0o755)

@@ -9,6 +9,15 @@ A guest whose kernel panics is a result too (:data:`EXIT_PANIC`): the kernel rep
 on the console at panic (``panic_print=0x20``), and that replay becomes ``kernel.log``.  Every
 report in the kernel log (oops, WARNING, panic...) is decoded with :mod:`kmodkit.klog` and kept in
 ``result.json``.
+
+With ``dump_on_panic`` the guest also leaves a ``vmcore`` (an ELF dump of its memory, QEMU's
+``dump-guest-memory``, carrying the kernel's VMCOREINFO note through ``-device vmcoreinfo``).  The guest
+must then stop at panic and stay: the kernel is told ``panic=0`` (wait forever) instead of rebooting, and
+the host watches the console for the end of the panic (``---[ end Kernel panic``, printed after the log's
+replay) before it dumps and quits.  pvpanic was the other way, but its driver is a module in Debian's
+kernels (PVPANIC_MMIO=m) and its notifier runs before the panic's replay, which ``kernel.log`` needs.
+The kernel fills the VMCOREINFO note through fw_cfg's ``etc/vmcoreinfo`` file, written by the qemu_fw_cfg
+driver when it probes (CONFIG_FW_CFG_SYSFS, a module in Debian's kernels): the init script loads it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import IO, TYPE_CHECKING
 
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
 from kmodkit.vm.accel import Accel, choose_accel
+from kmodkit.vm.dump import VMCORE
 from kmodkit.vm.kernel_image import boot_image
 from kmodkit.vm.initramfs import OUT_TAG, ROOT_TAG, GuestCommand, Share, build_initramfs
 from kmodkit.vm.share import choose_share, start_virtiofsd
@@ -58,6 +68,13 @@ BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "panic_print=0x20", "rdini
 #: the line printed on the console when the kernel panics
 PANIC_LINE = "Kernel panic - not syncing"
 
+#: what ``dump_on_panic`` changes on the kernel command line: stay stopped at panic for the dump
+DUMP_CMDLINE = {"panic=-1": "panic=0"}
+
+#: modules the guest loads for ``dump_on_panic`` when its tree has them (built in, they are skipped):
+#: qemu_fw_cfg hands the kernel's VMCOREINFO to QEMU's vmcoreinfo device
+DUMP_MODULES = ("qemu_fw_cfg",)
+
 #: the kernel's complaints about its command line, relayed to the user
 CMDLINE_COMPLAINTS = ("Unknown kernel command line parameters", "Malformed early option", "Unknown command line")
 
@@ -84,6 +101,7 @@ class VmSpec:
     module_paths: tuple[str, ...] = ()  #: host directories holding the guest's module files, to decode reports
     out_dir: str | None = None  #: host directory the guest may write, mounted at the same path (made if absent)
     cpus: int = 1  #: virtual CPUs (two or more to see lock contention)
+    dump_on_panic: bool = False  #: write the guest's memory to RUN_DIR/vmcore when its kernel panics
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -115,7 +133,8 @@ class VmSpec:
     @property
     def cmdline(self) -> str:
         """The whole kernel command line: kmodkit's own words, then ``append`` as it was given."""
-        return " ".join((*BASE_CMDLINE, *self.append))
+        base = [DUMP_CMDLINE.get(w, w) for w in BASE_CMDLINE] if self.dump_on_panic else BASE_CMDLINE
+        return " ".join((*base, *self.append))
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,8 @@ class VmResult:
     panicked: bool = False  #: True when the guest's kernel panicked (exit_status is then EXIT_PANIC)
     cmdline_complaints: tuple[str, ...] = field(default=())  #: the kernel's lines about its command line
     reports: tuple[Diagnosis, ...] = field(default=())  #: the kernel's reports (oops, WARNING, panic), decoded
+    vmcore: str | None = None  #: path of the guest's memory dump at panic (dump_on_panic), None without one
+    vmcore_error: str | None = None  #: what went wrong with the dump asked for (unwritten or unreadable), else None
 
     @property
     def kernel_log(self) -> str:
@@ -153,7 +174,8 @@ class VmResult:
                 "command_seconds": self.command_seconds, "wall_seconds": round(self.wall_seconds, 3),
                 "insmod_failures": list(self.insmod_failures), "refused_loads": list(self.refused_loads),
                 "panicked": self.panicked, "cmdline_complaints": list(self.cmdline_complaints),
-                "reports": [d.to_json() for d in self.reports]}
+                "reports": [d.to_json() for d in self.reports], "vmcore": self.vmcore,
+                "vmcore_error": self.vmcore_error}
 
 
 def _default_runs_dir() -> str:
@@ -220,12 +242,16 @@ class Vm:
         command = GuestCommand(spec.command, spec.cwd or os.getcwd(), _guest_env(env), out_dir)
         initrd = os.path.join(run_dir, "initramfs.cpio")
         with open(initrd, "wb") as f:
-            f.write(build_initramfs(self.moddir, share, command))
+            f.write(build_initramfs(self.moddir, share, command, DUMP_MODULES if spec.dump_on_panic else ()))
         sock_dir = tempfile.mkdtemp(prefix="kmodkit-vm-")  # a unix socket path must stay short
         daemons: list[subprocess.Popen[bytes]] = []
         qlog = open(os.path.join(run_dir, "qemu.log"), "wb")
         try:
             args = self._qemu_args(image, run_dir, initrd, accel)
+            qmp = None
+            if spec.dump_on_panic:
+                qmp = os.path.join(sock_dir, "qmp.sock")
+                args += ["-device", "vmcoreinfo", "-qmp", f"unix:{qmp},server=on,wait=off"]
             if share is Share.VIRTIOFS:
                 sock = os.path.join(sock_dir, "fs.sock")
                 daemons.append(start_virtiofsd(sock, qlog))
@@ -248,7 +274,7 @@ class Vm:
             log.info("booting %s (%s, %s); logs in %s", spec.kver, accel.value, share.value, run_dir)
             log.debug("qemu %s", args)
             start = time.monotonic()
-            timed_out = self._stream(args, run_dir, qlog, on_output)
+            timed_out, dump_error = self._stream(args, run_dir, qlog, on_output, qmp)
             wall = time.monotonic() - start
         finally:
             for daemon in daemons:
@@ -264,6 +290,11 @@ class Vm:
         try:
             _keep_kernel_log(run_dir)
             result = self._result(run_dir, accel, share, wall, timed_out)
+            vmcore = os.path.join(run_dir, VMCORE)
+            if os.path.isfile(vmcore):
+                result = dataclasses.replace(result, vmcore=vmcore, vmcore_error=dump_error)
+            elif spec.dump_on_panic and result.panicked:
+                result = dataclasses.replace(result, vmcore_error=dump_error or "the panic's end was not seen")
         except EnvironmentNotReady as exc:  # the run record is written whatever happened
             _write_record(run_dir, {**record, "run_dir": run_dir, "error": f"{exc.problem}"})
             raise
@@ -311,9 +342,17 @@ class Vm:
             "-serial", f"file:{run_dir}/status", "-serial", f"file:{run_dir}/kernel.log",
         ]
 
-    def _stream(self, args: list[str], run_dir: str, qlog: IO[bytes], on_output: Callable[[bytes], None] | None
-                ) -> bool:
+    def _stream(self, args: list[str], run_dir: str, qlog: IO[bytes], on_output: Callable[[bytes], None] | None,
+                qmp: str | None = None) -> tuple[bool, str | None]:
+        """Run qemu until it exits or the timeout; with ``qmp``, dump the guest when its panic ends.
+        Returns (timed out, why the dump failed or None)."""
         deadline = time.monotonic() + self.spec.timeout
+        watch = None
+        if qmp is not None:
+            from kmodkit.vm.dump import PanicWatch, dump_guest
+
+            watch = PanicWatch(os.path.join(run_dir, "console.log"))
+        dump_error = None
         with open(os.path.join(run_dir, "output.log"), "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=qlog)
             assert proc.stdout is not None
@@ -326,7 +365,13 @@ class Vm:
                     if left <= 0:
                         timed_out = True
                         break
-                    if not sel.select(min(left, 1.0)):
+                    ready = sel.select(min(left, 0.5 if watch is not None else 1.0))
+                    if watch is not None and qmp is not None and watch.ended():
+                        watch = None
+                        dump_error = dump_guest(qmp, run_dir, deadline)
+                        if dump_error is not None:
+                            proc.kill()
+                    if not ready:
                         continue
                     chunk = os.read(proc.stdout.fileno(), 65536)
                     if not chunk:
@@ -344,7 +389,7 @@ class Vm:
                     proc.kill()
                     proc.wait()
                 proc.stdout.close()
-        return timed_out
+        return timed_out, dump_error
 
     def _result(self, run_dir: str, accel: Accel, share: Share, wall: float, timed_out: bool) -> VmResult:
         status: dict[str, str] = {}
