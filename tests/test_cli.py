@@ -83,3 +83,41 @@ def test_mypy_strict_on_the_package() -> None:
         pytest.fail("mypy is not installed in the test environment (pip install -e .[dev])")
     r = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("argv", [["lint", "{missing}", "--debug"], ["keys", "show", "{missing}", "--debug"],
+                                  ["--debug", "lint", "{missing}"]])
+def test_debug_is_taken_anywhere_on_the_line(argv: list[str], tmp_path: Path) -> None:
+    """0.1: `kmodkit info X --debug` was 'unrecognized arguments: --debug' (exit 2, no traceback)."""
+    argv = [a.replace("{missing}", str(tmp_path / "missing.ko")) for a in argv]
+    r = subprocess.run([*KMODKIT, *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and "unrecognized" not in r.stderr
+    assert "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith(f"error: {tmp_path / 'missing.ko'}: ")
+
+
+def test_verbose_after_the_command_turns_on_progress_logs(tmp_path: Path) -> None:
+    """0.1: `kmodkit build -v` was refused; now -v and --verbose are read after the command, nested ones too."""
+    from kmodkit.cli.main import _build_parser
+
+    assert _build_parser("build").parse_args(["build", "-v"]).verbose is True
+    assert _build_parser("keys").parse_args(["keys", "show", "c.pem", "--verbose"]).verbose is True
+    assert _build_parser("build").parse_args(["-v", "build"]).verbose is True  # not reset by the command's parser
+    assert _build_parser("build").parse_args(["build"]).verbose is False
+
+
+def test_words_after_the_separator_belong_to_the_guest_or_workload() -> None:
+    """`vm run -- CMD --debug` and `trace M -- W -v` hand the flags to the command, not to kmodkit."""
+    from kmodkit.cli.main import _build_parser
+    from kmodkit.cli.trace import options, workload_of
+
+    vm = _build_parser("vm").parse_args(["vm", "run", "-k", "K", "--", "ls", "--debug", "-v"])
+    assert vm.guest_command[-3:] == ["ls", "--debug", "-v"] and vm.debug is False and vm.verbose is False
+    trace = _build_parser("trace").parse_args(["trace", "hello", "--debug", "--", "sh", "-c", "x", "-v"])
+    assert workload_of(trace, options) == ("sh", "-c", "x", "-v")
+    assert trace.debug is True and trace.verbose is False
+
+
+def test_a_usage_error_is_one_error_line(tmp_path: Path) -> None:
+    r = subprocess.run([*KMODKIT, "info", "--no-such-flag", "x.ko"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == "error: kmodkit: unrecognized arguments: --no-such-flag; see 'kmodkit --help'\n"

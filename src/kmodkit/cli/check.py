@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         tainted=args.tainted,
     )
     results = list(CheckRun(args.modules, args.kernels, machine, args.all_installed).results())
-    for r in results:
+    for r in results if not args.json else ():  # the JSON document holds each pair's error object
         if r.error is not None:
             error_line(f"{r.module} on {r.kernel}", str(r.error))
     if args.json:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         norm = normalize_name(name)
         if args.reverse or args.tree:
             if tree.lookup_name(norm) is None:
-                error_line(name, f"no such module in {dirname}")
+                error_line(name, f"no such module in {dirname}", 1)
                 status = 1
                 continue
             if args.reverse:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                  "reinstall the module or rerun kmodkit index\n")
         if plan.not_found:
             # one error line per item, "error: SUBJECT: PROBLEM"; modprobe's own words after the subject
-            sys.stderr.write(f"error: {name}: Module {name} not found in directory {dirname}\n")
+            error_line(name, f"Module {name} not found in directory {dirname}", 1)
             status = 1
         results.append(plan)
         if not args.json:

@@ -58,7 +58,7 @@ class SignResult:
     def to_json(self) -> dict[str, object]:
         """The result as JSON-ready data."""
         return {"path": self.path, "status": self.status.value, "compression": self.compression.value,
-                "error": str(self.error) if self.error else None}
+                "error": self.error.error_json() if self.error else None}
 
 
 def module_signature_trailer(sig_len: int) -> bytes:
