@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the single error boundary
         # the parsed flag when there is one: a command may read options late (trace MODULE --debug -- CMD)
         return _report(exc, bool(getattr(args, "debug", debug)), json_mode)
+    finally:
+        if json_mode:  # main() may run again in this process (tests, the hook): the next run starts plain
+            output.collect_errors(False)
 
 
 def _report_interrupt(json_mode: bool) -> int:
