@@ -54,7 +54,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "oops": ("kmodkit.cli.oops", "find kernel crash reports in logs and decode them to source lines"),
     "trace": ("kmodkit.cli.trace", "trace a loaded module's functions: calls, durations, call tree (ftrace)"),
     "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
+    "completion": ("kmodkit.cli.completion", "print a bash or zsh completion script, generated from the options"),
+    "man": ("kmodkit.cli.manpage", "print kmodkit's man page (roff), generated from the options"),
 }
+
+#: exit status -> meaning: the README's table, main's docstring and the man page say these
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "the command ran, but something it checked failed (an invalid signature, an unhealthy module)"),
+    (2, "you asked for something wrong: a bad argument, a missing or corrupt input file"),
+    (3, "the environment is not ready: a tool, kernel, headers or permission is missing"),
+    (4, "internal error (a bug: rerun with --debug and report the traceback)"),
+    (5, "vm run: the guest kernel panicked (its log and decoded reports are kept)"),
+    (124, "vm run: the command did not finish before --timeout"),
+    (130, "interrupted (Ctrl-C)"),
+    (141, "the output pipe was closed"),
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
