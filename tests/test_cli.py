@@ -121,3 +121,13 @@ def test_a_usage_error_is_one_error_line(tmp_path: Path) -> None:
     r = subprocess.run([*KMODKIT, "info", "--no-such-flag", "x.ko"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr == "error: kmodkit: unrecognized arguments: --no-such-flag; see 'kmodkit --help'\n"
+
+
+def test_the_readme_documents_every_exit_status() -> None:
+    """main.EXIT_STATUSES (which the man page prints) and the README's table list the same statuses."""
+    import re
+
+    from kmodkit.cli.main import EXIT_STATUSES
+
+    section = (ROOT / "README.md").read_text().split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    assert [int(n) for n in re.findall(r"^\| (\d+) \|", section, re.M)] == [n for n, _ in EXIT_STATUSES]

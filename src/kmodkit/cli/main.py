@@ -1,21 +1,6 @@
 """Entry point of the ``kmodkit`` command: global flags, dispatch, the error boundary.
 
-Exit status (documented in the README):
-
-====  ==========================================================
-0     success
-1     the command ran but something it checked failed (a batch
-      item, an invalid signature, an unhealthy module)
-2     you asked for something wrong (bad argument or input file)
-3     the environment is not ready (missing tool, kernel, headers,
-      permission, refused syscall)
-4     internal error (a bug: rerun with --debug and report it)
-5     vm run: the guest's kernel panicked (result.json and
-      kernel.log in the run directory hold the decoded report)
-124   vm run: the command ran out of time
-130   interrupted (Ctrl-C)
-141   output pipe closed
-====  ==========================================================
+Exit statuses: :data:`EXIT_STATUSES` (the README's table and the man page say the same).
 """
 
 from __future__ import annotations
