@@ -125,3 +125,20 @@ def test_a_batch_that_fails_as_a_whole_lists_every_item(tmp_path: Path) -> None:
     jsonschema.validate(doc, SCHEMA)
     assert status == 2
     assert doc["error"]["what"] == MISSING and [r["path"] for r in doc["errors"]] == [MISSING + "2"]
+
+
+@pytest.mark.kernel
+def test_a_kernel_that_failed_to_build_is_a_record_in_builds_document(tmp_path: Path, cloud_tree) -> None:
+    """0.1's build --json said "failed" and a problem in its own words; now the kernel's record carries the
+    error object too (and the succeeded ones "error": null)."""
+    from kmodkit.kbuild.project import NewProject
+
+    NewProject("demo", tmp_path / "p").create()
+    src = tmp_path / "p" / "demo.c"
+    src.write_text(src.read_text().replace("return demo_greetings;", "return demo_greetings + undeclared_thing;"))
+    status, doc, err = _run(["build", str(tmp_path / "p"), "-k", cloud_tree.release, "--workdir",
+                             str(tmp_path / "work"), "--json"], tmp_path)
+    assert status == 1 and doc["ok"] is False and not err
+    (record,) = _validate(doc["kernels"])
+    assert record["kernel"] == cloud_tree.release and record["error"]["what"] == cloud_tree.release
+    assert record["error"]["exit"] == 1
