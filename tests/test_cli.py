@@ -120,7 +120,7 @@ def test_words_after_the_separator_belong_to_the_guest_or_workload() -> None:
 def test_a_usage_error_is_one_error_line(tmp_path: Path) -> None:
     r = subprocess.run([*KMODKIT, "info", "--no-such-flag", "x.ko"], capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr == "error: kmodkit: unrecognized arguments: --no-such-flag; see 'kmodkit --help'\n"
+    assert r.stderr == "error: kmodkit info: unrecognized arguments: --no-such-flag; see 'kmodkit info --help'\n"
 
 
 def test_the_readme_documents_every_exit_status() -> None:
@@ -131,3 +131,10 @@ def test_the_readme_documents_every_exit_status() -> None:
 
     section = (ROOT / "README.md").read_text().split("## Exit status", 1)[1].split("\n## ", 1)[0]
     assert [int(n) for n in re.findall(r"^\| (\d+) \|", section, re.M)] == [n for n, _ in EXIT_STATUSES]
+
+
+def test_an_unknown_command_names_the_close_ones() -> None:
+    """0.1 printed argparse's usage and the list of all commands."""
+    r = subprocess.run([*KMODKIT, "--debug", "verfy", "x.ko"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == "error: verfy: is not a kmodkit command; did you mean 'verify'? see 'kmodkit --help'"

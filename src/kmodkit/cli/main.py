@@ -99,7 +99,7 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 def sub_parser(prog: str) -> argparse.ArgumentParser:
     """A parser for options a command reads itself (trace's options after MODULE): the global options and the
     error boundary included."""
-    parser = _parser_class()(prog=prog, add_help=False)
+    parser = _parser_class()(prog=prog)
     add_global_options(parser)
     return parser
 
@@ -143,11 +143,22 @@ def _add_globals_below(parser: argparse.ArgumentParser) -> None:
 
 
 def _find_command(argv: list[str]) -> str | None:
+    """The command word (the first word that is no option; the global options take no value), None when none.
+
+    Raises UserError for a word that names no command, with the closest ones."""
     for arg in argv:
         if arg == "--":
             return None
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            if arg not in COMMANDS:
+                import difflib
+
+                from kmodkit.errors import UserError
+
+                close = difflib.get_close_matches(arg, COMMANDS, n=3)
+                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+                raise UserError(arg, "is not a kmodkit command", f"{hint}see 'kmodkit --help'")
+            return arg
     return None
 
 
@@ -186,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             output.collect_errors()
         command = _find_command(argv)
         parser = _build_parser(command)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named after the command they were given to, not after kmodkit
+            from kmodkit.errors import UserError
+
+            prog = f"kmodkit {args.command}" if args.command else "kmodkit"
+            raise UserError(prog, f"unrecognized arguments: {' '.join(extra)}", f"see '{prog} --help'")
         if json_mode and not hasattr(args, "json"):  # a command without --json: argparse refused it already
             json_mode = False
             output.collect_errors(False)
