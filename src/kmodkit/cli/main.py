@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "man": ("kmodkit.cli.manpage", "print kmodkit's man page (roff), generated from the options"),
 }
 
-#: exit status -> meaning: the README's table, main's docstring and the man page say these
+#: exit status -> meaning, as the README's table and the man page (kmodkit man) say them
 EXIT_STATUSES: tuple[tuple[int, str], ...] = (
     (0, "success"),
     (1, "the command ran, but something it checked failed (an invalid signature, an unhealthy module)"),
