@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,14 @@ def test_an_unknown_command_names_the_close_ones() -> None:
     r = subprocess.run([*KMODKIT, "--debug", "verfy", "x.ko"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.splitlines()[-1] == "error: verfy: is not a kmodkit command; did you mean 'verify'? see 'kmodkit --help'"
+
+
+def test_version_imports_no_library_code() -> None:
+    """The fast path of `kmodkit --version`: no argparse, no JSON, no rich, no kmodkit module past cli.main
+    (a guard on what is imported, not a timing: the timing is a benchmark's)."""
+    r = subprocess.run([*KMODKIT, "--version"], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    modules = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert {m for m in modules if m.startswith("kmodkit")} <= {"kmodkit", "kmodkit.cli", "kmodkit.cli.main",
+                                                                 "kmodkit.__main__"}
+    assert not modules & {"argparse", "json", "rich", "logging"}
