@@ -79,6 +79,31 @@ def test_zsh_script_parses(tmp_path: Path) -> None:
     assert all(f"'{name}:" in text for name in COMMANDS)  # each command offered with its help
 
 
+def _zsh_offers(script: Path, *words: str) -> list[str]:
+    """What the zsh function hands to zsh's completion system for ``words``: _describe, compadd and _files are
+    stood in for by functions that print what they were given (driving zsh's real completion needs a tty)."""
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        need("zsh (apt-get install zsh)")
+    code = ('_describe() { print -rl -- ${(P)${@[-1]}} }; compadd() { shift; print -rl -- "$@" }; '
+            '_files() { print FILES }; script=$1; shift; words=("$@"); CURRENT=$#; PREFIX=${words[-1]}; '
+            'source $script')
+    done = subprocess.run([zsh, "-f", "-c", code, "zsh", str(script), "kmodkit", *words], capture_output=True,
+                          text=True, check=True)
+    assert not done.stderr, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_zsh_function_offers_commands_options_and_choices(tmp_path: Path) -> None:
+    path = tmp_path / "_kmodkit"
+    path.write_text(_generated("completion", "zsh"))
+    assert _zsh_offers(path, "vm", "") == ["run:boot KVER, run CMD inside, return its exit status"]
+    assert _zsh_offers(path, "check", "--enforce", "") == ["auto", "0", "1"]
+    assert "--json:print one JSON record per module" in _zsh_offers(path, "sign", "--")
+    assert {w.split(":")[0] for w in _zsh_offers(path, "")} == set(COMMANDS)
+    assert _zsh_offers(path, "vm", "run", "--", "") == ["FILES"]  # the guest's command line
+
+
 @pytest.fixture(scope="module")
 def man_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("man") / "kmodkit.1"
