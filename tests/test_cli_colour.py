@@ -14,30 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import KernelTree
+from terminal import on_terminal
 
 ESC = "\x1b["
 DATA = Path(__file__).resolve().parent / "data" / "modules" / "amd64"
 
 
 def _on_terminal(argv: list[str], **env: str) -> str:
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "kmodkit", *argv], stdout=slave, stderr=slave,
-                            env={**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, "TERM": "xterm", **env})
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    proc.wait()
-    return b"".join(chunks).decode(errors="replace")
+    base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    return on_terminal(argv, {**base, "TERM": "xterm", **env})[1]
 
 
 def _piped(argv: list[str]) -> str:

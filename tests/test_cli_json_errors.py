@@ -6,13 +6,13 @@ nothing (or half a document).  Each test feeds a command a bad input and validat
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import argparse
 import jsonschema
 import pytest
 
