@@ -206,25 +206,12 @@ def _screen(raw: str) -> list[str]:
 
 def test_on_a_terminal_each_kernel_is_shown_once(tmp_path: Path, cloud_tree) -> None:
     """0.1 left its live table on the screen and printed the summary under it: every kernel twice."""
-    import pty
+    from terminal import on_terminal
 
     NewProject("demo", tmp_path / "p").create()
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "kmodkit", "build", str(tmp_path / "p"), "-k", cloud_tree.release,
-                             "--workdir", str(tmp_path / "work")], stdout=slave, stderr=slave,
-                            env=dict(os.environ, TERM="xterm", COLUMNS="200"))
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait() == 0
-    screen = _screen(b"".join(chunks).decode(errors="replace"))
+    status, raw = on_terminal(["build", str(tmp_path / "p"), "-k", cloud_tree.release, "--workdir",
+                               str(tmp_path / "work")], dict(os.environ, TERM="xterm", COLUMNS="200"))
+    assert status == 0
+    screen = _screen(raw)
     assert len([line for line in screen if cloud_tree.release in line]) == 1, screen
     assert screen[-1].startswith("1 of 1 kernels built")

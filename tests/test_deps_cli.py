@@ -47,6 +47,7 @@ def test_json_plan_carries_kinds_and_reasons(generic_tree: KernelTree) -> None:
     plans = json.loads(proc.stdout)
     ext4, missing = plans
     assert missing["found"] == [] and missing["steps"] == []
+    assert missing["error"]["what"] == "no_such_module_q" and missing["error"]["exit"] == 1  # --json's error object
     reasons = {s["name"]: s["reason"] for s in ext4["steps"]}
     assert reasons["ext4"] == "target" and reasons["jbd2"] == "dependency"
     assert "softdep-pre" in reasons.values()  # ext4's crc32c softdep

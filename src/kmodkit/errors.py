@@ -35,6 +35,10 @@ class KmodkitError(Exception):
         text = f"{self.subject}: {self.problem}" if self.subject else self.problem
         return f"{text}; {self.fix}" if self.fix else text
 
+    def to_json(self) -> dict[str, object]:
+        """The error object of ``--json`` output (schema: src/kmodkit/cli/error.schema.json): what, why, fix, exit."""
+        return error_object(self.subject, self.problem, self.fix, self.exit_status)
+
 
 class UserError(KmodkitError):
     """You asked for something wrong: a bad value, path or file."""
@@ -93,9 +97,22 @@ class ItemError(NamedTuple):
         text = f"{self.path}: {self.message}"
         return f"{text}; {self.fix}" if self.fix else text
 
+    def error_json(self) -> dict[str, object]:
+        """The error object of ``--json`` output (what, why, fix, exit), as :meth:`KmodkitError.to_json`."""
+        return error_object(self.path, self.message, self.fix, self.exit_status)
+
     def to_json(self) -> dict[str, object]:
-        """The record as JSON-ready data: path, error, fix."""
-        return {"path": self.path, "error": self.message, "fix": self.fix}
+        """The record as JSON-ready data: ``{"path": PATH, "error": ERROR-OBJECT}``."""
+        return {"path": self.path, "error": self.error_json()}
+
+
+def error_object(what: str, why: str, fix: str | None, exit_status: int) -> dict[str, object]:
+    """The one shape of an error in JSON (``--json``): ``{"what", "why", "fix", "exit"}``.
+
+    ``what`` names the file, value or command; ``why`` says what is wrong; ``fix`` is None when unknown;
+    ``exit`` is the status this error alone exits with.
+    """
+    return {"what": what, "why": why, "fix": fix, "exit": exit_status}
 
 
 def from_oserror(exc: OSError, subject: str | None = None) -> KmodkitError:

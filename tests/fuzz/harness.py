@@ -104,6 +104,18 @@ def _errors(stderr: str, level: str = "error") -> list[tuple[str, str]]:
     return found
 
 
+def _json_errors(stdout: str) -> list[tuple[str, str]]:
+    """(item, line) of every error record in a --json list document (``{"path": ITEM, "error": {...}}``)."""
+    try:
+        docs = json.loads(stdout)
+    except ValueError:
+        return []
+    if isinstance(docs, dict) and isinstance(docs.get("error"), dict):  # a whole failure: {"error": E}
+        docs = [{"path": docs["error"].get("what", ""), **docs}]
+    return [(str(d.get("path", "")), f"error: {d.get('path', '')}: {d['error'].get('why', '')}")
+            for d in docs if isinstance(d, dict) and isinstance(d.get("error"), dict)] if isinstance(docs, list) else []
+
+
 class Harness:
     """Batches of inputs through kmodkit's commands, in ``workdir``, with a key for `sign` and `verify`."""
 
@@ -219,6 +231,8 @@ class Harness:
             add(Finding("traceback", run.command, normalise(last[0] if last else ""), batch,
                         last[0] if last else ""))
         errors = _errors(run.stderr)
+        if run.command == "info-json":  # --json puts each item's error in the document
+            errors += _json_errors(run.stdout)
         named: dict[str, str] = {}
         for what, line in errors:
             if what not in run.paths:
@@ -273,7 +287,7 @@ class Harness:
                 run.findings.append(Finding("bad_output", run.command, "--json output is not JSON",
                                             list(run.paths.values()), run.stdout[:200]))
                 return None
-            return {d.get("filename", "") for d in docs if isinstance(d, dict)}
+            return {d.get("filename", "") for d in docs if isinstance(d, dict)} if isinstance(docs, list) else set()
         if run.command == "info-summary":
             m = re.match(r"(\d+) module files?", run.stdout)
             if m is None or int(m.group(1)) != len(run.paths):

@@ -35,7 +35,7 @@ class PairResult:
         if self.prediction is not None:
             return self.prediction.to_json()
         assert self.error is not None
-        return {"path": self.module, "kernel": self.kernel, "error": str(self.error)}
+        return {"path": self.module, "kernel": self.kernel, "error": self.error.to_json()}
 
 
 class CheckRun:

@@ -112,6 +112,8 @@ def _run_rich(build: object) -> BuildReport:
 
 
 def _summary(report: BuildReport) -> None:
+    from kmodkit.cli.output import paint
+
     out = sys.stdout
     seen: dict[str, list[str]] = {}
     for r in report.results:
@@ -126,19 +128,20 @@ def _summary(report: BuildReport) -> None:
             mods = r.modules or ((r.module,) if r.module else ())
             where = str(mods[0]) if len(mods) == 1 else \
                 f"{', '.join(m.name for m in mods)} in {mods[0].parent}" if mods else "-"
-            out.write(f"{r.kernel}: {where} ({_status(r) if r.state.value != 'built' else 'built'}{extra})\n")
+            said = paint(_status(r) if r.state.value != 'built' else 'built', 'ok')
+            out.write(f"{r.kernel}: {where} ({said}{extra})\n")
             for note in r.notes:
                 out.write(f"  note: {note}\n")
             for v in r.verdicts:
                 out.write(f"  check: {Path(v.path).name} {_verdict(v)}\n")
         elif r.verdicts:  # built, and the kernel would refuse it
-            out.write(f"{r.kernel}: built, but the kernel would refuse it\n")
+            out.write(f"{r.kernel}: built, but {paint('the kernel would refuse it', 'fail')}\n")
             for v in r.verdicts:
                 out.write(f"  check: {Path(v.path).name} {_verdict(v)}\n")
                 for line in v.lines:
                     out.write(f"    {line}\n")
         else:
-            out.write(f"{r.kernel}: {_status(r)}\n")
+            out.write(f"{r.kernel}: {paint(_status(r), 'warn' if r.state.value == 'blocked' else 'fail')}\n")
             if r.fix:
                 out.write(f"  fix: {r.fix}\n")
         if r.log and (r.diagnostics or not r.ok):

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         tainted=args.tainted,
     )
     results = list(CheckRun(args.modules, args.kernels, machine, args.all_installed).results())
-    for r in results:
+    for r in results if not args.json else ():  # the JSON document holds each pair's error object
         if r.error is not None:
             error_line(f"{r.module} on {r.kernel}", str(r.error))
     if args.json:
@@ -63,13 +63,19 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r.prediction is not None and r.prediction.loads for r in results) else 1
 
 
+#: an outcome's colour (cli/output.py's statuses)
+_OUTCOME_STATUS = {"loads": "ok", "loads, taints": "warn", "refused": "fail"}
+
+
 def _print(results: list[PairResult]) -> None:
+    from kmodkit.cli.output import paint
+
     out = sys.stdout
     for r in results:
         p = r.prediction
         if p is None:
             continue
-        head = f"{p.path} on {p.kernel}: {p.outcome.value}"
+        head = f"{p.path} on {p.kernel}: {paint(p.outcome.value, _OUTCOME_STATUS[p.outcome.value])}"
         if p.taints:
             head += f" ({' '.join(p.taints)})"
         if p.refusal is not None:

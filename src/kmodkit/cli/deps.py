@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve every name; 1 when a name is unknown (every name is still reported), as modprobe exits."""
     from kmodkit.cli.output import error_line, print_json
-    from kmodkit.errors import UserError
+    from kmodkit.errors import UserError, error_object
     from kmodkit.index.config import ModprobeConfig
     from kmodkit.index.lookup import ModuleTree, kernel_dir
     from kmodkit.index.resolver import Resolver
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         norm = normalize_name(name)
         if args.reverse or args.tree:
             if tree.lookup_name(norm) is None:
-                error_line(name, f"no such module in {dirname}")
+                error_line(name, f"no such module in {dirname}", 1)
                 status = 1
                 continue
             if args.reverse:
@@ -84,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
                                  "reinstall the module or rerun kmodkit index\n")
         if plan.not_found:
             # one error line per item, "error: SUBJECT: PROBLEM"; modprobe's own words after the subject
-            sys.stderr.write(f"error: {name}: Module {name} not found in directory {dirname}\n")
             status = 1
+            why = f"Module {name} not found in directory {dirname}"
+            if args.json:  # the plan's record, in its place, carries the error object
+                results.append({**plan.to_json(), "error": error_object(name, why, None, 1)})
+                continue
+            error_line(name, why, 1)
         results.append(plan)
         if not args.json:
             lines = plan.show_depends()

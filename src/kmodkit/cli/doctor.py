@@ -23,9 +23,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
         return 0 if report.ready else 1
+    from kmodkit.cli.output import paint
+
     out = sys.stdout
     for f in report.findings:
-        out.write(f"{_MARK[f.status.value]}  {f.check:<15} {f.message}\n")
+        out.write(f"{paint(_MARK[f.status.value], f.status.value)}  {f.check:<15} {f.message}\n")
         if f.fix:
             out.write(f"{'':6}{'':<15} fix: {f.fix}\n")
     ready = [k.kernel.release for k in report.kernels if k.ready]
@@ -35,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
         out.write(f"build targets: {' '.join(ready)}\n")
     if blocked:
         out.write(f"blocked: {' '.join(blocked)}\n")
-    out.write("ready to build\n" if report.ready else "not ready: fix the FAIL lines above\n")
+    out.write(paint("ready to build", "ok") + "\n" if report.ready
+              else paint("not ready", "fail") + ": fix the FAIL lines above\n")
     return 0 if report.ready else 1

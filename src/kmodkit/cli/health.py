@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"healthy": healthy, "modules": [r.to_json() for r in results]})
     else:
+        from kmodkit.cli.output import paint
+
         for r in results:
-            print(f"{r.expectation.name}: {'ok' if r.healthy else 'UNHEALTHY: ' + '; '.join(r.problems)}")
+            said = paint("ok", "ok") if r.healthy else paint("UNHEALTHY", "fail") + ": " + "; ".join(r.problems)
+            print(f"{r.expectation.name}: {said}")
     return 0 if healthy else 1

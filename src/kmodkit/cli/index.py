@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result, files = ix.rebuild()
     except DependencyCycleError as exc:  # depmod's lines and status; nothing is written
+        if args.json:
+            raise  # the error boundary's JSON document
         sys.stderr.writelines(f"error: {line}\n" for line in exc.lines())
         return exc.exit_status
     for problem in ix.inputs.config.problems:  # skipped lines: the run goes on and may exit 0

@@ -35,7 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import report_item
+    import json
+
+    from kmodkit.cli.output import error_record, mark_printed, report_item
     from kmodkit.errors import UserError
     from kmodkit.modfile.info import View, render_all
     from kmodkit.names import ModuleQuery
@@ -65,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
     for item in items:
         if item.error is not None:
             status = max(status, item.error.exit_status)
-            report_item(item.error)  # flushes stdout first
+            if view is View.JSON:  # the item's error object in the list, where its document would be
+                record = json.dumps(error_record(item.error), ensure_ascii=False).encode()
+                out.write(record if first else b"," + record)
+                first = False
+            else:
+                report_item(item.error)  # flushes stdout first
             continue
         if view is View.JSON and item.output:
             out.write(item.output if first else b"," + item.output)
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             out.write(item.output)
     if view is View.JSON:
         out.write(b"]\n")
+        mark_printed()
     return status
 
 

@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
+        from kmodkit.cli.output import paint
+
         for f in report.findings:
-            sys.stdout.write(f"{f}\n")
+            sys.stdout.write(f"{f.file}:{f.line}: {paint(f.rule, 'warn')}: {f.message}\n")
         for s in report.skipped:
             sys.stderr.write(f"lint: skipped {s}\n")
     return 1 if report.findings else 0

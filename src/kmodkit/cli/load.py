@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         result = loader.load(plan, check=not args.no_check)
     except LoadFailed as exc:
         if args.json:
-            print_json({"ok": False, "explanation": exc.explanation, "rolled_back": exc.rolled_back,
+            print_json({"ok": False, "error": exc.to_json(), "explanation": exc.explanation, "rolled_back": exc.rolled_back,
                         "left_loaded": exc.left_loaded})
         else:
             why = exc.explanation

@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmodkit.cli.output import error_line, print_json
+    from kmodkit.cli.output import print_json, report_item
     from kmodkit.errors import KmodkitError, UserError
     from kmodkit.klog.diagnose import STDIN, OopsQuery, render_text
 
@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     docs = []
     for item in query.diagnose():
         if isinstance(item, KmodkitError):
-            sys.stdout.flush()
-            error_line(item.subject, item.problem + (f"; {item.fix}" if item.fix else ""))
+            report_item(item)  # stdout flushed first
             worst = max(worst, item.exit_status)
             continue
         found += 1

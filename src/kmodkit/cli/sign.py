@@ -21,7 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash", default="sha256", help="digest: sha256 (default), sha384 or sha512")
     parser.add_argument("--keyid", action="store_true",
                         help="name the key by subjectKeyIdentifier instead of issuer and serial (sign-file -k)")
-    parser.add_argument("--replace", action="store_true", help="re-sign modules that are signed already")
+    parser.add_argument("--replace", action="store_true",
+                        help="re-sign modules that are signed already (without it, a module this key signed with this "
+                             "digest is left as it is, and one signed otherwise is refused)")
     parser.add_argument("--passphrase-file", metavar="FILE",
                         help="passphrase (or token PIN) on the first line of FILE; else KBUILD_SIGN_PIN, else a prompt")
     parser.add_argument("--allow-insecure-key", action="store_true",
@@ -60,12 +62,18 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             if not args.json and r.error is not None:
                 report_item(r.error)
-        elif not args.json:
+        elif args.json:
+            pass
+        elif r.status is SignStatus.ALREADY_SIGNED:
+            sys.stdout.write(f"already signed by {args.key} ({r.signer}, {alg.value}) {r.path}\n")
+        else:
             sys.stdout.write(f"{r.status.value} {r.path}\n")
+    already = sum(r.status is SignStatus.ALREADY_SIGNED for r in results)
     if args.json:
         print_json(results)
     elif len(results) > 1:
-        sys.stdout.write(f"{len(results) - failed} of {len(results)} module(s) signed"
+        sys.stdout.write(f"{len(results) - failed - already} of {len(results)} module(s) signed"
+                         f"{f', {already} already signed by this key' if already else ''}"
                          f"{f', {failed} failed' if failed else ''}\n")
     return max([1 if failed else 0] + [e.exit_status for e in missing])
 

@@ -45,9 +45,12 @@ def workload_of(args: argparse.Namespace, add_options: Callable[[argparse.Argume
         if cut < 0:
             return tuple(words)
     if cut:
-        parser = argparse.ArgumentParser(prog=f"kmodkit {args.command} {args.module}")
+        from kmodkit.cli.main import configure_logging, sub_parser
+
+        parser = sub_parser(f"kmodkit {args.command} {args.module}")  # the global options and errors as main's
         add_options(parser)
         parser.parse_args(words[:cut], namespace=args)
+        configure_logging(args.debug, args.verbose)
     return tuple(words[cut + 1:])
 
 

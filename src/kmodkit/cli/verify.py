@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _line(r: ModuleVerdict) -> str:
+    from kmodkit.cli.output import paint
     from kmodkit.signing.verify import Verdict
 
     text = r.verdict.text
@@ -82,7 +83,8 @@ def _line(r: ModuleVerdict) -> str:
         facts.append(r.hash)
     if r.key_type:
         facts.append(r.key_type)
-    line = f"{r.path}: {text}"
+    status = "ok" if r.ok else "fail" if r.verdict in (Verdict.INVALID, Verdict.MALFORMED) else "warn"
+    line = f"{r.path}: {paint(text, status)}"
     if facts:
         line += " (" + ", ".join(facts) + ")"
     if r.detail:

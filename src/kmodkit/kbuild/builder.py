@@ -94,7 +94,20 @@ class KernelBuild:
             "signed": self.signed.to_json() if self.signed else None,
             "modules": [str(m) for m in self.modules], "notes": list(self.notes),
             "check": [v.to_json() for v in self.verdicts],
+            "error": self.error_json(),
         }
+
+    def error_json(self) -> dict[str, object] | None:
+        """Why this kernel has no module it can load, as --json's error object; None when it has one."""
+        from kmodkit.errors import error_object
+
+        refused = next((v for v in self.verdicts if v.refusal is not None), None)
+        if refused is not None and refused.refusal is not None:
+            return error_object(self.kernel, f"{Path(refused.path).name} would be refused: {refused.refusal.problem}",
+                                refused.refusal.fix, 1)
+        if self.state in (State.FAILED, State.BLOCKED):
+            return error_object(self.kernel, self.problem or self.state.value, self.fix, 1)
+        return None
 
 
 def _s(p: Path | None) -> str | None:
@@ -122,7 +135,10 @@ class BuildReport:
         """The report as a JSON object."""
         return {"module": self.manifest.name, "modules": [m.name for m in self.manifest.modules],
                 "version": self.manifest.version, "ok": self.ok,
-                "wall": round(self.wall, 3), "jobs": self.jobs, "kernels": [r.to_json() for r in self.results]}
+                "wall": round(self.wall, 3), "jobs": self.jobs,
+                # a kernel skipped with skip_blocked is reported, not an error
+                "kernels": [{**r.to_json(), "error": None} if self.skip_blocked and r.state is State.BLOCKED
+                            else r.to_json() for r in self.results]}
 
 
 Listener = Callable[[KernelBuild], None]

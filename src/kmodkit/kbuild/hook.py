@@ -91,7 +91,10 @@ class HookResult:
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
-        return {"project": str(self.project), "kernel": self.kernel, "ok": self.ok, "detail": self.detail}
+        from kmodkit.errors import error_object
+
+        return {"project": str(self.project), "kernel": self.kernel, "ok": self.ok, "detail": self.detail,
+                "error": None if self.ok else error_object(f"{self.kernel}: {self.project}", self.detail, None, 1)}
 
 
 def registered(root: Root = HOST) -> list[Path]:

@@ -39,7 +39,7 @@ class KernelInstall:
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
         return {"kernel": self.kernel, "ok": self.error is None, "files": [str(f) for f in self.files],
-                "kept": [str(f) for f in self.kept], "error": self.error.to_json() if self.error else None}
+                "kept": [str(f) for f in self.kept], "error": self.error.error_json() if self.error else None}
 
 
 def state_path(root: Root) -> Path:

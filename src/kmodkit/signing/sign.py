@@ -43,6 +43,7 @@ class SignStatus(enum.Enum):
 
     SIGNED = "signed"  #: it was unsigned and is now signed
     REPLACED = "replaced"  #: its old signature was stripped and a new one appended (--replace)
+    ALREADY_SIGNED = "already-signed"  #: left as it was: signed by this key with this digest, and the signature holds
     FAILED = "failed"  #: it was left as it was; see the error
 
 
@@ -54,11 +55,12 @@ class SignResult:
     status: SignStatus  #: signed, replaced or failed
     compression: Compression  #: the file's compression (kept as it was)
     error: ItemError | None = None  #: why it failed, else None
+    signer: str | None = None  #: ALREADY_SIGNED: the signing certificate's subject, else None
 
     def to_json(self) -> dict[str, object]:
         """The result as JSON-ready data."""
         return {"path": self.path, "status": self.status.value, "compression": self.compression.value,
-                "error": str(self.error) if self.error else None}
+                "signer": self.signer, "error": self.error.error_json() if self.error else None}
 
 
 def module_signature_trailer(sig_len: int) -> bytes:
@@ -152,6 +154,19 @@ class ModuleSigner:
         # fails now, not at the first file, when --keyid cannot be honoured
         self._template = SignedDataTemplate(cert.public_bytes(serialization.Encoding.DER), hash, key.key_type,
                                             use_key_id)
+        from kmodkit.signing.trust import TrustStore
+
+        # this certificate alone: a module whose signature it verifies is signed by this key already
+        self._own = TrustStore()
+        self._own_cert = self._own.add_der(cert.public_bytes(serialization.Encoding.DER), cert_name)
+
+    def signed_by_this_key(self, data: bytes | memoryview, name: str = "<memory>") -> bool:
+        """Whether the decompressed module ``data`` carries a signature (the last one, which the kernel reads) by
+        this key, with this digest, that holds for its content: signing it again would change nothing."""
+        from kmodkit.signing.kernel_check import check_module_signature
+
+        check = check_module_signature(data, self._own, name)
+        return check.accepted and check.signer is not None and check.signer.hash_name == self.hash.value
 
     def signature_for(self, content: bytes | memoryview) -> bytes:
         """What sign-file appends to ``content``: PKCS#7 DER, struct module_signature, magic."""
@@ -169,7 +184,7 @@ class ModuleSigner:
         """
         content, count = strip_signatures(data, name)
         if count and not self.replace:
-            raise UserError(name, f"is already signed{_signer_text(data, name)}",
+            raise UserError(name, f"is already signed by another key or digest{_signer_text(data, name)}",
                             "pass --replace to strip the signature and sign again")
         # what is signed must be a module the one reader reads (as kmod does): sign never signs what info refuses,
         # nor writes back a bare signature when a trailer claimed the module itself
@@ -214,6 +229,8 @@ class ModuleSigner:
                 raise ModuleFormatError(path, "file is empty")
             kind = _compress.detect(raw[:6])
             plain = _compress.decompress(raw, kind, path) if kind is not Compression.NONE else raw
+            if not self.replace and self.signed_by_this_key(plain, path):  # a re-run of a pipeline: nothing to do
+                return SignResult(path, SignStatus.ALREADY_SIGNED, kind, signer=self._own_cert.subject), None
             signed, replaced = self.sign_bytes(plain, path)
             out = _compress.compress(signed, kind) if kind is not Compression.NONE else signed
             try:
