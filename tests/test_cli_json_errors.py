@@ -49,6 +49,9 @@ BAD: dict[str, list[str]] = {
     "oops": ["oops", "--json", MISSING],
     "trace": ["trace", "no_such_module_kmodkit", "--json", "--", "true"],
     "profile": ["profile", "no_such_module_kmodkit", "--json", "--", "true"],
+    "report": ["report", "--json", MISSING],
+    "kmm": ["kmm", "--json", MISSING, "--image", "registry.example.com/x"],
+    "dkms export": ["dkms", "export", "--json", MISSING],
 }
 
 

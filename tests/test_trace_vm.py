@@ -26,24 +26,38 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 GUEST = Path(__file__).resolve().parent / "guest" / "trace_guest.py"
 
 
-@pytest.fixture(scope="module")
-def boot(generic_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
-    if generic_tree.headers is None:
-        pytest.skip("no headers for the generic kernel")
-    d = tmp_path_factory.mktemp("trace-vm")
+def _boot(tree: KernelTree, d: Path, *mode: str) -> tuple[dict[str, object], Path]:
+    if tree.headers is None:
+        pytest.skip("no headers for the kernel")
     new = subprocess.run([sys.executable, "-m", "kmodkit", "new", "hello", "--dir", str(d / "hello")],
                          capture_output=True, text=True)
     assert new.returncode == 0, new.stderr
-    make = subprocess.run(["make", f"KDIR={generic_tree.headers}"], cwd=d / "hello", capture_output=True, text=True)
+    make = subprocess.run(["make", f"KDIR={tree.headers}"], cwd=d / "hello", capture_output=True, text=True)
     assert make.returncode == 0, make.stdout + make.stderr
     out = d / "out"
-    done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", generic_tree.release, "--cpus", "2",
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", tree.release, "--cpus", "2",
                            "--out", str(out), "--runs-dir", str(d / "runs"), "--timeout", "1200", "--",
                            "env", f"PYTHONPATH={SRC}", sys.executable, str(GUEST), str(d / "hello" / "hello.ko"),
-                           str(out)], capture_output=True, text=True, cwd="/")
+                           str(out), *mode], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report: dict[str, object] = json.loads((out / "report.json").read_text())  # written in the guest
     return report, out
+
+
+@pytest.fixture(scope="module")
+def boot(generic_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
+    """Everything, in the generic 6.1 kernel."""
+    return _boot(generic_tree, tmp_path_factory.mktemp("trace-vm"))
+
+
+@pytest.fixture(scope="module")
+def boot612(xz_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
+    """Tracing (not profile) again in 6.12 cloud: its function_graph output and filters are the newer ones."""
+    return _boot(xz_tree, tmp_path_factory.mktemp("trace-vm-612"), "trace-only")
+
+
+#: the tests that run in both kernels take the boot by name
+BOTH = pytest.mark.parametrize("kernel", ["boot", "boot612"])
 
 
 def fn(report: dict[str, object], key: str, name: str) -> dict[str, object]:
@@ -58,8 +72,9 @@ def fn(report: dict[str, object], key: str, name: str) -> dict[str, object]:
     return got  # type: ignore[no-any-return]
 
 
-def test_counts_are_exact(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_counts_are_exact(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     # 7 writes, loops=13: 7 handler calls and 91 helper calls, with and without --graph
     for key in ("auto_mount", "counts"):
         info = {k: v for k, v in r[key].items() if k in ("events", "lost", "seconds")}  # type: ignore[union-attr]
@@ -73,29 +88,33 @@ def test_counts_are_exact(boot: tuple[dict[str, object], Path]) -> None:
     assert edges[("<root>", "hello_write")] == 7 and edges[("hello_write", "hello_step")] == 91
 
 
-def test_graph_shows_the_kernel_functions_the_module_calls(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_graph_shows_the_kernel_functions_the_module_calls(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     assert fn(r, "counts_graph", "__cond_resched")["calls"] >= 39  # cond_resched() after every step
 
 
-def test_trace_cmd_counts_the_same_calls(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_trace_cmd_counts_the_same_calls(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     tc = r["trace_cmd"]
     assert isinstance(tc, dict) and tc["status"] == [0, 0], tc
     assert (tc["hello_write"], tc["hello_step"]) == (fn(r, "counts_paced", "hello_write")["calls"],
                                                      fn(r, "counts_paced", "hello_step")["calls"]) == (7, 91)
 
 
-def test_durations_are_real(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_durations_are_real(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     slept = fn(r, "sleep", "hello_write")
     assert slept["calls"] == 3 and float(slept["p50_us"]) >= 10_000  # type: ignore[arg-type]
     awake = fn(r, "nosleep", "hello_write")
     assert float(awake["max_us"]) < 5_000  # type: ignore[arg-type]
 
 
-def test_contention_shows_in_the_trace(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_contention_shows_in_the_trace(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     one, two = fn(r, "lock_one", "hello_step_locked"), fn(r, "lock_two", "hello_step_locked")
     assert (one["calls"], two["calls"]) == (1500, 3000)
 
@@ -117,8 +136,9 @@ def test_contention_shows_in_the_trace(boot: tuple[dict[str, object], Path]) -> 
     assert count("lock_two", "queued_spin_lock_slowpath") > in_interrupts("lock_two"), sorted(r["lock_two"])  # type: ignore[call-overload]
 
 
-def test_tracefs_is_as_before_after_every_run(boot: tuple[dict[str, object], Path]) -> None:
-    r, _ = boot
+@BOTH
+def test_tracefs_is_as_before_after_every_run(kernel: str, request: pytest.FixtureRequest) -> None:
+    r, _ = request.getfixturevalue(kernel)
     assert r["mounted_at_start"] is False and r["mounted_after_not_loaded"] is False
     assert r["auto_mount"]["mounted_after"] is False  # type: ignore[index]
     assert r["same_after_counts"] is True and r["same_after_graph"] is True
