@@ -10,6 +10,8 @@ and must print the same text."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import struct
 import subprocess
@@ -202,6 +204,7 @@ def test_qemu72s_layout_made_in_the_test_is_fixed_in_place_and_read_either_way(t
     ("before_5_10", "its VMCOREINFO has no SYMBOL(prb)"),
     ("huge_ring", "its printk ring is implausibly large"),
     ("directory", "is a directory"),
+    ("fifo", "is a FIFO, not a regular file"),  # refused at once: opening it for reading would wait for a writer
 ])
 def test_a_bad_dump_made_in_the_test_is_one_error_line(tmp_path: Path, case: str, expected: str) -> None:
     path = tmp_path / "vmcore"
@@ -228,8 +231,15 @@ def test_a_bad_dump_made_in_the_test_is_one_error_line(tmp_path: Path, case: str
                                                   "OFFSET(prb_data_ring.size_bits)=12"))
     elif case == "directory":
         path.mkdir()
-    for args in (["--dmesg"], ["--json"]):
-        done = _oops("--vmcore", str(path), *args)
-        err = done.stderr.decode()
-        assert done.returncode == 2, (args, err)
-        assert err.startswith(f"error: {path}: {expected}") and err.count("\n") == 1, err
+    elif case == "fifo":
+        os.mkfifo(path)
+    done = _oops("--vmcore", str(path), "--dmesg")
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.startswith(f"error: {path}: {expected}") and err.count("\n") == 1, err
+    done = _oops("--vmcore", str(path), "--json")  # with --json: the dump's record in oops's list, on stdout
+    assert done.returncode == 2 and done.stderr == b"", done.stderr
+    [record] = json.loads(done.stdout)
+    error = record["error"]
+    assert error["what"] == str(path) and error["exit"] == 2, error
+    assert f"{error['why']}; {error['fix']}".startswith(expected), error  # the text line is "why; fix"

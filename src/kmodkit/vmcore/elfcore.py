@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from kmodkit.errors import UserError, from_oserror
 from kmodkit.modfile.elf import ELFCLASS64, ELFDATA2LSB, ELFMAG
+from kmodkit.modfile.opener import open_regular
 
 ET_CORE = 4
 PT_LOAD, PT_NOTE = 1, 4
@@ -55,14 +56,16 @@ class CoreFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        fd, st = open_regular(path, "a vmcore")  # a FIFO or device is refused, never waited on
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < EHDR_SIZE:
-                    raise UserError(path, f"not a vmcore: {size} bytes, too short for an ELF header")
-                self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            size = st.st_size
+            if size < EHDR_SIZE:
+                raise UserError(path, f"not a vmcore: {size} bytes, too short for an ELF header")
+            self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         except OSError as exc:
             raise from_oserror(exc, path) from exc
+        finally:
+            os.close(fd)
         #: the file's size in bytes
         self.size = size
         try:
