@@ -164,7 +164,7 @@ class DebBuild:
             if errors:
                 return [DebPackage(name, self.version, tuple(self.kernels), None, (), e) for e in errors]
             spec = _Spec(name, tuple(self.kernels), kernel_dependency(tuple(self.kernels)),
-                         f"{self.base} kernel modules for Linux {', '.join(self.kernels)}", dict(etc), tuple(etc))
+                         f"{self.base} kernel modules for {len(self.kernels)} Linux kernels", dict(etc), tuple(etc))
             return [self._package(spec, {k: b for k, b in built.items() if not isinstance(b, ItemError)})]
         depends_common = ""
         if etc:
@@ -305,15 +305,17 @@ exit 0
 
 
 def _description(spec: _Spec, job: DebBuild) -> str:
-    lines = [spec.synopsis]
-    for m in job.manifest.modules:
-        what = m.description or f"the {m.name} module"
-        lines.append(f"{m.name}.ko: {what}.")
+    """The Description field: the synopsis, then a body of lines within lintian's 80 columns."""
+    import textwrap
+
+    body = [f"{m.name}.ko: {m.description or f'the {m.name} module'}." for m in job.manifest.modules]
     if spec.kernels:
-        lines.append(f"Built by kmodkit from the project {job.base}, version {job.manifest.version}.")
+        body.append(f"Built by kmodkit from the project {job.base}, version {job.manifest.version}, for Linux "
+                    f"{', '.join(spec.kernels)}.")
     else:
-        lines.append(f"The modules-load.d and modprobe.d files the {job.base} modules of every kernel share.")
-    return "\n ".join(lines)
+        body.append(f"The modules-load.d and modprobe.d files the {job.base} modules of every kernel share.")
+    lines = [w for text in body for w in textwrap.wrap(text, 78)]
+    return "\n ".join([spec.synopsis, *lines])
 
 
 def _copyright(job: DebBuild) -> str:
@@ -346,9 +348,12 @@ def _author(job: DebBuild) -> str | None:
 
 
 def _changelog(spec: _Spec, job: DebBuild) -> str:
+    import textwrap
+
     kernels = f" for Linux {', '.join(spec.kernels)}" if spec.kernels else ""
-    return (f"{job.base}-modules ({job.version}) unstable; urgency=medium\n\n"
-            f"  * {job.manifest.name} {job.manifest.version} built by kmodkit{kernels}.\n\n"
+    entry = textwrap.fill(f"{job.manifest.name} {job.manifest.version} built by kmodkit{kernels}.", 79,
+                          initial_indent="  * ", subsequent_indent="    ")
+    return (f"{job.base}-modules ({job.version}) unstable; urgency=medium\n\n{entry}\n\n"
             f" -- {job.maintainer}  {formatdate(_epoch(job))}\n")
 
 
