@@ -266,6 +266,22 @@ def test_a_kernel_without_a_build_is_one_error_line_with_the_fix(built: dict[str
     assert not any((tmp_path / "one").iterdir())
 
 
+def test_what_cannot_name_a_package_is_one_error_line(tmp_path: Path) -> None:
+    """No kernel needed: the manifest and the flags are refused before anything is built or written."""
+    (tmp_path / "kmodkit.toml").write_text('[module]\nname = "x_y"\nversion = "v1.0"\n')
+    done = _cli("package", "deb", str(tmp_path), "-k", "6.1.0-57-amd64")
+    assert (done.returncode, done.stderr) == (2, f"error: {tmp_path}/kmodkit.toml: [module] version: 'v1.0' is not "
+                                              "a Debian version; start it with a digit and use only letters, digits "
+                                              "and . + ~ -\n")
+    (tmp_path / "kmodkit.toml").write_text('[module]\nname = "x_y"\nversion = "1.0"\n')
+    done = _cli("package", "deb", str(tmp_path))
+    assert (done.returncode, done.stderr) == (2, f"error: {tmp_path}: is built for no kernel; run 'kmodkit build' "
+                                              "first, or name kernels with -k\n")
+    done = _cli("package", "deb", str(tmp_path), "-k", "6.1.0-57-amd64", "--maintainer", "bob")
+    assert done.returncode == 2 and done.stderr.startswith("error: maintainer 'bob': is not 'Full Name <address>'")
+    assert [p.name for p in tmp_path.iterdir()] == ["kmodkit.toml"]
+
+
 @pytest.mark.vm
 def test_dpkg_installs_it_in_a_booted_kernel_and_modprobe_loads_it(
         built: dict[str, object], debs: dict[str, list[dict[str, object]]], tmp_path_factory: pytest.TempPathFactory

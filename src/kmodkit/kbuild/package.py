@@ -141,7 +141,8 @@ class DebBuild:
                             f"{self.manifest.version!r} is not a Debian version",
                             "start it with a digit and use only letters, digits and . + ~ -")
         if not re.fullmatch(r"[^<>\n]+ <[^<>@\s]+@[^<>@\s]+>", self.maintainer):
-            raise UserError(f"maintainer {self.maintainer!r}", "is not 'Full Name <address>'")
+            raise UserError(f"maintainer {self.maintainer!r}", "is not 'Full Name <address>'",
+                            "name one as --maintainer 'Jane Doe <jane@example.com>'")
         self.version = f"{self.manifest.version}-{REVISION}"
 
     def run(self) -> list[DebPackage]:
