@@ -202,6 +202,9 @@ def test_package_contents_fields_and_signatures(built: dict[str, object],
             assert signer.strip() == "kmodkit package test", ko
     assert subprocess.run(["modinfo", "-F", "signer", str(Path(str(built["hello"])) / "out" / generic / "hello.ko")],
                           capture_output=True, text=True).stdout.strip() == ""  # the build itself is left as it was
+    # packaging again gives the same bytes (one timestamp, deterministic signatures, dpkg-deb's SOURCE_DATE_EPOCH)
+    again = _package(Path(str(built["hello"])), Path(str(built["base"])) / "again", "-k", generic)[0]
+    assert Path(str(again["path"])).read_bytes() == Path(str(hello["path"])).read_bytes()
 
 
 def test_dpkg_installs_indexes_and_purges_cleanly_in_a_throwaway_root(
@@ -280,6 +283,32 @@ def test_what_cannot_name_a_package_is_one_error_line(tmp_path: Path) -> None:
     done = _cli("package", "deb", str(tmp_path), "-k", "6.1.0-57-amd64", "--maintainer", "bob")
     assert done.returncode == 2 and done.stderr.startswith("error: maintainer 'bob': is not 'Full Name <address>'")
     assert [p.name for p in tmp_path.iterdir()] == ["kmodkit.toml"]
+
+
+def test_architecture_comes_from_the_modules_and_one_package_holds_one(tmp_path: Path) -> None:
+    """No kernel needed: real Debian modules of other architectures (tests/data/modules) stand in as builds."""
+    _tool("dpkg-deb")
+    project = tmp_path / "dummy"
+    project.mkdir()
+    (project / "kmodkit.toml").write_text('[module]\nname = "dummy"\nversion = "1.0"\nlicense = "GPL"\n')
+    modules = Path(__file__).parent / "data" / "modules"
+    arches = {"6.1.0-0-arm64": "arm64", "6.1.0-0-armmp": "armhf", "6.1.0-0-s390x": "s390x", "6.1.0-0-686": "i386"}
+    for kver, arch in zip(arches, ("arm64", "armhf", "s390x", "i386")):
+        (project / "out" / kver).mkdir(parents=True)
+        shutil.copy(modules / arch / "dummy.ko", project / "out" / kver / "dummy.ko")
+    done = _cli("package", "deb", str(project), "--out", str(tmp_path / "debs"), "--json")
+    assert done.returncode == 0, done.stderr
+    for pkg in json.loads(done.stdout)["packages"]:
+        (kver,) = pkg["kernels"]
+        assert Path(pkg["path"]).name == f"dummy-modules-{kver}_1.0-1_{arches[kver]}.deb"
+        arch = subprocess.run(["dpkg-deb", "-f", pkg["path"], "Architecture"], capture_output=True, text=True)
+        assert arch.stdout.strip() == arches[kver]
+    done = _cli("package", "deb", str(project), "--one", "-k", "6.1.0-0-arm64", "-k", "6.1.0-0-armmp",
+                "--out", str(tmp_path / "one"))
+    assert (done.returncode, done.stderr) == (2, f"error: {project}/out/6.1.0-0-armmp/dummy.ko: is built for armhf, "
+                                              f"{project}/out/6.1.0-0-arm64/dummy.ko for arm64: one package holds one "
+                                              "architecture; package each architecture's kernels on their own (-k)\n")
+    assert not any((tmp_path / "one").iterdir())
 
 
 @pytest.mark.vm

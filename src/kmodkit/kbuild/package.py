@@ -174,7 +174,7 @@ class DebBuild:
             results.append(self._package(common, {}))
             depends_common = f", {common.name} (= {self.version})"
         for k in self.kernels:
-            name = f"{self.base}-modules-{k.lower()}"
+            name = f"{self.base}-modules-{debian_name(k)}"
             mods = built_modules(self.manifest, k)
             if isinstance(mods, ItemError):
                 results.append(DebPackage(name, self.version, (k,), None, (), mods))
@@ -191,18 +191,27 @@ class DebBuild:
                               ItemError(spec.name, "is not a Debian package name",
                                         "name the kernel with lower-case letters, digits and . + -"))
         files = dict(spec.files)
-        arch = spec.arch
+        arches: dict[str, Path] = {}
         for kver, mods in built.items():
             for ko in mods:
                 data = self._module_bytes(ko)
                 if isinstance(data, ItemError):
                     return DebPackage(spec.name, self.version, spec.kernels, None, (), data)
+                arch = _architecture(data, ko)
+                if isinstance(arch, ItemError):
+                    return DebPackage(spec.name, self.version, spec.kernels, None, (), arch)
+                arches.setdefault(arch, ko)
                 files[f"{module_dir(self.manifest, kver)}/{ko.name}"] = data
-                arch = _architecture(data, str(ko))
+        if len(arches) > 1:
+            (a, first), (b, other) = list(arches.items())[:2]
+            return DebPackage(spec.name, self.version, spec.kernels, None, (), ItemError(
+                str(other), f"is built for {b}, {first} for {a}: one package holds one architecture",
+                "package each architecture's kernels on their own (-k)"))
+        arch = next(iter(arches), spec.arch)
         with tempfile.TemporaryDirectory(prefix="kmodkit-deb-") as stage:
             _stage(Path(stage), spec, files, arch, self)
             dest = self.out / f"{spec.name}_{self.version}_{arch}.deb"
-            error = _dpkg_deb(Path(stage), dest)
+            error = _dpkg_deb(Path(stage), dest, _epoch(self))
         if error is not None:
             return DebPackage(spec.name, self.version, spec.kernels, None, (), error)
         log.info("wrote %s", dest)
@@ -227,16 +236,20 @@ class DebBuild:
             return copy.read_bytes()
 
 
-def _architecture(data: bytes, path: str) -> str:
-    """The Debian architecture of a module's bytes (``debian.toml``); UserError when it names none."""
+def _architecture(data: bytes, path: Path) -> str | ItemError:
+    """The Debian architecture of a module's bytes (``debian.toml``), or why it has none."""
+    from kmodkit.errors import KmodkitError
     from kmodkit.modfile.module import ModuleFile
 
-    with ModuleFile.from_bytes(data, path) as mod:
-        elf = mod.elf
-        key = f"{elf.machine_name}/{64 if elf.is64 else 32}/{'little' if elf.little else 'big'}"
+    try:
+        with ModuleFile.from_bytes(data, str(path)) as mod:
+            elf = mod.elf
+            key = f"{elf.machine_name}/{64 if elf.is64 else 32}/{'little' if elf.little else 'big'}"
+    except KmodkitError as exc:
+        return ItemError.from_error(str(path), exc)
     arch = _table()["architectures"].get(key)
     if arch is None:
-        raise UserError(path, f"is built for {key}, which no Debian architecture in kmodkit's table names")
+        return ItemError(str(path), f"is built for {key}, which no Debian architecture in kmodkit's table names")
     return str(arch)
 
 
@@ -367,14 +380,16 @@ def _epoch(job: DebBuild) -> int:
     return max(times, default=int(job.manifest.path.stat().st_mtime))
 
 
-def _dpkg_deb(stage: Path, dest: Path) -> ItemError | None:
-    """``dpkg-deb --build`` the stage into ``dest`` through a temp name beside it, renamed when whole."""
+def _dpkg_deb(stage: Path, dest: Path, epoch: int) -> ItemError | None:
+    """``dpkg-deb --build`` the stage into ``dest`` through a temp name beside it, renamed when whole; the
+    archive's own timestamps are ``epoch`` (dpkg-deb reads SOURCE_DATE_EPOCH), so a rebuild is byte-identical."""
     from kmodkit.fileio import fsync_dir, write_temp
 
     tmp = write_temp(str(dest), b"", 0o644)  # the temp name kmodkit's sweeps know, reserved
     try:
         done = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(stage), tmp],
-                              capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+                              capture_output=True, text=True,
+                              env={**os.environ, "LC_ALL": "C", "SOURCE_DATE_EPOCH": str(epoch)})
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
             return ItemError(str(dest), f"dpkg-deb failed: {lines[-1]}")
