@@ -255,6 +255,20 @@ def test_the_core_project_with_its_common_package_installs_and_purges(
     assert _tree(root).keys() == before.keys()
 
 
+def test_one_package_for_two_kernels_reindexes_only_the_installed_one(
+        built: dict[str, object], debs: dict[str, list[dict[str, object]]], tmp_path: Path) -> None:
+    _need_root()
+    generic, cloud = str(built["generic"]), str(built["cloud"])
+    root = _root(tmp_path, generic)  # the cloud kernel is not installed here
+    before = _tree(root)
+    _dpkg(root, "-i", str(debs["one"][0]["path"]))  # Depends: met by the generic kernel's image alone
+    assert "updates/hello.ko:\n" in (root / "lib/modules" / generic / "modules.dep").read_text()
+    # the cloud kernel's modules were unpacked, but depmod was not run for a kernel that is not there
+    assert [p.name for p in (root / "lib/modules" / cloud).iterdir()] == ["updates"]
+    _dpkg(root, "--purge", "hello-modules")
+    assert _tree(root).keys() == before.keys() and not (root / "lib/modules" / cloud).exists()
+
+
 def test_a_kernel_without_a_build_is_one_error_line_with_the_fix(built: dict[str, object], tmp_path: Path) -> None:
     hello, kver = Path(str(built["hello"])), str(built["generic"])
     missing = "6.0.0-0-notbuilt-amd64"
