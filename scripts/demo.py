@@ -196,6 +196,22 @@ def main() -> int:
          "-k", generic, "--show-depends", "hello", "af_key")
     step("why af_key needs xfrm_algo", "deps", "-k", generic, "--why", "af_key", "xfrm_algo")
 
+    # packages for a fleet: one .deb per kernel, judged by Debian's lintian
+    debs = ROOT / ".kmodkit" / "demo-debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for old_deb in debs.glob("*.deb"):
+        old_deb.unlink()
+    step("package the signed builds: a .deb per kernel (modules in updates/, depmod in postinst/postrm)",
+         "package", "deb", EXAMPLE, "--out", str(debs.relative_to(ROOT)))
+    made = sorted(str(p.relative_to(ROOT)) for p in debs.glob("*.deb"))
+    print("\n=== lintian, Debian's package checker, on them: no error (E:) is allowed")
+    print("$ lintian " + " ".join(made), flush=True)
+    lint = subprocess.run(["lintian", *made], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sys.stdout.write(lint.stdout)
+    if lint.returncode != 0:
+        print(f"demo: lintian failed with exit status {lint.returncode}", file=sys.stderr)
+        sys.exit(1)
+
     # loading, in a really booted kernel
     step(f"boot {generic} under QEMU, load the signed example with a parameter, read its status, unload it",
          "vm", "run", "-k", generic, "--", "sh", "-c",

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("kmodkit.cli.init", "write a kmodkit.toml for an existing Kbuild tree"),
     "install": ("kmodkit.cli.install", "install a project's built modules into kernels' trees and re-index"),
     "uninstall": ("kmodkit.cli.uninstall", "remove exactly what kmodkit install installed"),
+    "package": ("kmodkit.cli.package", "package a project's built modules for a distro (package deb: .deb files)"),
     "hook": ("kmodkit.cli.hook", "rebuild and install registered projects when a kernel is installed"),
     "build": ("kmodkit.cli.build", "build a module project for one or many kernels in parallel"),
     "lint": ("kmodkit.cli.lint", "check module source for outdated or unsafe conventions"),

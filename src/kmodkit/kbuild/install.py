@@ -80,8 +80,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _built(manifest: Manifest, release: str) -> list[Path] | ItemError:
-    """The project's modules built for ``release`` (out/KVER/NAME.ko, the manifest's order), or why there are none."""
+def built_modules(manifest: Manifest, release: str) -> list[Path] | ItemError:
+    """The project's modules built for ``release`` (out/KVER/NAME.ko, the manifest's order), or why there are none.
+
+    ``install`` and ``package deb`` take their modules from here; the ItemError names the fix (the build).
+    """
     out = manifest.project / "out" / release
     mods = [out / f"{m.name}.ko" for m in manifest.modules]
     missing = [m for m in mods if not m.is_file()]
@@ -91,6 +94,26 @@ def _built(manifest: Manifest, release: str) -> list[Path] | ItemError:
         return ItemError(str(missing[0]), f"is not built for {release}",
                          f"kmodkit build {shlex.quote(str(manifest.project))} -k {release}")
     return mods
+
+
+def module_dir(manifest: Manifest, release: str) -> str:
+    """Where the project's modules go on a machine: /lib/modules/RELEASE/LOCATION (``[install] location``)."""
+    return f"/lib/modules/{release}/{manifest.install_location}"
+
+
+def etc_files(manifest: Manifest, comment: str) -> dict[str, bytes]:
+    """The modules-load.d and modprobe.d files the manifest asks for (machine path -> content, ``comment`` the
+    first line's text); empty when it asks for none."""
+    files: dict[str, bytes] = {}
+    head = f"# {comment}\n"
+    name = f"kmodkit-{manifest.name}.conf"
+    boot = [m.name for m in manifest.modules if m.load_at_boot]
+    if boot:
+        files[f"/etc/modules-load.d/{name}"] = (head + "\n".join(boot) + "\n").encode()
+    options = [f"options {m.name} {m.options}" for m in manifest.modules if m.options]
+    if options:
+        files[f"/etc/modprobe.d/{name}"] = (head + "\n".join(options) + "\n").encode()
+    return files
 
 
 def reindex(root: Root, release: str) -> None:
@@ -125,20 +148,10 @@ class Install:
                 if out.is_dir() else []
         self.kernels = list(dict.fromkeys(self.kernels))
 
-    def _conf_name(self) -> str:
-        return f"kmodkit-{self.manifest.name}.conf"
-
     def _etc_files(self) -> dict[Path, bytes]:
         """The modules-load.d and modprobe.d files the manifest asks for (name -> content); none when it asks nothing."""
-        files: dict[Path, bytes] = {}
-        head = f"# written by kmodkit install for {self.project}; kmodkit uninstall removes it\n"
-        boot = [m.name for m in self.manifest.modules if m.load_at_boot]
-        if boot:
-            files[self.root.join("/etc/modules-load.d") / self._conf_name()] = (head + "\n".join(boot) + "\n").encode()
-        options = [f"options {m.name} {m.options}" for m in self.manifest.modules if m.options]
-        if options:
-            files[self.root.join("/etc/modprobe.d") / self._conf_name()] = (head + "\n".join(options) + "\n").encode()
-        return files
+        comment = f"written by kmodkit install for {self.project}; kmodkit uninstall removes it"
+        return {self.root.join(p): data for p, data in etc_files(self.manifest, comment).items()}
 
     def install(self) -> list[KernelInstall]:
         """Install for every kernel (each reported; a failed one does not stop the others) and record it."""
@@ -151,11 +164,11 @@ class Install:
                 results.append(KernelInstall(release, (), ItemError(str(moddir), "is not an installed kernel",
                                                                     "install the kernel first")))
                 continue
-            built = _built(self.manifest, release)
+            built = built_modules(self.manifest, release)
             if isinstance(built, ItemError):
                 results.append(KernelInstall(release, (), built))
                 continue
-            dest = moddir / self.manifest.install_location
+            dest = self.root.join(module_dir(self.manifest, release))
             dest.mkdir(parents=True, exist_ok=True)
             written: dict[str, str] = {}
             for ko in built:
@@ -195,7 +208,7 @@ class Install:
             for path, sha in files.items():
                 (removed if _remove_if_ours(self.root.join(path), sha) else kept).append(self.root.join(path))
             moddir = self.root.join("/lib/modules") / release
-            location = moddir / self.manifest.install_location
+            location = self.root.join(module_dir(self.manifest, release))
             while location != moddir and location.is_dir() and not any(location.iterdir()):
                 location.rmdir()
                 location = location.parent
