@@ -52,6 +52,7 @@ BAD: dict[str, list[str]] = {
     "report": ["report", "--json", MISSING],
     "kmm": ["kmm", "--json", MISSING, "--image", "registry.example.com/x"],
     "dkms export": ["dkms", "export", "--json", MISSING],
+    "package deb": ["package", "deb", "--json", MISSING],
 }
 
 
