@@ -95,7 +95,7 @@ def test_a_newly_installed_kernel_gets_the_registered_projects_built_signed_inst
     root, base, old, new = machine
     proc = _cli("hook", "install", "--root", str(root))
     assert proc.returncode == 0, proc.stderr
-    for hook in ("postinst.d", "postrm.d"):
+    for hook in ("postinst.d", "header_postinst.d", "prerm.d"):
         script = root / "etc" / "kernel" / hook / "kmodkit"
         assert os.access(script, os.X_OK)
         subprocess.run(["sh", "-n", str(script)], check=True)
@@ -113,8 +113,8 @@ def test_a_newly_installed_kernel_gets_the_registered_projects_built_signed_inst
     assert deps == [f"insmod {core} ", f"insmod {moddir}/updates/fleetmon_probe.ko "]
     log = (root / "var" / "log" / "kmodkit" / "hook.log").read_text()
     assert f"postinst.d/kmodkit {new}" in log and f"{base / 'probe'}: built" in log
-    # the kernel package is removed: postrm.d takes out what kmodkit put in, the old kernel keeps its modules
-    ran = _run_parts(root, "postrm.d", new)
+    # the kernel package is being removed: prerm.d takes out what kmodkit put in, the old kernel keeps its modules
+    ran = _run_parts(root, "prerm.d", new)
     assert ran.returncode == 0 and ran.stderr == "", ran.stderr
     assert not (moddir / "updates").exists()
     state = json.loads((root / "var" / "lib" / "kmodkit" / "installed.json").read_text())
