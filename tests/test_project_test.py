@@ -89,3 +89,13 @@ def test_a_missing_script_and_bad_options_are_refused_before_any_boot(tmp_path: 
     assert done.returncode == 2 and done.stderr.startswith("error: -j 0: ")
     done = _kk("test", str(project), "-k", "../x")
     assert done.returncode == 2 and done.stderr.startswith("error: -k '../x': ")
+
+
+@pytest.mark.kernel
+def test_a_mistyped_kernel_is_refused_with_the_close_names(tmp_path: Path, cloud_tree: KernelTree) -> None:
+    project = _hello(tmp_path)
+    typo = cloud_tree.release[:-1]
+    done = _kk("test", str(project), "-k", typo)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: -k {typo}: is not an installed kernel (no /lib/modules/{typo}); "
+                                  f"did you mean {cloud_tree.release}"), done.stderr

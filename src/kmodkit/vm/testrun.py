@@ -138,6 +138,7 @@ class ProjectTest:
             problem = kern.release_problem(release)
             if problem is not None:
                 raise UserError(f"-k {release!r}", problem, "name a kernel as /lib/modules does")
+        kern.check_installed(self.kernels)
         self.targets = self._targets()
         if not self.targets:
             raise UserError("/lib/modules", "no kernel is installed to test in", "install one or name one with -k")
