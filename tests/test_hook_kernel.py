@@ -134,3 +134,18 @@ def test_a_failing_build_is_logged_and_never_fails_the_package(machine: tuple[Pa
     assert f"build blocked: no headers for {broken}" in log.read_text()
     assert _cli("hook", "remove", "--root", str(root)).returncode == 0
     assert not (root / "etc" / "kernel" / "postinst.d" / "kmodkit").exists()
+
+
+def test_hook_install_writes_dkms_three_scripts_and_drops_an_earlier_postrm_one(tmp_path: Path) -> None:
+    # an earlier kmodkit's postrm.d script (it ran once dpkg had deleted the tree), made here as it wrote it
+    legacy = tmp_path / "etc" / "kernel" / "postrm.d" / "kmodkit"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("#!/bin/sh\n# Written by 'kmodkit hook install'; 'kmodkit hook remove' removes it.\n")
+    others = tmp_path / "etc" / "kernel" / "postrm.d" / "initramfs-tools"
+    others.write_text("#!/bin/sh\n")
+    proc = _cli("hook", "install", "--root", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("etc/kernel/*/*")) == [
+        "etc/kernel/header_postinst.d/kmodkit", "etc/kernel/postinst.d/kmodkit",
+        "etc/kernel/postrm.d/initramfs-tools", "etc/kernel/prerm.d/kmodkit"]
+    assert "hook run \"$version\" --removed" in (tmp_path / "etc" / "kernel" / "prerm.d" / "kmodkit").read_text()
