@@ -200,6 +200,7 @@ class ProjectTest:
         if isinstance(modules, ItemError):
             return KernelTest(release, False, None, None, (), None, error=modules)
         paths = tuple(str(p) for p in modules)
+        log.info("%s: running %s with %s", release, self.script, " ".join(paths))
         # a script that lost its x bit (an archive, a copy) still runs: sh reads it
         command = (str(self.script), *paths) if os.access(self.script, os.X_OK) else ("/bin/sh", str(self.script),
                                                                                       *paths)
