@@ -13,7 +13,7 @@ Oracles: dpkg, kmod's modinfo (signer, vermagic) and modprobe -d (the index).
 Needs root (chroot, mount), debootstrap and the network the first time.  The chroot's tarball (250 MB
 zstd, 540 MB unpacked) and the .debs (40 MB) are kept under the repository's .cache/, as the bootstrap
 keeps kmod 34 there: the tests' own HOME is thrown away each run, and the user's cache must not be written
-by tests.  Measured on a busy 2-CPU machine: the first run 9 minutes (debootstrap and the tarball about 3),
+by tests.  Measured on a busy 2-CPU machine: the first run 6 to 9 minutes (debootstrap and the tarball 3),
 a re-run 3 minutes (unpacking the chroot, dpkg, two builds).
 """
 
