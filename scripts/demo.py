@@ -220,6 +220,8 @@ def main() -> int:
     step("the same with module.sig_enforce=1: check predicts the refusal of our untrusted key before the kernel "
          "is asked, and says why", "vm", "run", "-k", generic, "--append", "module.sig_enforce=1", "--", "kmodkit",
          "load", gen_build, allow=(0, 1, 2, 3))
+    step(f"the example's own test script ([test] script) in a booted {generic}: a table per kernel (--json too)",
+         "test", EXAMPLE, "-k", generic)
     # tracing and profiling, results written back to the host through --out
     out = ROOT / ".kmodkit" / "demo-out"
     out.mkdir(parents=True, exist_ok=True)

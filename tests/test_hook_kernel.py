@@ -95,7 +95,7 @@ def test_a_newly_installed_kernel_gets_the_registered_projects_built_signed_inst
     root, base, old, new = machine
     proc = _cli("hook", "install", "--root", str(root))
     assert proc.returncode == 0, proc.stderr
-    for hook in ("postinst.d", "postrm.d"):
+    for hook in ("postinst.d", "header_postinst.d", "prerm.d"):
         script = root / "etc" / "kernel" / hook / "kmodkit"
         assert os.access(script, os.X_OK)
         subprocess.run(["sh", "-n", str(script)], check=True)
@@ -113,8 +113,8 @@ def test_a_newly_installed_kernel_gets_the_registered_projects_built_signed_inst
     assert deps == [f"insmod {core} ", f"insmod {moddir}/updates/fleetmon_probe.ko "]
     log = (root / "var" / "log" / "kmodkit" / "hook.log").read_text()
     assert f"postinst.d/kmodkit {new}" in log and f"{base / 'probe'}: built" in log
-    # the kernel package is removed: postrm.d takes out what kmodkit put in, the old kernel keeps its modules
-    ran = _run_parts(root, "postrm.d", new)
+    # the kernel package is being removed: prerm.d takes out what kmodkit put in, the old kernel keeps its modules
+    ran = _run_parts(root, "prerm.d", new)
     assert ran.returncode == 0 and ran.stderr == "", ran.stderr
     assert not (moddir / "updates").exists()
     state = json.loads((root / "var" / "lib" / "kmodkit" / "installed.json").read_text())
@@ -134,3 +134,18 @@ def test_a_failing_build_is_logged_and_never_fails_the_package(machine: tuple[Pa
     assert f"build blocked: no headers for {broken}" in log.read_text()
     assert _cli("hook", "remove", "--root", str(root)).returncode == 0
     assert not (root / "etc" / "kernel" / "postinst.d" / "kmodkit").exists()
+
+
+def test_hook_install_writes_dkms_three_scripts_and_drops_an_earlier_postrm_one(tmp_path: Path) -> None:
+    # an earlier kmodkit's postrm.d script (it ran once dpkg had deleted the tree), made here as it wrote it
+    legacy = tmp_path / "etc" / "kernel" / "postrm.d" / "kmodkit"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("#!/bin/sh\n# Written by 'kmodkit hook install'; 'kmodkit hook remove' removes it.\n")
+    others = tmp_path / "etc" / "kernel" / "postrm.d" / "initramfs-tools"
+    others.write_text("#!/bin/sh\n")
+    proc = _cli("hook", "install", "--root", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("etc/kernel/*/*")) == [
+        "etc/kernel/header_postinst.d/kmodkit", "etc/kernel/postinst.d/kmodkit",
+        "etc/kernel/postrm.d/initramfs-tools", "etc/kernel/prerm.d/kmodkit"]
+    assert "hook run \"$version\" --removed" in (tmp_path / "etc" / "kernel" / "prerm.d" / "kmodkit").read_text()

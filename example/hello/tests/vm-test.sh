@@ -1,6 +1,6 @@
 #!/bin/sh
 # Load hello inside a booted kernel, check it, unload it.  Usage: vm-test.sh PATH/TO/hello.ko
-# Run by the VM harness (never on the host: it loads a module).
+# Run by 'kmodkit test' in each booted kernel (never on the host: it loads a module).
 set -eu
 ko=${1:?usage: vm-test.sh PATH/TO/hello.ko}
 version=0.1.0

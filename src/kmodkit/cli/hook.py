@@ -8,8 +8,9 @@ import sys
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("install", "remove", "run"),
-                        help="install: write /etc/kernel/postinst.d/kmodkit and postrm.d/kmodkit; remove: delete "
-                        "them; run KVER: what they do (build, sign, install registered projects for KVER)")
+                        help="install: write /etc/kernel/{postinst.d,header_postinst.d,prerm.d}/kmodkit; "
+                        "remove: delete them; run KVER: what they do (build, sign, install registered projects "
+                        "for KVER)")
     parser.add_argument("kernel", nargs="?", metavar="KVER", help="run: the kernel just installed (or removed)")
     parser.add_argument("--removed", action="store_true", help="run: the kernel is being removed: uninstall")
     parser.add_argument("--root", metavar="DIR", help="the machine's root (default /)")

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("kmodkit.cli.build", "build a module project for one or many kernels in parallel"),
     "lint": ("kmodkit.cli.lint", "check module source for outdated or unsafe conventions"),
     "vm": ("kmodkit.cli.vm", "boot an installed kernel under QEMU and run a command inside"),
+    "test": ("kmodkit.cli.test", "run a project's test script in a booted VM per kernel, with its built modules"),
     "load": ("kmodkit.cli.load", "load a module and its dependencies, rolling back on failure"),
     "unload": ("kmodkit.cli.unload", "unload a module (and, with --with-deps, what only it needed)"),
     "status": ("kmodkit.cli.status", "show loaded modules, their state, parameters and taint"),

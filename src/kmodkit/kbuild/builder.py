@@ -183,7 +183,7 @@ class Build:
             raise UserError(str(self.root.join("/lib/modules")), "no kernel is installed to build for",
                             "install a kernel's headers or name one with -k")
         self._check_sources()
-        self._check_named_kernels()
+        kern.check_installed(self.kernels, self.root)
         self.depends = self.manifest.dependency_paths()
         for dep in self.depends:
             if not (dep / MANIFEST).is_file():
@@ -202,20 +202,6 @@ class Build:
         self.slots = max(cpus + 1, self.jobs or 0)
         self.workers = max(1, min(self.jobs or self.slots, len(self.targets)))
         self.out = self.project / "out"
-
-    def _check_named_kernels(self) -> None:
-        """A kernel named with -k that is not installed at all is a typo until shown otherwise: say the close names."""
-        installed = [k.release for k in kern.installed_kernels(self.root)]
-        for release in self.kernels:
-            if kern.kernel(release, self.root).installed:
-                continue
-            import difflib
-
-            close = difflib.get_close_matches(release, installed, n=3, cutoff=0.6)
-            raise UserError(f"-k {release}", f"is not an installed kernel (no {self.root.join('/lib/modules')}/"
-                            f"{release})", f"did you mean {' or '.join(close)}?" if close else
-                            ("the installed kernels are " + ", ".join(installed)) if installed else
-                            "install the kernel and its headers first")
 
     def _check_sources(self) -> None:
         for m in self.manifest.modules:

@@ -1,11 +1,16 @@
 """The kernel-upgrade hook: DKMS's autoinstall, for the projects ``kmodkit install`` registered.
 
-Debian's kernel packages run ``run-parts --arg=KVER --arg=IMAGE /etc/kernel/postinst.d`` after installing a
-kernel (and postrm.d after removing one).  :func:`install_hook` writes a small sh script into both that
-calls ``kmodkit hook run KVER`` (or ``--removed``); :func:`autoinstall` builds (and so signs, when the
-manifest names a key) and installs every registered project for that kernel, dependencies first;
-:func:`autoremove` uninstalls them.  The scripts log to /var/log/kmodkit/hook.log and exit 0 whatever
-happens: a module that does not build must never fail the kernel's installation.
+Debian's kernel packages run ``run-parts --arg=KVER --arg=IMAGE /etc/kernel/DIR`` from their maintainer
+scripts: linux-image's postinst runs postinst.d, linux-headers' postinst runs header_postinst.d, linux-image's
+prerm runs prerm.d (while the kernel's files are all there) and its postrm runs postrm.d (once dpkg has
+deleted them).  :func:`install_hook` writes a small sh script, as DKMS does, into postinst.d and
+header_postinst.d, which calls ``kmodkit hook run KVER`` (dpkg may configure the image before its headers,
+and the build needs both), and into prerm.d, which calls ``kmodkit hook run KVER --removed``: there the
+kernel's tree is whole, so the index is rewritten without kmodkit's modules before dpkg deletes the tree
+(in postrm.d the kernel's modules.order and modules.builtin are gone already).  :func:`autoinstall` builds
+(and so signs, when the manifest names a key) and installs every registered project for that kernel,
+dependencies first; :func:`autoremove` uninstalls them.  The scripts log to /var/log/kmodkit/hook.log and
+exit 0 whatever happens: a module that does not build must never fail the kernel's installation.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from kmodkit.kbuild.install import Install, read_state
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.sysroot import HOST, Root
 
-#: the scripts' name in /etc/kernel/postinst.d and postrm.d (run-parts runs names of [A-Za-z0-9_-] only)
+#: the scripts' name in /etc/kernel/*.d (run-parts runs names of [A-Za-z0-9_-] only)
 HOOK = "kmodkit"
 #: where the scripts log, on the machine
 LOG = "/var/log/kmodkit/hook.log"
+#: where an earlier kmodkit put its removal script (run once dpkg deleted the tree): install and remove delete it
+LEGACY = (f"/etc/kernel/postrm.d/{HOOK}",)
 
 _SCRIPT = """#!/bin/sh
 # Written by 'kmodkit hook install'; 'kmodkit hook remove' removes it.
@@ -46,15 +53,20 @@ exit 0
 
 
 def scripts(python: str | None = None) -> dict[str, str]:
-    """The hook scripts: /etc/kernel/{postinst.d,postrm.d}/kmodkit -> text, calling ``python -m kmodkit``."""
+    """The hook scripts: /etc/kernel/{postinst.d,header_postinst.d,prerm.d}/kmodkit -> text, calling
+    ``python -m kmodkit``."""
     py = shlex.quote(python or sys.executable)
+    build = "Builds, signs and installs the projects 'kmodkit install' registered, for a newly installed kernel"
     return {
         f"/etc/kernel/postinst.d/{HOOK}": _SCRIPT.format(
-            what="Builds, signs and installs the projects 'kmodkit install' registered, for a newly installed kernel.",
-            name="postinst.d/kmodkit", log=LOG, python=py, flag="", failure="building registered modules for"),
-        f"/etc/kernel/postrm.d/{HOOK}": _SCRIPT.format(
-            what="Uninstalls what kmodkit installed for a kernel being removed.",
-            name="postrm.d/kmodkit", log=LOG, python=py, flag=" --removed", failure="removing modules of"),
+            what=f"{build} (its image).", name="postinst.d/kmodkit", log=LOG, python=py, flag="",
+            failure="building registered modules for"),
+        f"/etc/kernel/header_postinst.d/{HOOK}": _SCRIPT.format(
+            what=f"{build} (its headers, which dpkg may configure after the image).",
+            name="header_postinst.d/kmodkit", log=LOG, python=py, flag="", failure="building registered modules for"),
+        f"/etc/kernel/prerm.d/{HOOK}": _SCRIPT.format(
+            what="Uninstalls what kmodkit installed for a kernel being removed (its tree still whole).",
+            name="prerm.d/kmodkit", log=LOG, python=py, flag=" --removed", failure="removing modules of"),
     }
 
 
@@ -66,18 +78,27 @@ def install_hook(root: Root = HOST, python: str | None = None) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, text.encode(), 0o755)
         out.append(target)
+    for path in LEGACY:
+        _remove_ours(root.join(path))
     return out
 
 
 def remove_hook(root: Root = HOST) -> list[Path]:
     """Remove the hook scripts below ``root``; the paths removed (none when there were none)."""
     out = []
-    for path in scripts():
+    for path in [*scripts(), *LEGACY]:
         target = root.join(path)
-        if target.is_file() and target.read_text(errors="replace").find("kmodkit hook install") >= 0:
-            target.unlink()
+        if _remove_ours(target):
             out.append(target)
     return out
+
+
+def _remove_ours(target: Path) -> bool:
+    """Remove ``target`` when it is a script 'kmodkit hook install' wrote; whether it did."""
+    if target.is_file() and target.read_text(errors="replace").find("kmodkit hook install") >= 0:
+        target.unlink()
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -153,7 +174,8 @@ def autoremove(release: str, root: Root = HOST) -> list[HookResult]:
             continue
         project = Path(key)
         try:
-            [done] = Install(project, [release], root).uninstall()
+            # the project stays registered: the next kernel installed gets it again
+            [done] = Install(project, [release], root).uninstall(forget=False)
             results.append(HookResult(project, release, done.error is None,
                                       str(done.error) if done.error else f"removed {len(done.files)} files"))
         except (KmodkitError, OSError) as exc:

@@ -191,8 +191,12 @@ class Install:
         _write_state(self.root, doc)
         return results
 
-    def uninstall(self) -> list[KernelInstall]:
-        """Remove what install recorded for every kernel (files changed since are kept and reported)."""
+    def uninstall(self, forget: bool = True) -> list[KernelInstall]:
+        """Remove what install recorded for every kernel (files changed since are kept and reported).
+
+        Once no kernel has it, the project is forgotten (its /etc files removed, the hook no longer builds it);
+        ``forget`` false keeps it registered: the kernel hook removing one kernel's modules does so.
+        """
         doc = read_state(self.root)
         entry = doc["projects"].get(self.key)
         kernels = self.kernels if self.kernels else list((entry or {}).get("kernels", {}))
@@ -217,7 +221,7 @@ class Install:
             assert entry is not None
             del entry["kernels"][release]
             results.append(KernelInstall(release, tuple(removed), kept=tuple(kept)))
-        if entry is not None and not entry["kernels"]:
+        if forget and entry is not None and not entry["kernels"]:
             for path, sha in entry.get("etc", {}).items():
                 _remove_if_ours(self.root.join(path), sha)
             del doc["projects"][self.key]

@@ -79,6 +79,24 @@ def installed_kernels(root: Root = HOST) -> list[Kernel]:
     return [kernel(n, root) for n in sorted(names, key=_version_key, reverse=True)]
 
 
+def check_installed(releases: Collection[str], root: Root = HOST) -> None:
+    """Refuse the first of ``releases`` (named with -k) that is not installed below ``root``: a typo until shown
+    otherwise, so the UserError names the installed kernels closest to it."""
+    import difflib
+
+    from kmodkit.errors import UserError
+
+    installed = [k.release for k in installed_kernels(root)]
+    for release in releases:
+        if kernel(release, root).installed:
+            continue
+        close = difflib.get_close_matches(release, installed, n=3, cutoff=0.6)
+        raise UserError(f"-k {release}", f"is not an installed kernel (no {root.join('/lib/modules')}/{release})",
+                        f"did you mean {' or '.join(close)}?" if close else
+                        ("the installed kernels are " + ", ".join(installed)) if installed else
+                        "install the kernel and its headers first")
+
+
 def _version_key(release: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", release)]
 

@@ -82,7 +82,7 @@ class Manifest:
     depends: tuple[str, ...]  #: other kmodkit projects whose exports the modules use (paths relative to this one)
     targets: tuple[str, ...]  #: default target kernels; empty means every installed kernel
     signing: Signing | None  #: None when no signing key is named
-    test_script: str | None  #: script the VM harness runs, relative to the project; None when absent
+    test_script: str | None  #: script `kmodkit test` runs in booted kernels, relative to the project; None when absent
     install_location: str  #: where ``install`` puts modules below /lib/modules/KVER ("updates" unless told)
 
     @property
