@@ -53,6 +53,7 @@ BAD: dict[str, list[str]] = {
     "kmm": ["kmm", "--json", MISSING, "--image", "registry.example.com/x"],
     "dkms export": ["dkms", "export", "--json", MISSING],
     "package deb": ["package", "deb", "--json", MISSING],
+    "test": ["test", "--json", MISSING],
 }
 
 
