@@ -242,7 +242,7 @@ def test_modprobe_parameters_are_the_manifest_defaults(tmp_path: Path) -> None:
     result = KmmExport(project, IMAGE, kernels=KERNELS[:1]).render()
     modprobe = _module(result)["spec"]["moduleLoader"]["container"]["modprobe"]
     assert modprobe == {"moduleName": "hello", "dirName": "/opt",
-                        "parameters": ["repeat=1", "loops=100", "sleep_ms=0", "spin_us=0"]}
+                        "parameters": ["repeat=1", "loops=100", "sleep_ms=0", "spin_us=0", "crash=0"]}
     assert "modulesLoadingOrder" not in modprobe  # one module: KMM's webhook wants two or more there
 
 
