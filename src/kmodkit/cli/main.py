@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "oops": ("kmodkit.cli.oops", "find kernel crash reports in logs and decode them to source lines"),
     "trace": ("kmodkit.cli.trace", "trace a loaded module's functions: calls, durations, call tree (ftrace)"),
     "profile": ("kmodkit.cli.profile", "sample where a loaded module spends CPU time; a flame graph (perf)"),
+    "kernels": ("kmodkit.cli.kernels", "list, fetch and prune kernels from the distro's archive (not installed)"),
 }
 
 EXIT_OK = 0
