@@ -47,9 +47,26 @@ class FoundModule:
 
 
 def kernel_dir(kver: str | None, basedir: str | None) -> str:
-    """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release)."""
+    """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release).
+
+    Without a BASEDIR, a kernel named by KVER that is not installed but was fetched
+    (``kmodkit kernels fetch``) is found in kmodkit's cache.
+    """
     release = kver or os.uname().release
+    if basedir is None and kver is not None:
+        basedir = kernel_basedir(kver)
     return f"{basedir or ''}/lib/modules/{release}"
+
+
+def kernel_basedir(release: str) -> str | None:
+    """The BASEDIR below which kernel ``release``'s /lib/modules is: None for this machine, the cache's
+    directory for a kernel that was fetched and is not installed here."""
+    if os.path.lexists(f"/lib/modules/{release}"):
+        return None
+    from kmodkit.kbuild.kernels import kernel_root
+
+    root = kernel_root(release)
+    return None if root.is_host else str(root.path)
 
 
 class ModuleTree:
