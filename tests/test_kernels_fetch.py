@@ -269,7 +269,7 @@ def test_vm_run_boots_a_fetched_kernel_and_loads_the_example(cache: Path, k61: s
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = Path(json.loads(done.stdout)["run_dir"])
     log = (run_dir / "kernel.log").read_text(errors="replace")
-    assert f"{k61}" in log or k61.split("-")[0] in log
+    assert f"Linux version {k61} " in log  # the guest ran the fetched kernel, not an installed one
     assert "hello" in log and "taints kernel" in log
 
 

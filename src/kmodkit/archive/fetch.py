@@ -14,6 +14,7 @@ Each kernel is fetched on its own (a batch reports every kernel and goes on):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -132,15 +133,21 @@ class Fetch:
         names = [self.tool.headers.format(kver=release)]
         if not self.headers_only:
             names.append(self.tool.image.format(kver=release))
-        try:
-            records = archive.resolve(self.tool, names)
-        except NotFoundError as exc:
-            if exc.subject in names:
-                raise NotFoundError(release, "the archive has no such kernel (no package " + exc.subject + ")",
-                                    "kmodkit kernels list --available names the kernels it has") from exc
-            raise
+        plan = store.packages_dir() / f"{release}.{'headers' if self.headers_only else 'all'}.plan.json"
+        records = _kept_plan(plan)
+        if records is None:
+            try:
+                records = archive.resolve(self.tool, names)
+            except NotFoundError as exc:
+                if exc.subject in names:
+                    raise NotFoundError(release, "the archive has no such kernel (no package " + exc.subject + ")",
+                                        "kmodkit kernels list --available names the kernels it has") from exc
+                raise
         downloaded, reused = self._download(release, records, progress)
         kernel = self._unpack(release, records, progress)
+        from kmodkit.fileio import write_atomic
+
+        write_atomic(plan, json.dumps([r.to_json() for r in records]).encode())
         return FetchResult(kernel, Outcome.FETCHED, downloaded, reused)
 
     # --- steps ----------------------------------------------------------------------------
@@ -183,10 +190,9 @@ class Fetch:
         tmp = Path(temp_name(str(final)))
         tmp.mkdir()
         try:
-            for i, r in enumerate(records):
-                if progress is not None:
-                    progress(f"unpack {release}", i, len(records))
-                archive.unpack(self.tool, str(store.packages_dir() / r.filename), str(tmp))
+            if progress is not None:
+                progress(f"unpack {release}", 0, len(records))
+            archive.unpack(self.tool, [str(store.packages_dir() / r.filename) for r in records], str(tmp))
             if progress is not None:
                 progress(f"unpack {release}", len(records), len(records))
             fixed = fix_headers_makefiles(tmp)
@@ -221,6 +227,20 @@ def json_text(kernel: store.FetchedKernel) -> str:
     import json
 
     return json.dumps(kernel.to_json(), indent=1) + "\n"
+
+
+def _kept_plan(path: Path) -> list[archive.PackageRecord] | None:
+    """The records a fetch of this kernel resolved before, when every one's kept file still matches them.
+
+    A warm fetch then asks nothing of the archive: Debian never changes a package version's file, and the
+    records came from its verified index.  None when there is no plan or a file is missing or changed.
+    """
+    try:
+        records = [archive.PackageRecord.from_json(r) for r in json.loads(path.read_text())]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    keep = store.packages_dir()
+    return records if records and all(r.sha256 and r.matches(str(keep / r.filename)) for r in records) else None
 
 
 def _downloaded_file(directory: Path, record: archive.PackageRecord, suffix: str) -> Path | None:

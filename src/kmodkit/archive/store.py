@@ -133,7 +133,10 @@ def prune(releases: list[str] | None) -> Pruned:
     for r in chosen:
         freed += tree_size(present[r].root)
         shutil.rmtree(present[r].root)
-    kept = {f for k in present.values() if k.release not in chosen for _, _, f in k.packages}
+    remaining = [k for k in present.values() if k.release not in chosen]
+    kept = {f for k in remaining for _, _, f in k.packages}
+    # what a remaining kernel's warm fetch reads instead of asking the archive (fetch.py's plan files)
+    kept |= {f"{k.release}.{what}.plan.json" for k in remaining for what in ("headers", "all")}
     removed = []
     try:
         entries = list(os.scandir(packages_dir()))

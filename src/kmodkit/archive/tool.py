@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
@@ -70,6 +71,20 @@ class PackageRecord:
     sha256: str | None  #: the file's SHA256 (hex), None when the record does not say
     filename: str  #: the file's name once downloaded
     depends: tuple[tuple[tuple[str, str | None], ...], ...]  #: alternatives of (name, "= version" or None)
+
+    def to_json(self) -> dict[str, object]:
+        """The record as JSON-able data."""
+        return {"name": self.name, "version": self.version, "size": self.size, "sha256": self.sha256,
+                "filename": self.filename, "depends": [[list(a) for a in alts] for alts in self.depends]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PackageRecord:
+        """A record from :meth:`to_json`'s data; KeyError or TypeError when it is not one."""
+        if not isinstance(data["filename"], str) or "/" in data["filename"] or data["filename"].startswith("."):
+            raise TypeError("not a plain file name")
+        return cls(str(data["name"]), str(data["version"]), None if data["size"] is None else int(data["size"]),
+                   None if data["sha256"] is None else str(data["sha256"]), data["filename"],
+                   tuple(tuple((str(n), None if v is None else str(v)) for n, v in alts) for alts in data["depends"]))
 
     def matches(self, path: str) -> bool:
         """Whether the file at ``path`` is this package's file (size and SHA256 as the archive's index says)."""
@@ -142,22 +157,30 @@ def available(tool: ArchiveTool) -> dict[str, set[str]]:
     return out
 
 
-def show(tool: ArchiveTool, package: str) -> PackageRecord:
-    """The archive's record of ``package`` (its candidate version); NotFoundError when the archive has none."""
-    argv = [a.format(package=package) for a in tool.show]
+def show(tool: ArchiveTool, packages: list[str]) -> dict[str, PackageRecord]:
+    """The archive's records of ``packages`` (their candidate versions), asked in one run of the tool; a package
+    the archive does not have is absent from the answer."""
+    argv: list[str] = []
+    for a in tool.show:  # "{package}" stands for every name
+        argv += packages if a == "{package}" else [a]
     try:
         text = _run(argv, "read the archive's package records")
-    except EnvironmentNotReady as exc:
-        raise NotFoundError(package, "the archive has no such package", "kmodkit kernels list --available "
-                            "names the kernels it has") from exc
-    fields = _first_record(text)
-    if fields.get("Package") != package:
-        raise NotFoundError(package, "the archive has no such package",
-                            "kmodkit kernels list --available names the kernels it has")
-    size = fields.get("Size", "")
-    filename = os.path.basename(fields.get("Filename", "")) or f"{package}{tool.package_suffix}"
-    return PackageRecord(package, fields.get("Version", ""), int(size) if size.isdigit() else None,
-                         fields.get("SHA256") or None, filename, _depends(fields.get("Depends", "")))
+    except EnvironmentNotReady:
+        text = ""  # some tools fail as a whole when one name is unknown: each is then missing
+    out: dict[str, PackageRecord] = {}
+    for fields in _records(text):
+        name = fields.get("Package", "")
+        if name not in packages or name in out:
+            continue
+        size = fields.get("Size", "")
+        filename = os.path.basename(fields.get("Filename", "")) or f"{name}{tool.package_suffix}"
+        out[name] = PackageRecord(name, fields.get("Version", ""), int(size) if size.isdigit() else None,
+                                  fields.get("SHA256") or None, filename, _depends(fields.get("Depends", "")))
+    return out
+
+
+def _records(text: str) -> list[dict[str, str]]:
+    return [_first_record(chunk) for chunk in re.split(r"\n\s*\n", text) if chunk.strip()]
 
 
 def _first_record(text: str) -> dict[str, str]:
@@ -192,26 +215,34 @@ def _depends(text: str) -> tuple[tuple[tuple[str, str | None], ...], ...]:
 def resolve(tool: ArchiveTool, packages: Iterable[str]) -> list[PackageRecord]:
     """``packages`` and, transitively, their dependencies named by ``fetch_depends`` (first fitting alternative).
 
-    A dependency pinned with ``=`` must have that version as its candidate; the archive keeps only the newest
-    of an unpinned one (Debian's linux-kbuild-6.1), which its ``>=`` allows.
+    Asked level by level, one run of the tool per level (two for Debian's headers).  A dependency pinned
+    with ``=`` must have that version as its candidate; of an unpinned one the archive keeps only the
+    newest (Debian's linux-kbuild-6.1), which its ``>=`` allows.  NotFoundError names a missing package.
     """
     records: dict[str, PackageRecord] = {}
-    todo = list(packages)
-    while todo:
-        name = todo.pop(0)
-        if name in records:
-            continue
-        rec = records[name] = show(tool, name)
-        for alts in rec.depends:
-            for dep, pin in alts:
-                if dep.startswith(tool.fetch_depends):
-                    if pin is not None and dep not in records:
-                        dep_rec = show(tool, dep)
-                        if dep_rec.version != pin:
-                            raise NotFoundError(dep, f"{name} needs version {pin}, the archive has {dep_rec.version}",
-                                                "run apt-get update")
-                    todo.append(dep)
-                    break
+    pins: dict[str, tuple[str, str]] = {}  # dependency -> (version, who pinned it)
+    level = list(dict.fromkeys(packages))
+    while level:
+        found = show(tool, level)
+        for name in level:
+            if name not in found:
+                raise NotFoundError(name, "the archive has no such package",
+                                    "kmodkit kernels list --available names the kernels it has")
+            rec = records[name] = found[name]
+            if name in pins and rec.version != pins[name][0]:
+                raise NotFoundError(name, f"{pins[name][1]} needs version {pins[name][0]}, the archive has "
+                                    f"{rec.version}", "run apt-get update")
+        nxt = []
+        for name in level:
+            for alts in records[name].depends:
+                for dep, pin in alts:
+                    if dep.startswith(tool.fetch_depends):
+                        if pin is not None:
+                            pins.setdefault(dep, (pin, name))
+                        if dep not in records and dep not in nxt:
+                            nxt.append(dep)
+                        break
+        level = nxt
     return list(records.values())
 
 
@@ -262,32 +293,64 @@ def _bytes_in(directory: str) -> int:
     return total
 
 
-def unpack(tool: ArchiveTool, file: str, dest: str) -> None:
-    """Unpack the package file ``file`` below the directory ``dest`` (no maintainer script runs)."""
+def unpack(tool: ArchiveTool, files: list[str], dest: str, jobs: int | None = None) -> None:
+    """Unpack the package files ``files`` below the directory ``dest``, ``jobs`` at a time (default: the CPU
+    count); no maintainer script runs.  The packages of one kernel hold disjoint files."""
+    jobs = jobs or os.cpu_count() or 1
+    running: list[tuple[str, list[list[str]], list[subprocess.Popen[bytes]], Any]] = []
+    failure: EnvironmentNotReady | None = None
+    todo = list(files)
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                file = todo.pop(0)
+                running.append((file, *_start(tool, file, dest)))
+            file, stages, procs, errors = running.pop(0)
+            problem = _finish(stages, procs, errors)
+            if problem is not None and failure is None:
+                failure = EnvironmentNotReady(os.path.basename(file), problem,
+                                              "remove it from the cache (kmodkit kernels prune) and fetch again")
+    finally:
+        for _, _, procs, errors in running:  # interrupted: take the unpackers down with us
+            for p in procs:
+                p.kill()
+                p.wait()
+            errors.close()
+    if failure is not None:
+        raise failure
+
+
+def _start(tool: ArchiveTool, file: str, dest: str) -> tuple[list[list[str]], list[subprocess.Popen[bytes]], Any]:
     stages = [[a.format(file=file, dest=dest) for a in stage] for stage in tool.unpack]
+    errors = tempfile.TemporaryFile()
     procs: list[subprocess.Popen[bytes]] = []
     prev = None
     try:
         for i, argv in enumerate(stages):
             last = i == len(stages) - 1
             p = subprocess.Popen(argv, cwd=dest, stdin=prev if prev is not None else subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=subprocess.PIPE)
+                                 stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=errors)
             if prev is not None:
                 prev.close()
             prev = p.stdout
             procs.append(p)
     except FileNotFoundError as exc:
-        raise EnvironmentNotReady(str(exc.filename or "the unpacker"), "is not installed",
+        for p in procs:
+            p.kill()
+            p.wait()
+        errors.close()
+        raise EnvironmentNotReady(str(exc.filename or stages[0][0]), "is not installed",
                                   "install it to unpack packages") from exc
-    finally:
+    return stages, procs, errors
+
+
+def _finish(stages: list[list[str]], procs: list[subprocess.Popen[bytes]], errors: Any) -> str | None:
+    with errors:
         for p in procs:
             p.wait()
-    for p, argv in zip(procs, stages):
-        if p.returncode != 0:
-            message = (p.stderr.read().decode(errors="replace").strip().splitlines() or ["(no message)"])[-1] \
-                if p.stderr else ""
-            raise EnvironmentNotReady(os.path.basename(file), f"{argv[0]} failed ({p.returncode}): {message}",
-                                      "remove the file from the cache (kmodkit kernels prune) and fetch again")
-    for p in procs:
-        if p.stderr:
-            p.stderr.close()
+        bad = next(((argv, p.returncode) for argv, p in zip(stages, procs) if p.returncode != 0), None)
+        if bad is None:
+            return None
+        errors.seek(0)
+        lines = [ln for ln in errors.read().decode(errors="replace").splitlines() if ln.strip()]
+        return f"{bad[0][0]} failed ({bad[1]}): {lines[-1] if lines else '(no message)'}"

@@ -198,8 +198,9 @@ class Build:
             close = difflib.get_close_matches(release, installed, n=3, cutoff=0.6)
             raise UserError(f"-k {release}", f"is not an installed kernel (no {self.root.join('/lib/modules')}/"
                             f"{release})", f"did you mean {' or '.join(close)}?" if close else
-                            ("the installed kernels are " + ", ".join(installed)) if installed else
-                            "install the kernel and its headers first")
+                            ("the installed kernels are " + ", ".join(installed)
+                             + f"; or fetch it from the archive: kmodkit kernels fetch {release}") if installed else
+                            f"install the kernel and its headers, or fetch them: kmodkit kernels fetch {release}")
 
     def _check_sources(self) -> None:
         for m in self.manifest.modules:
