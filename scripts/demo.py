@@ -21,13 +21,15 @@ KMODKIT = str(BIN / "kmodkit")
 EXAMPLE = "example/hello"
 
 
-def step(title: str, *args: str, allow: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
-    """Run ``kmodkit ARGS``, show the command and its output; stop the job when it fails."""
+def step(title: str, *args: str, allow: tuple[int, ...] = (0,), quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``kmodkit ARGS``, show the command and its output (not with ``quiet``: JSON the job reads); stop the
+    job when it fails."""
     print(f"\n=== {title}")
     print("$ kmodkit " + " ".join(shlex.quote(a) for a in args), flush=True)
     start = time.monotonic()
-    r = subprocess.run([KMODKIT, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.stdout.write(r.stdout)
+    r = subprocess.run([KMODKIT, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                       stderr=None if quiet else subprocess.STDOUT)
+    sys.stdout.write(f"({len(r.stdout.splitlines())} lines of JSON)\n" if quiet else r.stdout)
     print(f"[{time.monotonic() - start:.2f} s, exit {r.returncode}]", flush=True)
     if r.returncode not in allow:
         print(f"demo: step '{title}' failed with exit status {r.returncode}", file=sys.stderr)
@@ -65,6 +67,24 @@ def stage_tree(kver: str, module: Path) -> Path:
     return root
 
 
+def fleet_kernel(installed: list[str]) -> None:
+    """Fetch the headers of the newest 6.1 cloud kernel of the archive that is not installed, and build for it."""
+    import json
+
+    listed = step("kernels the archive offers (and those installed or fetched)", "kernels", "list", "--available",
+                  "--flavour", "cloud-amd64", "--json", quiet=True)
+    offered = [k["release"] for k in json.loads(listed.stdout)["kernels"]
+               if k["release"].startswith("6.1.") and k["release"] not in installed
+               and (k["fetched"] or "headers" in (k["available"] or []))]
+    if not offered:
+        print("demo: the archive offers no 6.1 cloud kernel that is not installed; fleet step skipped")
+        return
+    k = offered[0]
+    step(f"fetch {k}'s headers from the archive into the cache (not installed)", "kernels", "fetch",
+         "--headers-only", k)
+    step(f"build the example for the fetched {k}, checked against it", "build", EXAMPLE, "-k", k)
+
+
 def main() -> int:
     kernels = installed_kernels()
     if not kernels:
@@ -90,6 +110,8 @@ def main() -> int:
         older = next(b for b in built if f"/{clouds[1]}/" in b)
         step(f"upgrade pre-flight: does the build for {clouds[1]} survive the move to {clouds[0]}?",
              "abi", "diff", clouds[1], clouds[0], "--for", older, allow=(0, 1))
+
+    fleet_kernel(kernels)
 
     # signing and trust
     keys = ROOT / ".kmodkit" / "keys"
