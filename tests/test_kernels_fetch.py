@@ -234,6 +234,35 @@ def test_a_second_fetch_downloads_nothing(cache: Path, k61: str, fetched61: Path
     assert (fetched61 / "boot" / f"vmlinuz-{k61}").is_file()
 
 
+def test_a_fetch_on_a_terminal_shows_progress_and_a_piped_one_does_not(cache: Path, k61: str,
+                                                                      fetched61: Path) -> None:
+    import pty
+
+    main, sub = pty.openpty()
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(KK + ["kernels", "fetch", "--headers-only", "--force", k61], stdin=sub, stdout=sub,
+                            stderr=sub, env=env)
+    os.close(sub)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait() == 0
+    os.close(main)
+    text = screen.decode(errors="replace")
+    assert f"unpack {k61}" in text and "packages" in text  # the bar, drawn on the terminal
+    assert f"{k61}: fetched: headers" in text
+    piped = kk(cache, "kernels", "fetch", "--headers-only", "--force", k61)
+    assert "unpack" not in piped.stderr and piped.stdout.startswith(f"{k61}: fetched")
+    # --headers-only does not take away what the cache had: the image was unpacked again too
+    assert "image and modules" in piped.stdout and (fetched61 / "boot" / f"vmlinuz-{k61}").is_file()
+
+
 def test_list_shows_installed_and_fetched_kernels(cache: Path, k61: str, fetched61: Path) -> None:
     rows = {r["release"]: r for r in json.loads(kk(cache, "kernels", "list", "--json").stdout)["kernels"]}
     assert rows[k61]["fetched"] and not rows[k61]["installed"] and rows[k61]["image"] and rows[k61]["size"] > 10**7

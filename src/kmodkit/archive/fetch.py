@@ -130,10 +130,12 @@ class Fetch:
         current = store.read_record(present) if present is not None else None
         if current is not None and not self.force and current.headers and (self.headers_only or current.image):
             return FetchResult(current, Outcome.PRESENT, 0, 0)
+        # what the cache has stays: --headers-only --force on a kernel with its image unpacks the image again too
+        with_image = not self.headers_only or (current is not None and current.image)
         names = [self.tool.headers.format(kver=release)]
-        if not self.headers_only:
+        if with_image:
             names.append(self.tool.image.format(kver=release))
-        plan = store.packages_dir() / f"{release}.{'headers' if self.headers_only else 'all'}.plan.json"
+        plan = store.packages_dir() / f"{release}.{'all' if with_image else 'headers'}.plan.json"
         records = _kept_plan(plan)
         if records is None:
             try:

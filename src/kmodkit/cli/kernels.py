@@ -136,16 +136,19 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _with_progress(job: Fetch) -> list[FetchResult | ItemError]:
+    """Run ``job`` with a transient progress bar per step on stderr (rich): MiB for downloads, packages else."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TaskID, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress as Bar, TaskID, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, TaskID] = {}
-    with Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-             console=Console(stderr=True), transient=True) as bar:
+    with Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
+             TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         def progress(what: str, done: int, total: int) -> None:
+            amount = f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB" if what.startswith("download") else \
+                f"{done}/{total} packages" if what.startswith("unpack") else ""
             if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total or None)
-            bar.update(tasks[what], completed=done, total=total or None)
+                tasks[what] = bar.add_task(what, total=total or None, amount=amount)
+            bar.update(tasks[what], completed=done, total=total or None, amount=amount)
 
         return job.run(progress)
 

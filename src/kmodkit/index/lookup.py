@@ -49,12 +49,12 @@ class FoundModule:
 def kernel_dir(kver: str | None, basedir: str | None) -> str:
     """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release).
 
-    Without a BASEDIR, a kernel named by KVER that is not installed but was fetched
-    (``kmodkit kernels fetch``) is found in kmodkit's cache.
+    Without a BASEDIR, a kernel that is not installed but was fetched (``kmodkit kernels fetch``) is
+    found in kmodkit's cache: one named by KVER, or the running one (a fetched kernel booted by ``vm run``).
     """
     release = kver or os.uname().release
-    if basedir is None and kver is not None:
-        basedir = kernel_basedir(kver)
+    if basedir is None:
+        basedir = kernel_basedir(release)
     return f"{basedir or ''}/lib/modules/{release}"
 
 
