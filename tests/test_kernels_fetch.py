@@ -282,6 +282,22 @@ def test_a_kernel_the_archive_lacks_is_one_error_line_naming_the_list(cache: Pat
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
+def test_latest_picks_the_newest_kernels_of_a_flavour_that_are_not_installed(cache: Path, k612: str) -> None:
+    from kmodkit.kbuild.kernels import flavour_of, version_key
+
+    kk(cache, "kernels", "fetch", "--headers-only", k612)
+    expected = max((r for r, kinds in _archive_kernels().items() if flavour_of(r) == "cloud-amd64"
+                    and "headers" in kinds and not os.path.lexists(f"/lib/modules/{r}")), key=version_key)
+    [rec] = json.loads(kk(cache, "kernels", "fetch", "--latest", "1", "--flavour", "cloud-amd64", "--headers-only",
+                          "--json").stdout)["kernels"]
+    assert rec["release"] == expected
+    if expected == k612:
+        assert rec["outcome"] == "present" and rec["downloaded"] == 0
+    for bad in (["--latest", "0"], ["--latest", "1", k612], []):
+        done = kk(cache, "kernels", "fetch", *bad, check=False)
+        assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, bad
+
+
 # --- booting a fetched kernel -----------------------------------------------------------------------------
 
 

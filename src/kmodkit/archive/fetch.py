@@ -207,8 +207,8 @@ class Fetch:
                     progress(f"index {release}", 0, 1)
                 _index(release, tmp)
             kernel = store.FetchedKernel(release, final, has_headers, has_image,
-                                         tuple((r.name, r.version, r.filename) for r in records), 0, self.tool.family)
-            kernel = store.FetchedKernel(**{**kernel.__dict__, "size": store.tree_size(tmp)})
+                                         tuple((r.name, r.version, r.filename) for r in records),
+                                         store.tree_size(tmp), self.tool.family)
             (tmp / store.RECORD).write_text(json_text(kernel))
             if final.exists():  # replaced whole: the old directory leaves by a rename too
                 old = Path(temp_name(str(final)))

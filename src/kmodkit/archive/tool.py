@@ -18,8 +18,10 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from kmodkit.archive.store import tree_size
 from kmodkit.errors import ConfigError, EnvironmentNotReady, NotFoundError
 from kmodkit.sysroot import HOST, Root
 
@@ -266,7 +268,7 @@ def download(tool: ArchiveTool, records: list[PackageRecord], dest: str,
         try:
             while proc.poll() is None:
                 if progress is not None:
-                    progress(_bytes_in(dest))
+                    progress(tree_size(Path(dest)))
                 time.sleep(0.2)
         finally:
             if proc.poll() is None:  # interrupted: take the tool down with us
@@ -279,18 +281,7 @@ def download(tool: ArchiveTool, records: list[PackageRecord], dest: str,
                                       f"{lines[-1] if lines else '(no message)'}",
                                       "check the network and run apt-get update")
     if progress is not None:
-        progress(_bytes_in(dest))
-
-
-def _bytes_in(directory: str) -> int:
-    total = 0
-    for dirpath, _, names in os.walk(directory):
-        for n in names:
-            try:
-                total += os.lstat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
-    return total
+        progress(tree_size(Path(dest)))
 
 
 def unpack(tool: ArchiveTool, files: list[str], dest: str, jobs: int | None = None) -> None:
