@@ -39,7 +39,7 @@ class Kernel:
 
     @property
     def installed(self) -> bool:
-        """Whether the kernel's module directory exists."""
+        """Whether the kernel's module directory exists (for a fetched kernel: in its directory in the cache)."""
         return self.moddir.is_dir()
 
     @property
