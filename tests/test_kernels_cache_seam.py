@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from kmodkit.kimage import image_for_release
 from kmodkit.sysroot import HOST
 
 
-def _fake_fetched(release: str, packages: tuple[str, ...] = ()) -> Path:
+def _fake_fetched(release: str, packages: tuple[str, ...] = (), image: bool = True) -> Path:
     """A fake fetched kernel in the test's cache: headers (absolute build link), an image, a record."""
     root = store.roots_dir() / release
     headers = root / "usr/src" / f"linux-headers-{release}"
@@ -33,9 +34,10 @@ def _fake_fetched(release: str, packages: tuple[str, ...] = ()) -> Path:
     moddir = root / "lib/modules" / release
     moddir.mkdir(parents=True)
     os.symlink(f"/usr/src/linux-headers-{release}", moddir / "build")
-    (root / "boot").mkdir()
-    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"fake image")
-    kernel = store.FetchedKernel(release, root, True, True, tuple((p, "1", p + ".deb") for p in packages), 1234,
+    if image:
+        (root / "boot").mkdir()
+        (root / "boot" / f"vmlinuz-{release}").write_bytes(b"fake image")
+    kernel = store.FetchedKernel(release, root, True, image, tuple((p, "1", p + ".deb") for p in packages), 1234,
                                  "debian")
     (root / store.RECORD).write_text(json.dumps(kernel.to_json()))
     store.packages_dir().mkdir(parents=True, exist_ok=True)
@@ -134,3 +136,13 @@ def test_the_archive_tables_dependency_rules() -> None:
     assert deps[3] == (("linux-kbuild-6.12.113+deb12", None),)
     fetched = [d for alts in deps for d, _ in alts if d.startswith(debian.fetch_depends)]
     assert fetched == ["linux-headers-6.12.113+deb12-common", "linux-kbuild-6.12.113+deb12"]
+
+
+def test_vm_run_of_a_kernel_fetched_without_its_image_says_how_to_fetch_it() -> None:
+    release = "9.9.9-3-cloud-amd64"
+    _fake_fetched(release, image=False)
+    done = subprocess.run([sys.executable, "-m", "kmodkit", "vm", "run", "-k", release, "--", "true"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == (f"error: {release}: was fetched without its image and modules (--headers-only); "
+                           f"fetch them: kmodkit kernels fetch {release}\n")

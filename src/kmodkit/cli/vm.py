@@ -74,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if kver is None:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
     append = (*args.append, "oops=panic") if args.panic_on_oops else tuple(args.append)
-    from kmodkit.kbuild.kernels import kernel_root
+    from kmodkit.kbuild.kernels import kernel
 
-    machine = kernel_root(kver)  # this machine, or a fetched kernel's directory in the cache
+    k = kernel(kver)
+    machine = k.root  # this machine, or a fetched kernel's directory in the cache
+    if k.fetched and not machine.join(f"/boot/vmlinuz-{kver}").is_file():
+        raise NotFoundError(kver, "was fetched without its image and modules (--headers-only)",
+                            f"fetch them: kmodkit kernels fetch {kver}")
     spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
                   boot_dir=str(machine.join("/boot")), modules_root=str(machine.join("/lib/modules")),
