@@ -53,6 +53,17 @@ def _temp_name(path: str) -> str:
     return os.path.join(directory, name)
 
 
+def temp_name(path: str) -> str:
+    """A temp name beside ``path`` (file or directory) that :func:`is_stale_temp` knows once its process is dead."""
+    return _temp_name(path)
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether ``name`` (file or directory) is a kmodkit temp name whose process is dead (safe to remove)."""
+    m = _TEMP_RE.fullmatch(os.path.basename(name))
+    return m is not None and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+
+
 def bind_to_parent(parent: int) -> None:
     """Make this (worker) process stop renaming files into place once ``parent`` is no longer its parent.
 

@@ -60,8 +60,12 @@ class KernelImage:
 
 
 def image_for_release(release: str, boot_dir: str = "/boot") -> str:
-    """``/boot/vmlinuz-RELEASE``; NotFoundError naming it when absent."""
+    """``/boot/vmlinuz-RELEASE`` (a fetched kernel's in kmodkit's cache); NotFoundError naming it when absent."""
     path = os.path.join(boot_dir, f"vmlinuz-{release}")
+    if boot_dir == "/boot" and not os.path.exists(path):
+        from kmodkit.kbuild.kernels import kernel_root
+
+        path = str(kernel_root(release).join(path))
     if not os.path.exists(path):
         raise NotFoundError(path, f"no kernel image for {release}",
                             "install the linux-image package of that release or pass --vmlinuz PATH")

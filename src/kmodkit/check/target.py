@@ -78,12 +78,13 @@ class TargetKernel:
         k = kernel(release, machine)
         if not k.installed and k.headers is None:
             raise NotFoundError(release, "no such kernel is installed (no /lib/modules/" + release + ")",
-                                "install linux-image-" + release + " and linux-headers-" + release
+                                "fetch it (kmodkit kernels fetch " + release + "), install linux-image-" + release
+                                + " and linux-headers-" + release
                                 + ", or name a directory holding its Module.symvers and .config")
         if k.headers is None or not (k.headers / "Module.symvers").is_file():
             raise EnvironmentNotReady(release, "its headers (Module.symvers, .config) are not installed",
                                       "install linux-headers-" + release)
-        image = machine.join(f"/boot/vmlinuz-{release}")
+        image = k.root.join(f"/boot/vmlinuz-{release}")  # a fetched kernel's image is in its cache directory
         source = KernelSource(release, k.headers, k.moddir if k.installed else None,
                               image if image.exists() else None)
         return cls(source, _read_config(k.headers))

@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from kmodkit.index.indexer import Indexer
     from kmodkit.index.inputs import KmodCompat
 
-    ix = Indexer(args.kver, args.basedir, outdir=args.outdir, config_paths=args.config, symvers=args.symvers,
+    from kmodkit.index.lookup import kernel_basedir
+
+    basedir = args.basedir if args.basedir is not None else kernel_basedir(args.kver)
+    ix = Indexer(args.kver, basedir, outdir=args.outdir, config_paths=args.config, symvers=args.symvers,
                  system_map=args.filesyms, errsyms=args.errsyms, jobs=args.jobs, use_cache=not args.no_cache,
                  compat=KmodCompat(args.kmod_compat) if args.kmod_compat else None)
     read = None if args.dry_run else ix.up_to_date()

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dkms": ("kmodkit.cli.dkms", "export a project as a DKMS source tree (dkms.conf); build reads DKMS trees"),
     "completion": ("kmodkit.cli.completion", "print a bash or zsh completion script, generated from the options"),
     "man": ("kmodkit.cli.manpage", "print kmodkit's man page (roff), generated from the options"),
+    "kernels": ("kmodkit.cli.kernels", "list, fetch and prune kernels from the distro's archive (not installed)"),
 }
 
 #: exit status -> meaning, as the README's table and the man page (kmodkit man) say them

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          description="Boot the installed kernel KVER, run CMD inside with the host's root "
                                      "shared read-only, stream its output and return its exit status.")
     run.add_argument("-k", "--kernel", dest="kver", metavar="KVER",
-                     help="installed kernel release to boot (default: the newest installed)")
+                     help="kernel release to boot, installed or fetched (kmodkit kernels fetch); default: the newest installed")
     run.add_argument("--append", action="append", default=[], metavar="TEXT",
                      help="extra kernel command line, passed as the kernel parses it: words split at spaces, "
                           "'x=\"a b\"' one value with a space (repeatable)")
@@ -53,11 +53,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _newest_kernel() -> str | None:
     import glob
     import os
-    import re
 
+    from kmodkit.kbuild.kernels import kernel_root, version_key
+
+    # through the one seam: an installed kernel, or one fetched into the cache (kmodkit kernels fetch)
     kvers = [os.path.basename(p)[len("vmlinuz-"):] for p in glob.glob("/boot/vmlinuz-*")]
-    kvers = [k for k in kvers if os.path.isdir(f"/lib/modules/{k}")]
-    kvers.sort(key=lambda k: [int(x) for x in re.findall(r"\d+", k)])
+    kvers = [k for k in kvers if kernel_root(k).join(f"/lib/modules/{k}").is_dir()]
+    kvers.sort(key=version_key)
     return kvers[-1] if kvers else None
 
 
@@ -75,8 +77,16 @@ def run(args: argparse.Namespace) -> int:
     if kver is None:
         raise NotFoundError("/boot", "no installed kernel with modules", "install one: apt-get install linux-image-amd64")
     append = (*args.append, "oops=panic") if args.panic_on_oops else tuple(args.append)
+    from kmodkit.kbuild.kernels import kernel
+
+    k = kernel(kver)
+    machine = k.root  # this machine, or a fetched kernel's directory in the cache
+    if k.fetched and not machine.join(f"/boot/vmlinuz-{kver}").is_file():
+        raise NotFoundError(kver, "was fetched without its image and modules (--headers-only)",
+                            f"fetch them: kmodkit kernels fetch {kver}")
     spec = VmSpec(kver, tuple(command), append, args.memory, Accel(args.accel),
                   None if args.share == "auto" else Share(args.share), args.timeout, runs_dir=args.runs_dir,
+                  boot_dir=str(machine.join("/boot")), modules_root=str(machine.join("/lib/modules")),
                   module_paths=tuple(args.module_path),
                   out_dir=None if args.out is None else os.path.abspath(args.out), cpus=args.cpus,
                   dump_on_panic=args.dump_on_panic)

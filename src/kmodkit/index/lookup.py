@@ -47,9 +47,26 @@ class FoundModule:
 
 
 def kernel_dir(kver: str | None, basedir: str | None) -> str:
-    """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release)."""
+    """``BASEDIR/lib/modules/KVER`` (KVER defaults to the running kernel's release).
+
+    Without a BASEDIR, a kernel that is not installed but was fetched (``kmodkit kernels fetch``) is
+    found in kmodkit's cache: one named by KVER, or the running one (a fetched kernel booted by ``vm run``).
+    """
     release = kver or os.uname().release
+    if basedir is None:
+        basedir = kernel_basedir(release)
     return f"{basedir or ''}/lib/modules/{release}"
+
+
+def kernel_basedir(release: str) -> str | None:
+    """The BASEDIR below which kernel ``release``'s /lib/modules is: None for this machine, the cache's
+    directory for a kernel that was fetched and is not installed here."""
+    if os.path.lexists(f"/lib/modules/{release}"):
+        return None
+    from kmodkit.kbuild.kernels import kernel_root
+
+    root = kernel_root(release)
+    return None if root.is_host else str(root.path)
 
 
 class ModuleTree:

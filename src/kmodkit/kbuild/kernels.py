@@ -1,4 +1,9 @@
-"""Installed kernels, their headers (the Kbuild tree), their configuration and the compiler they were built with."""
+"""Installed kernels, their headers (the Kbuild tree), their configuration and the compiler they were built with.
+
+:func:`kernel` is the one seam that turns a release into a :class:`Kernel`: a kernel installed on this
+machine, else one fetched from the archive into kmodkit's cache (``kmodkit kernels fetch``), whose
+directory stands for the machine root it would be installed in.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +34,12 @@ class Kernel:
     build_link: Path  #: ROOT/lib/modules/RELEASE/build
     headers: Path | None  #: the Kbuild tree the build link points to (within the root), None when absent
     missing: tuple[str, ...]  #: what the headers lack: "build link", "Makefile", "Module.symvers", ".config"
+    root: Root = HOST  #: the machine root its files are below (a fetched kernel's directory in the cache)
+    fetched: bool = False  #: whether it comes from the cache (kmodkit kernels fetch), not installed here
 
     @property
     def installed(self) -> bool:
-        """Whether the kernel's module directory exists."""
+        """Whether the kernel's module directory exists (for a fetched kernel: in its directory in the cache)."""
         return self.moddir.is_dir()
 
     @property
@@ -43,8 +50,13 @@ class Kernel:
     @property
     def flavour(self) -> str:
         """The flavour suffix of the release (``cloud-amd64``, ``amd64``, ``default``), or "" when none."""
-        m = re.search(r"-((?:cloud-|rt-)?[a-z][a-z0-9_]*)$", self.release)
-        return m.group(1) if m else ""
+        return flavour_of(self.release)
+
+
+def flavour_of(release: str) -> str:
+    """The flavour suffix of a release (``cloud-amd64``, ``amd64``, ``default``), or "" when none."""
+    m = re.search(r"-((?:cloud-|rt-)?[a-z][a-z0-9_]*)$", release)
+    return m.group(1) if m else ""
 
 
 def release_problem(release: str) -> str | None:
@@ -59,14 +71,41 @@ def release_problem(release: str) -> str | None:
 
 
 def kernel(release: str, root: Root = HOST) -> Kernel:
-    """The kernel ``release`` below ``root``; a kernel that is not installed comes back with everything missing."""
+    """The kernel ``release`` below ``root``; a kernel that is not installed comes back with everything missing.
+
+    On this machine a kernel that is not installed but was fetched (``kmodkit kernels fetch``) comes from
+    kmodkit's cache; an installed kernel wins over a fetched one of the same release.
+    """
+    moddir = root.join("/lib/modules") / release
+    if root.is_host and not os.path.lexists(moddir):
+        fetched = fetched_root(release)
+        if fetched is not None:
+            return _kernel(release, fetched, True)
+    return _kernel(release, root, False)
+
+
+def _kernel(release: str, root: Root, fetched: bool) -> Kernel:
     moddir = root.join("/lib/modules") / release
     link = moddir / "build"
     headers = root.resolve_link(link)
     if headers is None:
-        return Kernel(release, moddir, link, None, ("build link",) + HEADER_FILES)
+        return Kernel(release, moddir, link, None, ("build link",) + HEADER_FILES, root, fetched)
     missing = tuple(f for f in HEADER_FILES if not (headers / f).exists())
-    return Kernel(release, moddir, link, headers, missing)
+    return Kernel(release, moddir, link, headers, missing, root, fetched)
+
+
+def fetched_root(release: str) -> Root | None:
+    """The machine root of the kernel ``release`` fetched into kmodkit's cache; None when it was not fetched."""
+    from kmodkit.archive.store import root_of
+
+    path = root_of(release)
+    return Root(path) if path is not None else None
+
+
+def kernel_root(release: str, root: Root = HOST) -> Root:
+    """The machine root holding the files of kernel ``release`` (/lib/modules, /boot): ``root``, or the cache's
+    directory of a fetched kernel when ``root`` is this machine and the kernel is not installed here."""
+    return kernel(release, root).root
 
 
 def installed_kernels(root: Root = HOST) -> list[Kernel]:
@@ -76,7 +115,7 @@ def installed_kernels(root: Root = HOST) -> list[Kernel]:
         names = [p.name for p in base.iterdir() if p.is_dir()]
     except OSError:
         return []
-    return [kernel(n, root) for n in sorted(names, key=_version_key, reverse=True)]
+    return [kernel(n, root) for n in sorted(names, key=version_key, reverse=True)]
 
 
 def check_installed(releases: Collection[str], root: Root = HOST) -> None:
@@ -93,11 +132,13 @@ def check_installed(releases: Collection[str], root: Root = HOST) -> None:
         close = difflib.get_close_matches(release, installed, n=3, cutoff=0.6)
         raise UserError(f"-k {release}", f"is not an installed kernel (no {root.join('/lib/modules')}/{release})",
                         f"did you mean {' or '.join(close)}?" if close else
-                        ("the installed kernels are " + ", ".join(installed)) if installed else
-                        "install the kernel and its headers first")
+                        ("the installed kernels are " + ", ".join(installed)
+                         + f"; or fetch it from the archive: kmodkit kernels fetch {release}") if installed else
+                        f"install the kernel and its headers, or fetch them: kmodkit kernels fetch {release}")
 
 
-def _version_key(release: str) -> list[int]:
+def version_key(release: str) -> list[int]:
+    """A sort key ordering releases by their numbers (6.1.0-9 before 6.1.0-10)."""
     return [int(x) for x in re.findall(r"\d+", release)]
 
 
