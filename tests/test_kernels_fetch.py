@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, need
+from terminal import on_terminal
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -236,25 +237,9 @@ def test_a_second_fetch_downloads_nothing(cache: Path, k61: str, fetched61: Path
 
 def test_a_fetch_on_a_terminal_shows_progress_and_a_piped_one_does_not(cache: Path, k61: str,
                                                                       fetched61: Path) -> None:
-    import pty
-
-    main, sub = pty.openpty()
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "120", "TERM": "xterm"}
-    proc = subprocess.Popen(KK + ["kernels", "fetch", "--headers-only", "--force", k61], stdin=sub, stdout=sub,
-                            stderr=sub, env=env)
-    os.close(sub)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        screen += chunk
-    assert proc.wait() == 0
-    os.close(main)
-    text = screen.decode(errors="replace")
+    status, text = on_terminal(["kernels", "fetch", "--headers-only", "--force", k61], env)
+    assert status == 0, text
     assert f"unpack {k61}" in text and "packages" in text  # the bar, drawn on the terminal
     assert f"{k61}: fetched: headers" in text
     piped = kk(cache, "kernels", "fetch", "--headers-only", "--force", k61)
