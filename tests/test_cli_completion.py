@@ -46,7 +46,7 @@ def _complete(script: Path, *words: str) -> list[str]:
 def test_bash_completes_commands_options_and_choices(bash_script: Path) -> None:
     assert _complete(bash_script, "inf") == ["info"]
     assert _complete(bash_script, "info", "--js") == ["--json"]
-    assert _complete(bash_script, "--debug", "ke") == ["keys"]  # a global option before the command
+    assert _complete(bash_script, "--debug", "key") == ["keys"]  # a global option before the command
     assert _complete(bash_script, "vm", "r") == ["run"]
     assert _complete(bash_script, "keys", "new", "--ty") == ["--type"]
     assert _complete(bash_script, "check", "--enforce", "") == ["auto", "0", "1"]

@@ -54,6 +54,9 @@ BAD: dict[str, list[str]] = {
     "dkms export": ["dkms", "export", "--json", MISSING],
     "package deb": ["package", "deb", "--json", MISSING],
     "test": ["test", "--json", MISSING],
+    "kernels list": ["kernels", "list", "--json", "--flavour", "no such flavour"],
+    "kernels fetch": ["kernels", "fetch", "--json", "no/such/kernel"],
+    "kernels prune": ["kernels", "prune", "--json", "no/such/kernel"],
 }
 
 

@@ -57,6 +57,15 @@ class FetchResult:
                 "reused": self.reused}
 
 
+def check_flavour(flavour: str | None) -> None:
+    """Refuse a ``--flavour`` that no release can end in (the rule flavour_of reads releases with)."""
+    import re
+
+    if flavour is not None and not re.fullmatch(r"(?:cloud-|rt-)?[a-z][a-z0-9_]*", flavour):
+        raise UserError(f"--flavour {flavour!r}", "is not a flavour", "name the last part of a release: "
+                        "cloud-amd64, amd64, rt-amd64")
+
+
 def flavour_matches(release: str, flavour: str | None) -> bool:
     """Whether ``release`` is of ``flavour`` (cloud-amd64, amd64, rt-amd64); any release when None."""
     from kmodkit.kbuild.kernels import flavour_of
@@ -83,6 +92,7 @@ class Fetch:
                             "kmodkit kernels list --available names the archive's kernels")
         if self.latest is not None and self.latest < 1:
             raise UserError(f"--latest {self.latest}", "must be at least 1")
+        check_flavour(self.flavour)
         for r in self.releases:
             problem = release_problem(r)
             if problem is not None:

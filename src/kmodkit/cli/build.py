@@ -7,18 +7,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kmodkit.cli.options import project_and_kernels
+
 if TYPE_CHECKING:
     from kmodkit.check.verdict import Prediction
     from kmodkit.kbuild.builder import BuildReport, KernelBuild
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=".", metavar="DIR",
-                        help="the project directory, holding kmodkit.toml (default: .)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
-                       help="build for this kernel (repeatable; default: the manifest's targets, else all installed)")
-    which.add_argument("--all-installed", action="store_true", help="build for every installed kernel")
+    project_and_kernels(parser, "build for")
     parser.add_argument("-j", "--jobs", type=int, metavar="N",
                         help="kernels built at once (default: CPU count + 1, at most one per kernel); their makes "
                         "share one jobserver of max(N, CPU count + 1) slots")

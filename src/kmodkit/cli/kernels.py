@@ -60,10 +60,11 @@ def _size(n: int) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from kmodkit.archive.fetch import flavour_matches
+    from kmodkit.archive.fetch import check_flavour, flavour_matches
     from kmodkit.archive.store import fetched_kernels
     from kmodkit.kbuild.kernels import installed_kernels, version_key
 
+    check_flavour(args.flavour)
     rows: dict[str, dict[str, object]] = {}
     for k in installed_kernels():
         rows[k.release] = {"release": k.release, "installed": True, "fetched": False,

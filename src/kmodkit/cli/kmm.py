@@ -7,15 +7,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from kmodkit.cli.options import project_and_kernels
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=".", metavar="DIR",
-                        help="the project directory, holding kmodkit.toml (default: .)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
-                       help="map this kernel (repeatable; need not be installed unless --prebuilt; default: the "
-                       "manifest's targets, else all installed)")
-    which.add_argument("--all-installed", action="store_true", help="map every installed kernel")
+    project_and_kernels(parser, "map", note="need not be installed unless --prebuilt; ")
     parser.add_argument("--image", metavar="REGISTRY/NAME",
                         help="where the kmod images are pushed and pulled; each is tagged with its kernel's release")
     parser.add_argument("--prebuilt", action="store_true",

@@ -7,18 +7,16 @@ import os
 import sys
 from pathlib import Path
 
+from kmodkit.cli.options import project_and_kernels
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
     deb = sub.add_parser("deb", help="a binary .deb per kernel (or one with every kernel)",
                          description="Build Debian binary packages of a project's built modules: one per kernel, "
                          "named NAME-modules-KVER, each depending on its kernel's linux-image package.")
-    deb.add_argument("project", nargs="?", default=".", metavar="DIR",
-                     help="the project directory, holding kmodkit.toml and its builds in out/ (default: .)")
-    which = deb.add_mutually_exclusive_group()
-    which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
-                       help="package this kernel's build (repeatable; default: every kernel the project is built for)")
-    which.add_argument("--all-installed", action="store_true", help="package the build of every installed kernel")
+    project_and_kernels(deb, "package the build of", default="every kernel the project is built for",
+                        project_help="the project directory, holding kmodkit.toml and its builds in out/ (default: .)")
     deb.add_argument("--one", action="store_true", help="one package, NAME-modules, holding every kernel's modules")
     deb.add_argument("--out", metavar="DIR", default=".", help="write the .deb files here (default: .)")
     deb.add_argument("--maintainer", metavar="'NAME <ADDRESS>'", default=None,

@@ -10,17 +10,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from kmodkit.cli.options import project_and_kernels
+
 if TYPE_CHECKING:
     from kmodkit.report.fleet import Cell, FleetReport
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=".", metavar="PROJECT_DIR",
-                        help="the project (its kmodkit.toml); default: the current directory")
-    parser.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
-                        help="a target kernel, as build names it; repeatable (default: the manifest's targets, "
-                             "else every installed kernel)")
-    parser.add_argument("--all-installed", action="store_true", help="every installed kernel")
+    project_and_kernels(parser, "report on")
     parser.add_argument("--enforce", choices=("auto", "0", "1"), default="auto",
                         help="signature enforcement on the machines (auto: each kernel's config)")
     parser.add_argument("--lockdown", choices=("auto", "none", "integrity", "confidentiality"), default="auto",

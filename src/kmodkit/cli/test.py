@@ -11,17 +11,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kmodkit.cli.options import project_and_kernels
+
 if TYPE_CHECKING:
     from kmodkit.vm.testrun import KernelTest, TestReport
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=".", metavar="DIR",
-                        help="the project directory, holding kmodkit.toml (default: .)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("-k", "--kernel", dest="kernels", action="append", default=[], metavar="KVER",
-                       help="test in this kernel (repeatable; default: the manifest's targets, else all installed)")
-    which.add_argument("--all-installed", action="store_true", help="test in every installed kernel")
+    project_and_kernels(parser, "test in")
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="kernels booted at once (default 1: a TCG guest keeps a host CPU busy)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
