@@ -44,6 +44,19 @@ def test_calls_and_durations_of_interleaved_tasks() -> None:
     assert g.callers() == {("<root>", "hello_write"): 2, ("hello_write", "hello_step"): 3}
 
 
+def test_a_task_shown_as_dots_until_its_name_is_known_keeps_one_stack() -> None:
+    # ftrace prints "<...>-PID" for a task whose name is not in its saved_cmdlines yet, then "sh-PID": one
+    # task, one stack (keyed on the task text, the steps below were counted under no caller and the call
+    # never ended: 13 of 91 in a booted 6.12 guest)
+    g = parse(""" 1)   <...>-131    |               |  hello_write [hello]() {
+ 1)   <...>-131    |   3.000 us    |    hello_step [hello]();
+ 0)    sh-131     |   2.000 us    |    hello_step [hello]();
+ 0)    sh-131     | + 40.000 us   |  }
+""")
+    assert g.callers() == {("<root>", "hello_write"): 1, ("hello_write", "hello_step"): 2}
+    assert {s.name: s.timed for s in g.stats()}["hello_write"] == 1 and g.unmatched_exits == 0
+
+
 def test_feeding_in_pieces_cut_mid_line_gives_the_same_result() -> None:
     whole = parse(TRACE)
     g = GraphTrace()

@@ -111,8 +111,10 @@ report["nosleep"] = calls(trace_json("--", *writes(3)))
 # long writes (500 steps of 100 us held), so that two writers overlap for nearly all of them
 params(loops=500, sleep_ms=0, spin_us=100)
 # --graph: the kernel functions under hello_step_locked are traced too, the spinlock's slow path among them
-report["lock_one"] = calls(trace_json("--graph", "--functions", "hello_step_locked", "--", *writes(3, 1)))
-report["lock_two"] = calls(trace_json("--graph", "--functions", "hello_step_locked", "--", *writes(3, 2)))
+for key, writers in (("lock_one", 1), ("lock_two", 2)):
+    data = trace_json("--graph", "--functions", "hello_step_locked", "--", *writes(3, writers))
+    report[key] = calls(data)
+    report[f"{key}_tree"] = data["tree"]
 params(loops=13, spin_us=0)
 
 # --- errors, and tracefs as before after each ------------------------------------------------------------
@@ -149,15 +151,13 @@ with open(os.path.join(T, "set_ftrace_filter")) as f:
 # while its command runs (without the pauses it once recorded 5 of the 7 writes)
 paced = ["sh", "-c", "sleep 1; " + writes(7)[2] + "; sleep 1"]
 report["counts_paced"] = trace_json("--", *paced)
-# trace-cmd start / stop / extract: the whole ring buffer read after tracing stopped (trace-cmd 3.1's
-# `record` lost the last sub-buffer of a CPU now and then: 3 of 7 writes once on 6.12)
+# trace-cmd start / stop / show: trace-cmd sets the tracer and its :mod: filter, and shows the kernel's own
+# trace file after tracing stopped (trace-cmd 3.1's `record`, and `extract` too, lost a CPU's last
+# sub-buffer now and then: 3 of 7 writes on 6.12)
 tc = subprocess.run(["trace-cmd", "start", "-p", "function_graph", "-l", ":mod:hello"], capture_output=True, text=True)
 subprocess.run(paced, check=True)
 subprocess.run(["trace-cmd", "stop"], capture_output=True)
-ex = subprocess.run(["trace-cmd", "extract", "-o", "/tmp/tc.dat"], capture_output=True, text=True)
-tc.returncode = tc.returncode or ex.returncode
-tc.stderr += ex.stderr
-rep = subprocess.run(["trace-cmd", "report", "-i", "/tmp/tc.dat"], capture_output=True, text=True)
+rep = subprocess.run(["trace-cmd", "show"], capture_output=True, text=True)
 report["trace_cmd"] = {"status": [tc.returncode, rep.returncode], "err": tc.stderr[-2000:] + rep.stderr[-2000:],
                        "hello_write": sum(1 for l in rep.stdout.splitlines() if "hello_write" in l and "{" in l
                                           or "hello_write" in l and "();" in l),

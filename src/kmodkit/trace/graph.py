@@ -2,7 +2,7 @@
 
 One line per event, as tracefs prints it with the ``funcgraph-proc`` option on
 (the task on every line, so that a task that sleeps inside a function and one
-that runs meanwhile on the same CPU keep separate stacks)::
+that runs meanwhile on the same CPU keep separate stacks; a stack is a pid's)::
 
      0)    sh-129     |               |  hello_write [hello]() {
      0)    sh-129     |   2.645 us    |    hello_step [hello]();
@@ -130,7 +130,10 @@ class GraphTrace:
             events += 1
             task = tasks.get(head)
             if task is None:
-                task = tasks[head] = head[head.find(")") + 1:].strip()
+                # the pid alone: ftrace prints "<...>-131" until the task's name is in its saved_cmdlines, and
+                # "sh-131" after, for the same task and often inside one call
+                shown = head[head.find(")") + 1:].strip()
+                task = tasks[head] = shown[shown.rfind("-") + 1:]
             stack = stacks.get(task)
             if stack is None:
                 stack = stacks[task] = []

@@ -226,11 +226,6 @@ def restore(fs: TraceFs, saved: SavedSettings) -> None:
                     fs.write(name, "\n".join(lines) + "\n", append=True)
             elif name == "current_tracer":
                 fs.write(name, text.strip() or "nop")
-            elif name == "trace_clock":
-                # "[local] global counter ...": the chosen one is in brackets
-                chosen = [w[1:-1] for w in text.split() if w.startswith("[") and w.endswith("]")]
-                if chosen:
-                    fs.write(name, chosen[0])
             elif name == "buffer_size_kb":
                 fs.write(name, text.split()[0])  # "7 (expanded: 1410)" before the first tracer: the size is 7
             elif name.startswith("options/") or name in ("max_graph_depth", "tracing_thresh"):

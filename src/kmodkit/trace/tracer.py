@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CHANGED_FILES = ["tracing_on", "current_tracer", "set_ftrace_filter", "set_graph_function", "set_ftrace_pid",
                  "tracing_thresh", "max_graph_depth", "options/funcgraph-proc", "options/funcgraph-duration",
                  "options/funcgraph-cpu", "options/funcgraph-abstime", "options/funcgraph-tail",
-                 "options/sleep-time", "options/function-fork", "buffer_size_kb", "trace_clock"]
+                 "options/sleep-time", "options/function-fork", "buffer_size_kb"]
 
 #: ring buffer per CPU during a run, KiB, when the current one is smaller: room for ~100,000 events a CPU
 #: between two reads of trace_pipe
@@ -135,11 +135,6 @@ class Trace:
                 fs.write(name, value)
         if _kib(fs.read("buffer_size_kb")) < BUFFER_KB:
             fs.write("buffer_size_kb", str(BUFFER_KB))
-        if fs.has("trace_clock"):
-            # trace_pipe merges the CPUs' buffers by time stamp, and the default "local" clock is not in step
-            # between CPUs: a task that moves to another CPU inside a call (cond_resched) then had its calls
-            # there read before the call that made them.  "global" is in step (and costs a little more).
-            fs.write("trace_clock", "global")
         fs.write("current_tracer", "function_graph")  # also empties the ring buffer
 
     def _traced(self, fs: TraceFs, chosen: ModuleFunctions) -> TraceReport:
