@@ -18,13 +18,17 @@
    Then every pair of modules is compared with kmod's modinfo (vermagic and srcversion must agree).
    Goal: kmodkit >= 2x faster than DKMS.
 3. Proof: ``kmodkit check --json`` of the 8 built modules against the 8 kernels (a 64-cell matrix: each
-   module must load on its own kernel); then --boot kernels (default 2: one of each series, cloud flavour
-   preferred) are fetched with their image and modules (``kmodkit kernels fetch K``) and booted from the
-   cache with ``kmodkit vm run -k K -- sh -c 'insmod out/K/hello.ko && ...'``: the module must be in
-   /proc/modules and its greeting in the guest's kernel log.
+   module must load on its own kernel; some load on another ABI of the same flavour, when Debian's ABI bump
+   left struct module and the symbols' CRCs alone); then --boot kernels (default 2: one of each series, cloud
+   flavour preferred, then one that check says takes another kernel's module) are fetched with their image and
+   modules (``kmodkit kernels fetch K``) and booted from the cache with ``kmodkit vm run -k K -- sh -c
+   'insmod out/K/hello.ko && ...'``: the module must be in /proc/modules and its greeting in the guest's kernel
+   log; after rmmod, the same boot insmods the module built for another kernel, and the kernel must take or
+   refuse it as check predicted.
 
 Fetched kernels go to kmodkit's cache ($XDG_CACHE_HOME/kmodkit/kernels, ~60 MB of headers each, ~100-400 MB
-with image and modules) and are left there for the next run; ``kmodkit kernels prune`` removes them.
+with image and modules) and are left there for the next run; ``kmodkit kernels prune`` removes them.  While
+the test suite runs, point XDG_CACHE_HOME elsewhere: the suite fails when something writes into the real cache.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, Row, report  # noqa: E402
-from bench_build import KMODKIT, Timed, wait_quiet  # noqa: E402
+from bench_build import KMODKIT, Timed  # noqa: E402
+from bench_dkms import dkms_build, modinfo_pair, race  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
 EXAMPLE = ROOT / "example" / "hello"
@@ -125,28 +130,8 @@ def fresh_copy(dest: Path) -> Path:
 
 
 def dkms(base: Path, kernels: list[str]) -> Timed:
-    project = fresh_copy(base / "dkms-project")
-    subprocess.run(KMODKIT + ["dkms", "export", str(project), "--dest", str(base / "src")], check=True,
-                   stdout=subprocess.DEVNULL)
-    common = ["--sourcetree", str(base / "src"), "--dkmstree", str(base / "dkmstree"),
-              "--installtree", str(base / "installtree")]
-    # a sign_file that does not exist: DKMS neither signs nor makes a key in /var/lib/dkms
-    env = dict(os.environ, sign_file=str(base / "no-sign-file"))
-    env.pop("MAKEFLAGS", None)
-    (base / "dkmstree").mkdir()
-    trees = {k: headers_of(k) for k in kernels}
-    with Timed() as t:
-        _dkms(["add", "-m", NAME, "-v", VERSION, *common], env)
-        for k in kernels:
-            _dkms(["build", "-m", NAME, "-v", VERSION, "-k", k, "--kernelsourcedir", str(trees[k]), *common], env)
-    return t
-
-
-def _dkms(args: list[str], env: dict[str, str]) -> None:
-    # dkms's stderr holds readelf's noise; shown only when dkms fails
-    r = subprocess.run(["dkms", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        sys.exit(f"bench_fleet: dkms {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    trees = {k: str(headers_of(k)) for k in kernels}
+    return dkms_build(base, kernels, EXAMPLE, NAME, VERSION, lambda k: ["--kernelsourcedir", trees[k]])
 
 
 def kmodkit(base: Path, kernels: list[str]) -> Timed:
@@ -161,25 +146,20 @@ def kmodkit(base: Path, kernels: list[str]) -> Timed:
     return t
 
 
-def _modinfo(path: Path) -> tuple[str, str]:
-    return tuple(subprocess.run(["modinfo", "-F", field, str(path)], capture_output=True, text=True,  # type: ignore
-                                check=True).stdout.strip() for field in ("vermagic", "srcversion"))
-
-
 def agree(base: Path, kernels: list[str]) -> list[str]:
     """The kernels whose DKMS module and kmodkit module differ in vermagic or srcversion (empty: all agree)."""
     bad = []
     for k in kernels:
         theirs = sorted((base / "dkmstree" / NAME / VERSION / k).glob(f"*/module/{NAME}.ko*"))
         ours = base / "kmodkit-project" / "out" / k / f"{NAME}.ko"
-        if len(theirs) != 1 or not ours.is_file() or _modinfo(theirs[0]) != _modinfo(ours):
+        if len(theirs) != 1 or not ours.is_file() or modinfo_pair(theirs[0]) != modinfo_pair(ours):
             bad.append(k)
     return bad
 
 
-def check_matrix(out: Path, kernels: list[str]) -> tuple[int, int, list[str], float]:
-    """``kmodkit check`` of every built module against every kernel; (diagonal cells that load, off-diagonal
-    cells that load, the printed matrix lines, the command's seconds)."""
+def check_matrix(out: Path, kernels: list[str]) -> tuple[dict[tuple[str, str], bool], list[str], float]:
+    """``kmodkit check`` of every built module against every kernel; (whether the module built for B loads on
+    K, by (B, K); the printed matrix lines; the command's seconds)."""
     argv = ["check", *(str(out / k / f"{NAME}.ko") for k in kernels)]
     for k in kernels:
         argv += ["-k", k]
@@ -196,17 +176,14 @@ def check_matrix(out: Path, kernels: list[str]) -> tuple[int, int, list[str], fl
     head = "built for / checked on"
     width = max(width, len(head))
     lines = [f"{head:<{width}}  " + " ".join(f"{i + 1:>2}" for i in range(len(kernels)))]
-    diag = off = 0
+    verdicts: dict[tuple[str, str], bool] = {}
     reasons: dict[str, int] = {}
     for i, built in enumerate(kernels):
         marks = []
         for on in kernels:
             rec = cells.get((built, on))
-            loads = bool(rec and rec.get("loads"))
-            if built == on:
-                diag += loads
-            else:
-                off += loads
+            loads = verdicts[(built, on)] = bool(rec and rec.get("loads"))
+            if built != on:
                 if not loads:
                     refusal = rec.get("refusal") if rec else None
                     why = str(refusal.get("check")) if isinstance(refusal, dict) else "no verdict"
@@ -215,14 +192,19 @@ def check_matrix(out: Path, kernels: list[str]) -> tuple[int, int, list[str], fl
         lines.append(f"{short[built]:<{width}}  " + " ".join(marks) + f"   {i + 1}")
     lines.append("L: loads (kmodkit check), -: refused; off-diagonal refusals: "
                  + "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items(), key=lambda x: -x[1])))
-    return diag, off, lines, took
+    return verdicts, lines, took
 
 
-def pick_boots(kernels: list[str], n: int) -> list[str]:
-    """``n`` of ``kernels`` to boot: one per series (newest series first), cloud flavour preferred."""
+def pick_boots(kernels: list[str], n: int, verdicts: dict[tuple[str, str], bool]) -> list[str]:
+    """``n`` of ``kernels`` to boot: one per series (newest series first), cloud flavour preferred (the smaller
+    download), then one that ``check`` says takes the module built for another of the kernels (so the boot
+    proves a prediction across ABIs too)."""
     from kmodkit.kbuild.kernels import flavour_of
 
-    order = sorted(kernels, key=lambda k: (flavour_of(k) != "cloud-amd64",))
+    def takes_other(k: str) -> bool:
+        return any(verdicts.get((b, k)) for b in kernels if b != k)
+
+    order = sorted(kernels, key=lambda k: (flavour_of(k) != "cloud-amd64", not takes_other(k)))
     chosen: list[str] = []
     for s in sorted({_series(k) for k in kernels}, reverse=True):
         first = next((k for k in order if _series(k) == s and k not in chosen), None)
@@ -232,9 +214,21 @@ def pick_boots(kernels: list[str], n: int) -> list[str]:
     return chosen
 
 
-def boot(release: str, module: Path) -> tuple[bool, float, str]:
-    """Boot ``release`` from the cache and insmod ``module``; (loaded, seconds, one line of evidence)."""
-    script = (f"insmod {module} && grep '^{NAME} ' /proc/modules && dmesg | grep 'hello from {NAME}'")
+def other_module(release: str, kernels: list[str], verdicts: dict[tuple[str, str], bool]) -> str:
+    """The kernel whose module the boot of ``release`` also tries: one ``check`` says loads there when there is
+    one, else the next kernel of the list (a refusal to confirm)."""
+    takes = [b for b in kernels if b != release and verdicts.get((b, release))]
+    return takes[0] if takes else kernels[(kernels.index(release) + 1) % len(kernels)]
+
+
+def boot(release: str, own: Path, other: Path) -> tuple[bool, bool | None, float, str]:
+    """Boot ``release`` from the cache, insmod ``own`` (its greeting must be in the kernel log), rmmod it, then
+    insmod ``other`` (built for another kernel); (own loaded, other loaded or None when not tried, seconds,
+    evidence)."""
+    marker = "bench-fleet: other insmod exit"
+    script = (f"insmod {own} && grep '^{NAME} ' /proc/modules && dmesg | grep 'hello from {NAME}' || exit 1\n"
+              f"rmmod {NAME} || exit 1\n"
+              f"insmod {other}; echo \"{marker} $?\"; dmesg | tail -n 1\n")
     start = time.perf_counter()
     done = subprocess.run(KMODKIT + ["vm", "run", "-k", release, "--timeout", "300", "--json", "--", "sh", "-c",
                                      script], capture_output=True, text=True)
@@ -242,12 +236,17 @@ def boot(release: str, module: Path) -> tuple[bool, float, str]:
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError:
-        return False, took, f"vm run exit {done.returncode}: {done.stderr.strip()[-300:]}"
-    greeting = [ln for ln in done.stderr.splitlines() if f"hello from {NAME}" in ln]
-    listed = [ln for ln in done.stderr.splitlines() if ln.startswith(f"{NAME} ")]
+        return False, None, took, f"vm run exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    lines = done.stderr.splitlines()
+    greeting = [ln for ln in lines if f"hello from {NAME}" in ln]
+    listed = [ln for ln in lines if ln.startswith(f"{NAME} ")]
     ok = done.returncode == 0 and result.get("exit_status") == 0 and bool(greeting) and bool(listed)
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(marker)), None)
+    other_ok = None if at is None else lines[at].split()[-1] == "0"
+    after = lines[at + 1].strip() if at is not None and at + 1 < len(lines) else ""
     evidence = (greeting[-1].strip() if greeting else done.stderr.strip()[-300:])
-    return ok, took, f"exit {result.get('exit_status')}, booted in {result.get('boot_seconds')} s; {evidence}"
+    return ok, other_ok, took, (f"exit {result.get('exit_status')}, booted in {result.get('boot_seconds')} s; "
+                                f"{evidence}; the other module: {after}")
 
 
 def main() -> int:
@@ -275,44 +274,39 @@ def main() -> int:
     keep = Path(tempfile.mkdtemp(prefix="kmodkit-bench-fleet-"))
     try:
         for i in range(args.runs):
-            busy = wait_quiet(args.wait) if args.wait > 0 else 0.0
             base = keep / f"run-{i + 1}"
             base.mkdir()
-            # alternate the order so neither side always runs on a warmer page cache
-            if i % 2 == 0:
-                ref, ours = dkms(base, kernels), kmodkit(base, kernels)
-            else:
-                ours, ref = kmodkit(base, kernels), dkms(base, kernels)
-            bad = agree(base, kernels)
-            pairs.append((ref.wall, ours.wall))
-            print(f"  run {i + 1}: dkms build x{len(kernels)} {ref.wall:.2f} s, kmodkit build {ours.wall:.2f} s, "
-                  f"ratio {ref.wall / ours.wall:.2f}x (CPU {ref.cpu:.1f} / {ours.cpu:.1f} s; CPUs {busy:.0%} "
-                  f"busy before; others took {ref.others:.1f} / {ours.others:.1f} s of CPU); modules "
-                  + ("agree (vermagic, srcversion)" if not bad else f"DIFFER: {', '.join(bad)}"), flush=True)
+            ref_wall, ours_wall, bad = race(i, base, kernels, args.wait, dkms, kmodkit, agree)
+            pairs.append((ref_wall, ours_wall))
             if bad:
                 return 1
         out = keep / f"run-{args.runs}" / "kmodkit-project" / "out"
 
-        diag, off, lines, ctook = check_matrix(out, kernels)
+        verdicts, lines, ctook = check_matrix(out, kernels)
+        diag = sum(verdicts[(k, k)] for k in kernels)
+        off = sum(v for (b, k), v in verdicts.items() if b != k)
         print("\nkmodkit check, every module against every kernel:")
         print("\n".join("  " + ln for ln in lines))
         print(f"  each module on its own kernel: {diag} of {len(kernels)} load; on another kernel: "
               f"{off} of {len(kernels) * (len(kernels) - 1)} ({ctook:.2f} s for the {len(kernels) ** 2} pairs)",
               flush=True)
 
-        boots: list[tuple[str, bool, float, str]] = []
+        boots: list[tuple[str, bool, str, bool, bool | None, float]] = []
         btook = bdown = 0.0
-        to_boot = [] if args.skip_boot else pick_boots(kernels, args.boot)
+        to_boot = [] if args.skip_boot else pick_boots(kernels, args.boot, verdicts)
         if to_boot:
-            btook, bpresent, bdown_i, _ = fetch(to_boot, headers_only=False)
+            btook, _, bdown_i, _ = fetch(to_boot, headers_only=False)
             bdown = float(bdown_i)
             print(f"\nfetch with image and modules: {', '.join(to_boot)}: {btook:.1f} s "
                   f"({bdown / 2**20:.1f} MiB downloaded)", flush=True)
             for k in to_boot:
-                ok, secs, evidence = boot(k, out / k / f"{NAME}.ko")
-                boots.append((k, ok, secs, evidence))
-                print(f"  vm run -k {k} -- insmod: {'LOADED' if ok else 'FAILED'} in {secs:.1f} s ({evidence})",
-                      flush=True)
+                o = other_module(k, kernels, verdicts)
+                ok, other_ok, secs, evidence = boot(k, out / k / f"{NAME}.ko", out / o / f"{NAME}.ko")
+                boots.append((k, ok, o, verdicts[(o, k)], other_ok, secs))
+                print(f"  vm run -k {k}: own module {'LOADED' if ok else 'FAILED'}; the module built for {o}: "
+                      f"check said {'loads' if verdicts[(o, k)] else 'refused'}, the kernel "
+                      f"{'took it' if other_ok else 'refused it' if other_ok is not None else 'was not asked'}; "
+                      f"{secs:.1f} s ({evidence})", flush=True)
     finally:
         shutil.rmtree(keep, ignore_errors=True)
 
@@ -329,14 +323,16 @@ def main() -> int:
     if boots:
         rows.append(Row(f"fetch image and modules of {len(boots)} kernels ({bdown / 2**20:.0f} MiB)", btook, None,
                         "", "(informative)", True))
-    for k, ok, secs, _ in boots:
-        rows.append(Row(f"boot {k} from the cache, insmod hello.ko ({'loaded' if ok else 'FAILED'})", secs, None,
-                        "", "loads", ok))
+    for k, ok, o, predicted, other_ok, secs in boots:
+        rows.append(Row(f"boot {k} from the cache: hello.ko {'loads' if ok else 'FAILED'}; the module built for {o}: "
+                        f"check said {'loads' if predicted else 'refused'}, the kernel "
+                        f"{'took it' if other_ok else 'refused it'}", secs, None, "",
+                        "loads; the other as predicted", ok and other_ok == predicted))
     report(f"fleet: the example for {n} kernels of the archive that are not installed", rows)
     print(f"\nratio: {ref_m / ours_m:.2f}x faster than DKMS (target >= 2x); load average after: "
           f"{os.getloadavg()[0]:.2f}")
     # the proof decides the exit status; a missed speed target is in the table
-    return 0 if diag == n and all(ok for _, ok, _, _ in boots) else 1
+    return 0 if diag == n and all(b[1] and b[4] == b[3] for b in boots) else 1
 
 
 if __name__ == "__main__":
