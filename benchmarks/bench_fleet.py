@@ -228,7 +228,8 @@ def boot(release: str, own: Path, other: Path) -> tuple[bool, bool | None, float
     marker = "bench-fleet: other insmod exit"
     script = (f"insmod {own} && grep '^{NAME} ' /proc/modules && dmesg | grep 'hello from {NAME}' || exit 1\n"
               f"rmmod {NAME} || exit 1\n"
-              f"insmod {other}; echo \"{marker} $?\"; dmesg | tail -n 1\n")
+              # one echo, so the kernel's console lines (streamed to the same output) cannot come between
+              f"insmod {other}; rc=$?; echo \"{marker} $rc: $(dmesg | tail -n 1)\"\n")
     start = time.perf_counter()
     done = subprocess.run(KMODKIT + ["vm", "run", "-k", release, "--timeout", "300", "--json", "--", "sh", "-c",
                                      script], capture_output=True, text=True)
@@ -241,9 +242,9 @@ def boot(release: str, own: Path, other: Path) -> tuple[bool, bool | None, float
     greeting = [ln for ln in lines if f"hello from {NAME}" in ln]
     listed = [ln for ln in lines if ln.startswith(f"{NAME} ")]
     ok = done.returncode == 0 and result.get("exit_status") == 0 and bool(greeting) and bool(listed)
-    at = next((i for i, ln in enumerate(lines) if ln.startswith(marker)), None)
-    other_ok = None if at is None else lines[at].split()[-1] == "0"
-    after = lines[at + 1].strip() if at is not None and at + 1 < len(lines) else ""
+    said = next((ln.split(marker, 1)[1] for ln in lines if marker in ln), None)
+    other_ok = None if said is None else said.split(":")[0].strip() == "0"
+    after = "" if said is None else said.split(":", 1)[-1].strip()
     evidence = (greeting[-1].strip() if greeting else done.stderr.strip()[-300:])
     return ok, other_ok, took, (f"exit {result.get('exit_status')}, booted in {result.get('boot_seconds')} s; "
                                 f"{evidence}; the other module: {after}")
