@@ -239,7 +239,7 @@ def boot(release: str, own: Path, other: Path) -> tuple[bool, bool | None, float
     except json.JSONDecodeError:
         return False, None, took, f"vm run exit {done.returncode}: {done.stderr.strip()[-300:]}"
     lines = done.stderr.splitlines()
-    greeting = [ln for ln in lines if f"hello from {NAME}" in ln]
+    greeting = [ln for ln in lines if f"hello from {NAME}" in ln and marker not in ln]
     listed = [ln for ln in lines if ln.startswith(f"{NAME} ")]
     ok = done.returncode == 0 and result.get("exit_status") == 0 and bool(greeting) and bool(listed)
     said = next((ln.split(marker, 1)[1] for ln in lines if marker in ln), None)
