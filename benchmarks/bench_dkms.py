@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_build import KMODKIT, Timed, pick_kernels, wait_quiet
@@ -36,7 +37,8 @@ CORE = HERE / "tests" / "data" / "projects" / "core"
 NAME, VERSION, MODULES = "fleetmon", "1.0.0", ("fleetmon", "fleetmon_jiffies")
 
 
-def _modinfo(path: Path) -> tuple[str, str]:
+def modinfo_pair(path: Path) -> tuple[str, str]:
+    """(vermagic, srcversion) of a module file, as kmod's modinfo prints them."""
     out = subprocess.run(["modinfo", "-F", "vermagic", str(path)], capture_output=True, text=True, check=True).stdout
     src = subprocess.run(["modinfo", "-F", "srcversion", str(path)], capture_output=True, text=True,
                          check=True).stdout
@@ -44,18 +46,27 @@ def _modinfo(path: Path) -> tuple[str, str]:
 
 
 def dkms(base: Path, kernels: list[str]) -> Timed:
+    return dkms_build(base, kernels, CORE, NAME, VERSION)
+
+
+def dkms_build(base: Path, kernels: list[str], source: Path, name: str, version: str,
+               kernel_args: Callable[[str], list[str]] = lambda k: []) -> Timed:
+    """Copy ``source`` to BASE/dkms-project, export it, then time ``dkms add`` and ``dkms build -k K`` (plus
+    ``kernel_args(K)``) for each kernel one after another, in trees under ``base``, signing off."""
     project = base / "dkms-project"
-    shutil.copytree(CORE, project)
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns("out", ".kmodkit"))
     subprocess.run(KMODKIT + ["dkms", "export", str(project), "--dest", str(base / "src")], check=True,
                    stdout=subprocess.DEVNULL)
     common = ["--sourcetree", str(base / "src"), "--dkmstree", str(base / "dkmstree"),
               "--installtree", str(base / "installtree")]
+    # a sign_file that does not exist: DKMS neither signs nor makes a key in /var/lib/dkms
     env = dict(os.environ, sign_file=str(base / "no-sign-file"))
+    env.pop("MAKEFLAGS", None)
     (base / "dkmstree").mkdir()
     with Timed() as t:
-        _dkms(["add", "-m", NAME, "-v", VERSION, *common], env)
+        _dkms(["add", "-m", name, "-v", version, *common], env)
         for k in kernels:
-            _dkms(["build", "-m", NAME, "-v", VERSION, "-k", k, *common], env)
+            _dkms(["build", "-m", name, "-v", version, "-k", k, *kernel_args(k), *common], env)
     return t
 
 
@@ -63,7 +74,7 @@ def _dkms(args: list[str], env: dict[str, str]) -> None:
     # dkms's stderr holds readelf's noise about vmlinux; shown only when dkms fails
     r = subprocess.run(["dkms", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
-        sys.exit(f"bench_dkms: dkms {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+        sys.exit(f"{Path(sys.argv[0]).stem}: dkms {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
 
 
 def kmodkit(base: Path, kernels: list[str]) -> Timed:
@@ -84,9 +95,30 @@ def agree(base: Path, kernels: list[str]) -> list[str]:
         for m in MODULES:
             theirs = sorted((base / "dkmstree" / NAME / VERSION / k).glob(f"*/module/{m}.ko*"))
             ours = base / "kmodkit-project" / "out" / k / f"{m}.ko"
-            if len(theirs) != 1 or _modinfo(theirs[0]) != _modinfo(ours):
+            if len(theirs) != 1 or modinfo_pair(theirs[0]) != modinfo_pair(ours):
                 bad.append(f"{k}/{m}")
     return bad
+
+
+Side = Callable[[Path, list[str]], Timed]
+
+
+def race(i: int, base: Path, kernels: list[str], wait: float, dkms_side: Side, kmodkit_side: Side,
+         agree_fn: Callable[[Path, list[str]], list[str]]) -> tuple[float, float, list[str]]:
+    """Run ``i``: wait up to ``wait`` s for idle CPUs, time both sides in ``base`` (order alternated by run),
+    compare their modules and print one line; (DKMS wall, kmodkit wall, what differs: empty when all agree)."""
+    busy = wait_quiet(wait) if wait > 0 else 0.0
+    # alternate the order so neither side always runs on a warmer page cache
+    if i % 2 == 0:
+        ref, ours = dkms_side(base, kernels), kmodkit_side(base, kernels)
+    else:
+        ours, ref = kmodkit_side(base, kernels), dkms_side(base, kernels)
+    bad = agree_fn(base, kernels)
+    print(f"  run {i + 1}: dkms build x{len(kernels)} {ref.wall:.2f} s, kmodkit build {ours.wall:.2f} s, "
+          f"ratio {ref.wall / ours.wall:.2f}x (CPU {ref.cpu:.1f} / {ours.cpu:.1f} s; CPUs {busy:.0%} busy "
+          f"before; others took {ref.others:.1f} / {ours.others:.1f} s of CPU); modules "
+          + ("agree (vermagic, srcversion)" if not bad else f"DIFFER: {', '.join(bad)}"), flush=True)
+    return ref.wall, ours.wall, bad
 
 
 def main() -> int:
@@ -102,20 +134,9 @@ def main() -> int:
     print(f"kernels: {', '.join(kernels)}; CPUs: {os.cpu_count()}; runs: {args.runs}")
     pairs: list[tuple[float, float]] = []
     for i in range(args.runs):
-        busy = wait_quiet(args.wait) if args.wait > 0 else 0.0
         with tempfile.TemporaryDirectory(prefix="kmodkit-bench-dkms-") as tmp:
-            base = Path(tmp)
-            # alternate the order so neither side always runs on a warmer page cache
-            if i % 2 == 0:
-                ref, ours = dkms(base, kernels), kmodkit(base, kernels)
-            else:
-                ours, ref = kmodkit(base, kernels), dkms(base, kernels)
-            bad = agree(base, kernels)
-        pairs.append((ref.wall, ours.wall))
-        print(f"  run {i + 1}: dkms build x{len(kernels)} {ref.wall:.2f} s, kmodkit build {ours.wall:.2f} s, "
-              f"ratio {ref.wall / ours.wall:.2f}x (CPU {ref.cpu:.1f} / {ours.cpu:.1f} s; CPUs {busy:.0%} busy "
-              f"before; others took {ref.others:.1f} / {ours.others:.1f} s of CPU); modules "
-              + ("agree (vermagic, srcversion)" if not bad else f"DIFFER: {', '.join(bad)}"), flush=True)
+            ref_wall, ours_wall, bad = race(i, Path(tmp), kernels, args.wait, dkms, kmodkit, agree)
+        pairs.append((ref_wall, ours_wall))
         if bad:
             return 1
     ref_m, ours_m = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
