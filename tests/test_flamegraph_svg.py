@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kmodkit.trace.flamegraph import flame_graph_svg
+from conftest import need
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -144,7 +145,7 @@ def render(svg_path: Path, png: Path) -> tuple[int, int, list[bytes]]:
     if chromium is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is not installed: scripts/bootstrap setup installs it")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        need("chromium")
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--user-data-dir={png.parent / 'chromium-profile'}", f"--screenshot={png}",
                     "--window-size=1200,400", svg_path.as_uri()], check=True, capture_output=True, timeout=120)

@@ -176,7 +176,7 @@ def chroot(tmp_path: Path) -> Iterator[Chroot]:
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("CI must not skip: the kernel-package proof needs root (chroot, mount)")
-        pytest.skip("needs root (chroot, mount)")
+        need("root (for chroot and mount)")
     for tool in ("chroot", "mount", "zstd", "apt-get"):
         if shutil.which(tool) is None:
             need(tool)

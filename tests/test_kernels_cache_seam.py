@@ -22,6 +22,7 @@ from kmodkit.index.lookup import kernel_dir
 from kmodkit.kbuild import kernels
 from kmodkit.kimage import image_for_release
 from kmodkit.sysroot import HOST
+from conftest import need
 
 
 def _fake_fetched(release: str, packages: tuple[str, ...] = (), image: bool = True) -> Path:
@@ -66,7 +67,7 @@ def test_a_fetched_fake_kernel_is_found_through_the_one_seam() -> None:
 def test_an_installed_kernel_wins_over_a_fetched_one_of_the_same_release() -> None:
     installed = [p.name for p in Path("/lib/modules").iterdir() if p.is_dir()] if Path("/lib/modules").is_dir() else []
     if not installed:
-        pytest.skip("no kernel installed under /lib/modules")
+        need("a kernel under /lib/modules")
     _fake_fetched(installed[0])
     k = kernels.kernel(installed[0])
     assert not k.fetched and k.root is HOST and k.moddir == Path("/lib/modules") / installed[0]

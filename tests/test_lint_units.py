@@ -11,6 +11,7 @@ import pytest
 
 from kmodkit.lint.checks import CHECKS
 from kmodkit.lint.linter import Linter
+from conftest import need
 
 HEADER = """\
 /* demo.h: what demo_main.c and demo_util.c share */
@@ -116,7 +117,7 @@ def test_the_two_file_module_builds_as_lint_leaves_it(tmp_path: Path, kernel_tre
     """The oracle: make builds the module with the shared names global, as lint leaves them."""
     tree = next((t for t in kernel_trees if t.headers is not None), None)
     if tree is None or shutil.which("make") is None:
-        pytest.skip("no kernel headers or make")
+        need("kernel headers and make")
     top = _two_file_module(tmp_path / "demo", manifest=True)
     proc = subprocess.run(["make", "-C", str(tree.headers), f"M={top}", "modules"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kmodkit.kbuild.builder import Build
+from conftest import need
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def fleet(tmp_path_factory: pytest.TempPathFactory, kernel_trees: list) -> tuple[Path, Path, list[str]]:
     kernels = [t.release for t in kernel_trees if t.headers]
     if not kernels:
-        pytest.skip("no kernel headers installed")
+        need("kernel headers")
     base = tmp_path_factory.mktemp("fleet")
     keys = base / "keys"
     keys.mkdir()

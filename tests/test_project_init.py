@@ -17,6 +17,7 @@ from kmodkit.kbuild.adopt import Adoption
 from kmodkit.kbuild.builder import Build, State
 from kmodkit.kbuild.manifest import Manifest
 from kmodkit.kbuild.project import NewProject
+from conftest import need
 
 CORE = Path(__file__).parent / "data" / "projects" / "core"
 
@@ -69,7 +70,7 @@ def test_init_of_a_directory_without_kbuild_says_so(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_adopted_manifest_builds_exactly_what_make_builds(tmp_path: Path, cloud_tree) -> None:
     if cloud_tree.headers is None:
-        pytest.skip("no headers for the cloud kernel")
+        need("the cloud kernel's headers")
     tree = _tree(tmp_path)
     Adoption(tree).write()
     r = Build(tree, kernels=[cloud_tree.release], workdir=tmp_path / "work").run().results[0]

@@ -186,7 +186,7 @@ def _chromium() -> str:
     if found is None:
         if IN_CI:
             pytest.fail("chromium is not installed: scripts/bootstrap setup installs it")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        need("chromium")
     return found
 
 

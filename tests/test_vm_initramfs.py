@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KernelTree
+from conftest import KernelTree, need
 from kmodkit.vm.initramfs import GuestCommand, Share, build_initramfs, init_script
 from kmodkit.vm.kernel_image import boot_image
 
@@ -20,7 +20,7 @@ CMD = GuestCommand(("sh", "-c", "echo 'it''s'; exit 3"), "/", (("PATH", "/usr/bi
 
 def _cpio_list(data: bytes, tmp_path: Path) -> list[str]:
     if shutil.which("cpio") is None:
-        pytest.skip("GNU cpio is not installed")
+        need("GNU cpio")
     done = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
     return done.stdout.decode().split()
 
