@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from kmodkit.errors import EnvironmentNotReady, NotFoundError, UserError
-from kmodkit.vm.accel import Accel, choose_accel
+from kmodkit.vm.accel import Accel, choose_accel, qemu_accel
 from kmodkit.vm.dump import VMCORE
 from kmodkit.vm.kernel_image import boot_image
 from kmodkit.vm.initramfs import OUT_TAG, ROOT_TAG, GuestCommand, Share, build_initramfs
@@ -335,7 +335,7 @@ class Vm:
     def _qemu_args(self, image: str, run_dir: str, initrd: str, accel: Accel) -> list[str]:
         spec = self.spec
         return [
-            self.qemu, "-accel", accel.value, "-m", f"{spec.memory_mb}M", "-smp", str(spec.cpus),
+            self.qemu, "-accel", qemu_accel(accel, spec.cpus), "-m", f"{spec.memory_mb}M", "-smp", str(spec.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", image, "-initrd", initrd, "-append", spec.cmdline,
             "-serial", f"file:{run_dir}/console.log", "-serial", "stdio",
