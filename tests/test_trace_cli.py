@@ -72,6 +72,20 @@ def test_restore_writes_back_filters_pids_and_options_fake_tracefs(tmp_path: Pat
     assert (tmp_path / "tracing_on").read_text() == "1"  # switched back on last
 
 
+def test_an_unexpanded_buffer_is_restored_to_the_size_it_would_have_had_fake_tracefs(tmp_path: Path) -> None:
+    # before any tracer ran, buffer_size_kb reads "7 (expanded: 1410)": writing back "7" left a 7 KiB buffer
+    # behind (the next tool lost most of its events); the kernel would have grown it to 1410
+    fs = TraceFs(str(tmp_path))
+    (tmp_path / "buffer_size_kb").write_text("7 (expanded: 1410)\n")
+    with fs.saved(["buffer_size_kb"]):
+        (tmp_path / "buffer_size_kb").write_text("8192\n")
+    assert (tmp_path / "buffer_size_kb").read_text() == "1410"
+    (tmp_path / "buffer_size_kb").write_text("4096\n")
+    with fs.saved(["buffer_size_kb"]):
+        (tmp_path / "buffer_size_kb").write_text("8192\n")
+    assert (tmp_path / "buffer_size_kb").read_text() == "4096"
+
+
 def test_restore_tries_every_file_and_raises_the_first_failure_fake_tracefs(tmp_path: Path) -> None:
     fs = TraceFs(str(tmp_path))
     (tmp_path / "current_tracer").write_text("nop\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,7 +228,12 @@ def restore(fs: TraceFs, saved: SavedSettings) -> None:
             elif name == "current_tracer":
                 fs.write(name, text.strip() or "nop")
             elif name == "buffer_size_kb":
-                fs.write(name, text.split()[0])  # "7 (expanded: 1410)" before the first tracer: the size is 7
+                # "7 (expanded: 1410)" before any tracer ran: the buffer is not allocated yet and grows to the
+                # expanded size on first use.  That state cannot be written back, and writing "7" left a 7 KiB
+                # buffer that dropped most of the next tool's events (trace-cmd saw 3 of 7 writes on 6.12):
+                # the size the kernel would have given it is the one to restore
+                expanded = re.search(r"expanded: (\d+)", text)
+                fs.write(name, expanded.group(1) if expanded else text.split()[0])
             elif name.startswith("options/") or name in ("max_graph_depth", "tracing_thresh"):
                 fs.write(name, text.strip())
             else:
