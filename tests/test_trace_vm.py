@@ -197,8 +197,7 @@ def test_contention_shows_in_the_profile(boot: tuple[dict[str, object], Path]) -
     assert slowpath_under_the_module("lock1.folded") == 0  # a writer alone never waits
     # Two writers: with a host thread per virtual CPU the waits were CPU time here (>= 20 samples of the
     # slow path under hello_step_locked), but that mode hung guests while ftrace patched kernel text, and vm
-    # run now runs TCG's CPUs in turns in one thread, where a CPU that spins on the lock gives way to the
-    # holder at once and its waits are not sampled (0 seen).  The waits are counted by the trace instead
+    # run now runs TCG's CPUs in turns in one thread, where the waits were not sampled (0 seen).  The waits are counted by the trace instead
     # (test_contention_shows_in_the_trace); on KVM or hardware the profile shows them as time.
 
 
