@@ -126,5 +126,10 @@ def test_a_truncated_dump_made_in_the_test_is_one_error_line(
         done = subprocess.run([sys.executable, "-m", "kmodkit", "oops", "--vmcore", str(cut), *args],
                               capture_output=True, text=True)
         assert done.returncode == 2, (args, done.stderr)
-        assert done.stderr.startswith(f"error: {cut}: truncated vmcore: ") and done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
+        if args == ["--json"]:  # the dump's error record in oops's list on stdout, nothing on stderr
+            [record_] = json.loads(done.stdout)
+            assert done.stderr == "" and record_["error"]["what"] == str(cut), done.stdout
+            assert record_["error"]["why"].startswith("truncated vmcore: "), record_
+            continue
+        assert done.stderr.startswith(f"error: {cut}: truncated vmcore: ") and done.stderr.count("\n") == 1, done.stderr
